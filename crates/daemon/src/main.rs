@@ -1,0 +1,6 @@
+//! The ferroguard daemon.
+mod icmp;
+mod sys;
+mod uapi;
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! Platform code: the only place where `unsafe` is allowed.
+pub mod tun;
+pub mod udp;

@@ -1,0 +1,1 @@
+//! (uapi: to be written)

@@ -1,0 +1,1 @@
+//! (allowedips: to be written)

@@ -1,0 +1,1 @@
+//! (cookie: to be written)

@@ -1,0 +1,1 @@
+//! (peer: to be written)

@@ -1,0 +1,1 @@
+//! (peerlookup: to be written)

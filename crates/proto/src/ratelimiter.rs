@@ -1,0 +1,1 @@
+//! (ratelimiter: to be written)

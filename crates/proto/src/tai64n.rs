@@ -1,0 +1,1 @@
+//! (tai64n: to be written)

@@ -1,0 +1,1 @@
+//! (timers: to be written)
