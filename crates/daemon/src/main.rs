@@ -1,6 +1,2 @@
 //! The ferroguard daemon.
-mod icmp;
-mod sys;
-mod uapi;
-
 fn main() {}
