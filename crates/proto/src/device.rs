@@ -1,1 +1,1046 @@
-//! (device: to be written)
+//! The engine: a whole WireGuard interface without I/O and without a clock.
+//!
+//! The caller feeds it IP packets from the tunnel ([`Device::send`]),
+//! datagrams from the network ([`Device::receive`]) and the passage of time
+//! ([`Device::handle_timeout`]); it takes datagrams to send from
+//! [`Device::poll_transmit`] and sleeps until [`Device::poll_timeout`].
+//! Time is always passed in as [`Now`], randomness comes from a generator
+//! seeded by the caller, so two engines driven the same way behave the same.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::allowedips::{AllowedIps, AllowedIpsError};
+use crate::constants::{
+    DEFAULT_MTU, MAX_TIMER_HANDSHAKES, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
+    REKEY_ON_RECEIVE_AGE, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
+};
+use crate::cookie::CookieChecker;
+use crate::crypto::{PublicKey, SecretKey, SymmetricKey};
+use crate::messages::{
+    self, Message, COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_HEADER_LEN,
+};
+use crate::noise;
+use crate::peer::{Endpoint, HandshakeState, Peer, PeerId, Slot};
+use crate::peerlookup::IndexTable;
+use crate::ratelimiter::{LoadDetector, RateLimiter, DEFAULT_MAX_ENTRIES};
+use crate::tai64n::Tai64n;
+use crate::timers::TimerEvent;
+use crate::transport::{Keypair, TransportError};
+
+/// The current time, monotonic (for every timer) and wall-clock (for TAI64N
+/// timestamps and the last-handshake time that `wg show` prints).
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Monotonic time.
+    pub mono: Instant,
+    /// Wall-clock time.
+    pub wall: SystemTime,
+}
+
+impl Now {
+    /// Reads both clocks; a convenience for callers (the engine never calls it).
+    pub fn system() -> Self {
+        Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// The same instant moved forward by `d` on both clocks (for tests and simulations).
+    pub fn advance(self, d: Duration) -> Self {
+        Now {
+            mono: self.mono + d,
+            wall: self.wall + d,
+        }
+    }
+}
+
+/// A datagram the engine wants sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The peer it is for (None for cookie replies to unknown sources).
+    pub peer: Option<PeerId>,
+    /// Where to send it.
+    pub endpoint: Endpoint,
+    /// The UDP payload.
+    pub data: Vec<u8>,
+}
+
+/// What became of an IP packet handed to [`Device::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Encrypted into the output buffer: send `len` bytes to `endpoint`.
+    Sent {
+        /// The peer.
+        peer: PeerId,
+        /// Length of the transport message written to the output buffer.
+        len: usize,
+        /// Where to send it.
+        endpoint: Endpoint,
+    },
+    /// Queued until a session exists (or sent through the outbox).
+    Queued(PeerId),
+    /// No peer's allowed IPs contain the destination (answer with ICMP).
+    NoRoute,
+    /// The peer has no endpoint yet (answer with ICMP).
+    NoEndpoint(PeerId),
+    /// Not an IPv4 or IPv6 packet, or too big for the output buffer.
+    Invalid,
+}
+
+/// What became of a datagram handed to [`Device::receive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveOutcome {
+    /// A packet to write to the tunnel: `datagram[16..16 + len]`.
+    Deliver {
+        /// The peer it came from.
+        peer: PeerId,
+        /// Length of the IP packet (padding removed).
+        len: usize,
+    },
+    /// A handshake, cookie or keepalive, fully handled (answers, if any,
+    /// wait in [`Device::poll_transmit`]).
+    Handled,
+    /// Dropped, for this reason.
+    Dropped(DropReason),
+}
+
+/// Why a datagram or packet was dropped (counted per reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Not a WireGuard message.
+    Malformed,
+    /// No session or handshake with that receiver index.
+    UnknownIndex,
+    /// mac1 did not verify.
+    BadMac1,
+    /// Under load without a valid cookie: a cookie reply was sent instead.
+    CookieRequired,
+    /// Under load, valid cookie, but the source exceeded its handshake rate.
+    RateLimited,
+    /// The handshake failed to authenticate or used a low-order key.
+    HandshakeFailed,
+    /// The initiation's static key is not one of our peers.
+    UnknownPeer,
+    /// The initiation's timestamp is not newer than the last one accepted.
+    TimestampReplay,
+    /// An initiation arrived less than 20 ms after the previous one.
+    InitiationFlood,
+    /// We have no private key.
+    NoPrivateKey,
+    /// A transport counter was replayed or too old.
+    Replay,
+    /// A transport message did not authenticate.
+    Decryption,
+    /// The keypair is too old or used up.
+    KeypairExpired,
+    /// The decrypted packet is not a valid IPv4/IPv6 packet.
+    InvalidInnerPacket,
+    /// The inner source address is not in this peer's allowed IPs.
+    SourceNotAllowed,
+    /// A cookie reply that we did not ask for or that did not decrypt.
+    BadCookieReply,
+}
+
+impl DropReason {
+    /// Every reason, for counters and metrics.
+    pub const ALL: [DropReason; 16] = [
+        DropReason::Malformed,
+        DropReason::UnknownIndex,
+        DropReason::BadMac1,
+        DropReason::CookieRequired,
+        DropReason::RateLimited,
+        DropReason::HandshakeFailed,
+        DropReason::UnknownPeer,
+        DropReason::TimestampReplay,
+        DropReason::InitiationFlood,
+        DropReason::NoPrivateKey,
+        DropReason::Replay,
+        DropReason::Decryption,
+        DropReason::KeypairExpired,
+        DropReason::InvalidInnerPacket,
+        DropReason::SourceNotAllowed,
+        DropReason::BadCookieReply,
+    ];
+
+    /// A short snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownIndex => "unknown_index",
+            DropReason::BadMac1 => "bad_mac1",
+            DropReason::CookieRequired => "cookie_required",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::HandshakeFailed => "handshake_failed",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::TimestampReplay => "timestamp_replay",
+            DropReason::InitiationFlood => "initiation_flood",
+            DropReason::NoPrivateKey => "no_private_key",
+            DropReason::Replay => "replay",
+            DropReason::Decryption => "decryption",
+            DropReason::KeypairExpired => "keypair_expired",
+            DropReason::InvalidInnerPacket => "invalid_inner_packet",
+            DropReason::SourceNotAllowed => "source_not_allowed",
+            DropReason::BadCookieReply => "bad_cookie_reply",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+struct Identity {
+    secret: SecretKey,
+    public: PublicKey,
+}
+
+/// A WireGuard interface: identity, peers, routing and sessions.
+pub struct Device {
+    identity: Option<Identity>,
+    peers: HashMap<PeerId, Peer>,
+    by_public_key: HashMap<PublicKey, PeerId>,
+    next_peer_id: u64,
+    indices: IndexTable,
+    allowed_ips: AllowedIps<PeerId>,
+    cookie_checker: CookieChecker,
+    rate_limiter: RateLimiter,
+    load: LoadDetector,
+    handshake_backlog: usize,
+    rng: ChaCha20Rng,
+    mtu: usize,
+    outbox: VecDeque<Transmit>,
+    timer_heap: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    drops: [u64; DropReason::ALL.len()],
+}
+
+impl core::fmt::Debug for Device {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Device")
+            .field("public_key", &self.public_key())
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// A device with no key and no peers. `seed` seeds the generator of
+    /// ephemeral keys, indices, cookie secrets and jitter: it must come from
+    /// a cryptographically secure source (tests may fix it).
+    pub fn new(seed: [u8; 32]) -> Self {
+        Device {
+            identity: None,
+            peers: HashMap::new(),
+            by_public_key: HashMap::new(),
+            next_peer_id: 1,
+            indices: IndexTable::new(),
+            allowed_ips: AllowedIps::new(),
+            cookie_checker: CookieChecker::new(None),
+            rate_limiter: RateLimiter::new(DEFAULT_MAX_ENTRIES),
+            load: LoadDetector::new(),
+            handshake_backlog: 0,
+            rng: ChaCha20Rng::from_seed(seed),
+            mtu: DEFAULT_MTU,
+            outbox: VecDeque::new(),
+            timer_heap: BinaryHeap::new(),
+            drops: [0; DropReason::ALL.len()],
+        }
+    }
+
+    // ----- configuration -------------------------------------------------
+
+    /// The tunnel MTU, used for padding.
+    pub fn set_mtu(&mut self, mtu: usize) {
+        self.mtu = mtu;
+    }
+
+    /// Our public key, if a private key is set.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        self.identity.as_ref().map(|i| i.public)
+    }
+
+    /// Our private key (clamped), if set.
+    pub fn private_key(&self) -> Option<&SecretKey> {
+        self.identity.as_ref().map(|i| &i.secret)
+    }
+
+    /// Sets or clears our private key. A peer with the matching public key is
+    /// removed; every session is retired for sending and handshakes restart.
+    pub fn set_private_key(&mut self, key: Option<SecretKey>) {
+        if self.identity.as_ref().map(|i| &i.secret) == key.as_ref() {
+            return;
+        }
+        self.identity = key.map(|secret| Identity {
+            public: secret.public_key(),
+            secret,
+        });
+        let public = self.public_key();
+        if let Some(own) = public.and_then(|p| self.by_public_key.get(&p).copied()) {
+            self.remove_peer(own);
+        }
+        self.cookie_checker.set_public_key(public.as_ref());
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let static_static = self.static_static_for(&self.peers[&id].public_key);
+            let peer = self.peers.get_mut(&id).expect("id from the map");
+            peer.static_static = static_static;
+            for keypair in [&mut peer.keypairs.current, &mut peer.keypairs.next]
+                .into_iter()
+                .flatten()
+            {
+                keypair.retire_for_sending();
+            }
+            peer.last_sent_handshake = None;
+            self.clear_handshake(id);
+        }
+    }
+
+    fn static_static_for(&self, peer: &PublicKey) -> Option<crate::crypto::SharedSecret> {
+        self.identity.as_ref()?.secret.dh(peer).ok()
+    }
+
+    /// Adds a peer (or finds the existing one). Returns None, and adds
+    /// nothing, for our own public key.
+    pub fn add_peer(&mut self, public_key: PublicKey) -> Option<PeerId> {
+        if self.public_key() == Some(public_key) {
+            return None;
+        }
+        if let Some(id) = self.by_public_key.get(&public_key) {
+            return Some(*id);
+        }
+        let id = PeerId(self.next_peer_id);
+        self.next_peer_id += 1;
+        let peer = Peer::new(public_key, self.static_static_for(&public_key));
+        self.peers.insert(id, peer);
+        self.by_public_key.insert(public_key, id);
+        Some(id)
+    }
+
+    /// The peer with this public key.
+    pub fn peer_id(&self, public_key: &PublicKey) -> Option<PeerId> {
+        self.by_public_key.get(public_key).copied()
+    }
+
+    /// Removes a peer with its sessions and allowed IPs.
+    pub fn remove_peer(&mut self, id: PeerId) {
+        let Some(mut peer) = self.peers.remove(&id) else {
+            return;
+        };
+        self.by_public_key.remove(&peer.public_key);
+        self.allowed_ips.remove_by_value(id);
+        for index in peer.keypairs.clear() {
+            self.indices.remove(index);
+        }
+        if let Some(index) = peer.handshake_index() {
+            self.indices.remove(index);
+        }
+        self.outbox.retain(|t| t.peer != Some(id));
+    }
+
+    /// Removes every peer.
+    pub fn remove_all_peers(&mut self) {
+        for id in self.peer_ids() {
+            self.remove_peer(id);
+        }
+    }
+
+    /// A peer's state.
+    pub fn peer(&self, id: PeerId) -> Option<&Peer> {
+        self.peers.get(&id)
+    }
+
+    /// All peers, in the order they were added.
+    pub fn peer_ids(&self) -> Vec<PeerId> {
+        let mut ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Number of peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Sets a peer's preshared key (zeros = none); used from the next handshake.
+    pub fn set_preshared_key(&mut self, id: PeerId, key: SymmetricKey) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.preshared_key = key;
+        }
+    }
+
+    /// Sets a peer's endpoint (clears the sticky source).
+    pub fn set_endpoint(&mut self, id: PeerId, addr: SocketAddr) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.endpoint = Some(Endpoint::from(addr));
+        }
+    }
+
+    /// Forgets the sticky source address of every peer (after the listen
+    /// port, the fwmark or the routes changed).
+    pub fn clear_sticky_sources(&mut self) {
+        for peer in self.peers.values_mut() {
+            if let Some(endpoint) = &mut peer.endpoint {
+                endpoint.local = None;
+            }
+        }
+    }
+
+    /// Sets the persistent keepalive interval in seconds (0 = off). Turning
+    /// it on sends a keepalive at once, as the kernel does.
+    pub fn set_persistent_keepalive(&mut self, now: Now, id: PeerId, seconds: u16) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let was_off = peer.timers.persistent_keepalive_interval.is_zero();
+        peer.timers
+            .set_persistent_keepalive(Duration::from_secs(u64::from(seconds)));
+        if was_off && seconds > 0 {
+            self.send_keepalive(now, id);
+        }
+        self.reschedule(id);
+    }
+
+    /// The cryptokey routing table.
+    pub fn allowed_ips(&self) -> &AllowedIps<PeerId> {
+        &self.allowed_ips
+    }
+
+    /// Routes `addr/cidr` to the peer (moving it from any other peer).
+    pub fn add_allowed_ip(
+        &mut self,
+        id: PeerId,
+        addr: IpAddr,
+        cidr: u8,
+    ) -> Result<(), AllowedIpsError> {
+        if !self.peers.contains_key(&id) {
+            return Ok(());
+        }
+        self.allowed_ips.insert(addr, cidr, id)
+    }
+
+    /// Removes `addr/cidr` if it belongs to the peer.
+    pub fn remove_allowed_ip(
+        &mut self,
+        id: PeerId,
+        addr: IpAddr,
+        cidr: u8,
+    ) -> Result<bool, AllowedIpsError> {
+        self.allowed_ips.remove(addr, cidr, id)
+    }
+
+    /// Removes all of a peer's allowed IPs.
+    pub fn clear_allowed_ips(&mut self, id: PeerId) {
+        self.allowed_ips.remove_by_value(id);
+    }
+
+    /// Tells the engine how many handshake messages are waiting to be
+    /// processed, which feeds the "under load" decision.
+    pub fn set_handshake_backlog(&mut self, backlog: usize) {
+        self.handshake_backlog = backlog;
+    }
+
+    /// How many packets were dropped for `reason`.
+    pub fn drop_count(&self, reason: DropReason) -> u64 {
+        self.drops[reason.slot()]
+    }
+
+    // ----- the data path: tunnel → network -------------------------------
+
+    /// Handles an IP packet read from the tunnel. When a session exists the
+    /// transport message is written to `out` (which needs the packet length
+    /// plus 32 bytes and 15 bytes of padding room); otherwise the packet is
+    /// queued and a handshake started.
+    pub fn send(&mut self, now: Now, packet: &[u8], out: &mut [u8]) -> SendOutcome {
+        let Some(destination) = destination_address(packet) else {
+            return SendOutcome::Invalid;
+        };
+        let Some(id) = self.allowed_ips.lookup(destination) else {
+            return SendOutcome::NoRoute;
+        };
+        let mtu = self.mtu;
+        let peer = self.peers.get_mut(&id).expect("routes point to live peers");
+        let Some(endpoint) = peer.endpoint else {
+            return SendOutcome::NoEndpoint(id);
+        };
+        if peer.staged.is_empty() {
+            if let Some(keypair) = peer.keypairs.current.as_mut() {
+                match keypair.seal(now.mono, packet, mtu, out) {
+                    Ok(len) => {
+                        self.after_data_sent(now, id, len, false);
+                        return SendOutcome::Sent {
+                            peer: id,
+                            len,
+                            endpoint,
+                        };
+                    }
+                    Err(TransportError::BufferTooSmall) => return SendOutcome::Invalid,
+                    Err(_) => {}
+                }
+            }
+        }
+        peer.stage(packet.to_vec());
+        self.flush_staged(now, id);
+        SendOutcome::Queued(id)
+    }
+
+    /// Bookkeeping after a transport message left: counters, timers, and the
+    /// rekey checks of `keep_key_fresh`.
+    fn after_data_sent(&mut self, now: Now, id: PeerId, wire_len: usize, keepalive: bool) {
+        let jitter = self.jitter();
+        let peer = self.peers.get_mut(&id).expect("caller checked");
+        peer.tx_bytes += wire_len as u64;
+        peer.timers.any_authenticated_packet_traversal(now.mono);
+        peer.timers.any_authenticated_packet_sent();
+        if !keepalive {
+            peer.timers.data_sent(now.mono, jitter);
+        }
+        let needs_rekey = peer.keypairs.current.as_ref().is_some_and(|k| {
+            k.send_counter() > REKEY_AFTER_MESSAGES
+                || (k.is_initiator
+                    && now.mono.saturating_duration_since(k.created) >= REKEY_AFTER_TIME)
+        });
+        if needs_rekey {
+            self.send_initiation(now, id, false);
+        }
+        self.reschedule(id);
+    }
+
+    /// Sends every staged packet if a usable session exists, else starts a
+    /// handshake (the packets stay staged).
+    fn flush_staged(&mut self, now: Now, id: PeerId) {
+        let mtu = self.mtu;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let usable = peer.endpoint.is_some()
+            && peer
+                .keypairs
+                .current
+                .as_ref()
+                .is_some_and(|k| k.can_send(now.mono));
+        if !usable {
+            self.send_initiation(now, id, false);
+            return;
+        }
+        while let Some(packet) = self.peers.get_mut(&id).and_then(|p| p.staged.pop_front()) {
+            let peer = self.peers.get_mut(&id).expect("checked above");
+            let keypair = peer.keypairs.current.as_mut().expect("checked above");
+            let mut data = vec![0u8; packet.len() + 64];
+            let Ok(len) = keypair.seal(now.mono, &packet, mtu, &mut data) else {
+                peer.staged.push_front(packet);
+                self.send_initiation(now, id, false);
+                return;
+            };
+            data.truncate(len);
+            let endpoint = peer.endpoint.expect("checked above");
+            self.outbox.push_back(Transmit {
+                peer: Some(id),
+                endpoint,
+                data,
+            });
+            self.after_data_sent(now, id, len, packet.is_empty());
+        }
+    }
+
+    /// Sends a keepalive (an empty packet), or the staged packets instead.
+    fn send_keepalive(&mut self, now: Now, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.staged.is_empty() {
+            peer.staged.push_back(Vec::new());
+        }
+        self.flush_staged(now, id);
+    }
+
+    /// Creates and queues a handshake initiation, at most one per
+    /// REKEY_TIMEOUT, and only with a private key, a usable static-static
+    /// secret (not a low-order peer key) and an endpoint.
+    fn send_initiation(&mut self, now: Now, id: PeerId, is_retry: bool) {
+        let jitter = self.jitter();
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !is_retry {
+            peer.timers.handshake_attempts = 0;
+        }
+        let too_soon = peer
+            .last_sent_handshake
+            .is_some_and(|last| now.mono.saturating_duration_since(last) < REKEY_TIMEOUT);
+        let (Some(static_static), Some(endpoint)) = (&peer.static_static, peer.endpoint) else {
+            return;
+        };
+        if too_soon {
+            return;
+        }
+        if let Some(old) = peer.handshake_index() {
+            self.indices.remove(old);
+        }
+        let local_index = self.indices.allocate(&mut self.rng, id);
+        let created = noise::create_initiation(
+            &identity.public,
+            &peer.public_key,
+            static_static,
+            &mut self.rng,
+            Tai64n::from_system_time(now.wall),
+            local_index,
+        );
+        let Ok((message, state)) = created else {
+            self.indices.remove(local_index);
+            peer.handshake = HandshakeState::None;
+            return;
+        };
+        let mut bytes = message.to_bytes();
+        peer.cookie.add_macs(now.mono, &mut bytes);
+        peer.handshake = HandshakeState::InitiationSent(state);
+        peer.last_sent_handshake = Some(now.mono);
+        peer.tx_bytes += bytes.len() as u64;
+        peer.timers.any_authenticated_packet_traversal(now.mono);
+        peer.timers.any_authenticated_packet_sent();
+        peer.timers.handshake_initiated(now.mono, jitter);
+        self.outbox.push_back(Transmit {
+            peer: Some(id),
+            endpoint,
+            data: bytes.to_vec(),
+        });
+        self.reschedule(id);
+    }
+
+    fn clear_handshake(&mut self, id: PeerId) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            if let Some(index) = peer.handshake_index() {
+                self.indices.remove(index);
+            }
+            peer.handshake = HandshakeState::None;
+        }
+    }
+
+    fn jitter(&mut self) -> Duration {
+        let max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u32;
+        Duration::from_millis(u64::from(self.rng.next_u32() % max))
+    }
+
+    // ----- the data path: network → tunnel -------------------------------
+
+    /// Handles a datagram received from `from`. Transport messages are
+    /// decrypted in place: on [`ReceiveOutcome::Deliver`] the IP packet is
+    /// `datagram[16..16 + len]`.
+    pub fn receive(&mut self, now: Now, from: Endpoint, datagram: &mut [u8]) -> ReceiveOutcome {
+        let outcome = match messages::parse(datagram) {
+            Err(_) => Err(DropReason::Malformed),
+            Ok(Message::Transport(header)) => {
+                self.receive_transport(now, from, header.receiver, header.counter, datagram)
+            }
+            Ok(Message::CookieReply(reply)) => self.receive_cookie_reply(now, reply, datagram),
+            Ok(message) => self.receive_handshake(now, from, message, datagram),
+        };
+        match outcome {
+            Ok(outcome) => outcome,
+            Err(reason) => {
+                self.drops[reason.slot()] += 1;
+                ReceiveOutcome::Dropped(reason)
+            }
+        }
+    }
+
+    fn receive_transport(
+        &mut self,
+        now: Now,
+        from: Endpoint,
+        receiver: u32,
+        counter: u64,
+        datagram: &mut [u8],
+    ) -> Result<ReceiveOutcome, DropReason> {
+        let id = self.indices.get(receiver).ok_or(DropReason::UnknownIndex)?;
+        let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
+        let (keypair, slot) = peer
+            .keypairs
+            .by_index_mut(receiver)
+            .ok_or(DropReason::UnknownIndex)?;
+        let padded_len = keypair.open(now.mono, counter, datagram).map_err(|e| match e {
+            TransportError::Replay => DropReason::Replay,
+            TransportError::KeypairExpired => DropReason::KeypairExpired,
+            _ => DropReason::Decryption,
+        })?;
+        // Authenticated: roam to where it came from, before any other check
+        // (the kernel's order, which its crypto-RP filter test relies on).
+        peer.endpoint = Some(from);
+        if slot == Slot::Next {
+            if let Some(dropped) = peer.keypairs.confirm_next() {
+                self.indices.remove(dropped);
+            }
+            peer.timers.handshake_complete();
+            peer.last_handshake = Some(now.wall);
+            self.flush_staged(now, id);
+        }
+        self.keep_key_fresh_on_receive(now, id);
+        let peer = self.peers.get_mut(&id).expect("still there");
+        peer.timers.any_authenticated_packet_received();
+        peer.timers.any_authenticated_packet_traversal(now.mono);
+        if padded_len == 0 {
+            peer.rx_bytes += datagram.len() as u64;
+            self.reschedule(id);
+            return Ok(ReceiveOutcome::Handled);
+        }
+        peer.timers.data_received(now.mono);
+        self.reschedule(id);
+        let plaintext = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + padded_len];
+        let (len, source) = inner_packet(plaintext).ok_or(DropReason::InvalidInnerPacket)?;
+        if self.allowed_ips.lookup(source) != Some(id) {
+            return Err(DropReason::SourceNotAllowed);
+        }
+        let peer = self.peers.get_mut(&id).expect("still there");
+        peer.rx_bytes += datagram.len() as u64;
+        Ok(ReceiveOutcome::Deliver { peer: id, len })
+    }
+
+    /// The initiator rekeys once when its session nears REJECT_AFTER_TIME.
+    fn keep_key_fresh_on_receive(&mut self, now: Now, id: PeerId) {
+        let peer = self.peers.get_mut(&id).expect("caller checked");
+        let old = peer.keypairs.current.as_ref().is_some_and(|k| {
+            k.is_initiator && now.mono.saturating_duration_since(k.created) >= REKEY_ON_RECEIVE_AGE
+        });
+        if old && !peer.timers.sent_lastminute_handshake {
+            peer.timers.sent_lastminute_handshake = true;
+            self.send_initiation(now, id, false);
+        }
+    }
+
+    fn receive_cookie_reply(
+        &mut self,
+        now: Now,
+        reply: messages::CookieReply,
+        datagram: &[u8],
+    ) -> Result<ReceiveOutcome, DropReason> {
+        let id = self.indices.get(reply.receiver).ok_or(DropReason::UnknownIndex)?;
+        let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
+        let bytes: &[u8; COOKIE_REPLY_LEN] =
+            datagram.try_into().map_err(|_| DropReason::Malformed)?;
+        peer.cookie
+            .consume_reply(now.mono, bytes)
+            .map_err(|_| DropReason::BadCookieReply)?;
+        Ok(ReceiveOutcome::Handled)
+    }
+
+    /// mac1, then the under-load rules: a cookie reply instead of work for
+    /// sources without a valid mac2, a per-source rate limit for the rest.
+    fn admit_handshake(
+        &mut self,
+        now: Now,
+        from: Endpoint,
+        sender_index: u32,
+        datagram: &[u8],
+    ) -> Result<(), DropReason> {
+        if !self.cookie_checker.check_mac1(datagram) {
+            return Err(DropReason::BadMac1);
+        }
+        if !self.load.observe(now.mono, self.handshake_backlog) {
+            return Ok(());
+        }
+        if !self
+            .cookie_checker
+            .check_mac2(now.mono, &mut self.rng, datagram, from.addr)
+        {
+            let reply = self.cookie_checker.create_reply(
+                now.mono,
+                &mut self.rng,
+                datagram,
+                sender_index,
+                from.addr,
+            );
+            if let Some(reply) = reply {
+                self.outbox.push_back(Transmit {
+                    peer: None,
+                    endpoint: from,
+                    data: reply.to_vec(),
+                });
+            }
+            return Err(DropReason::CookieRequired);
+        }
+        if !self.rate_limiter.allow(now.mono, from.addr.ip()) {
+            return Err(DropReason::RateLimited);
+        }
+        Ok(())
+    }
+
+    fn receive_handshake(
+        &mut self,
+        now: Now,
+        from: Endpoint,
+        message: Message,
+        datagram: &[u8],
+    ) -> Result<ReceiveOutcome, DropReason> {
+        match message {
+            Message::Initiation(init) => {
+                self.admit_handshake(now, from, init.sender, datagram)?;
+                self.consume_initiation(now, from, &init)
+            }
+            Message::Response(response) => {
+                self.admit_handshake(now, from, response.sender, datagram)?;
+                self.consume_response(now, from, &response)
+            }
+            _ => Err(DropReason::Malformed),
+        }
+    }
+
+    fn consume_initiation(
+        &mut self,
+        now: Now,
+        from: Endpoint,
+        init: &messages::Initiation,
+    ) -> Result<ReceiveOutcome, DropReason> {
+        let identity = self.identity.as_ref().ok_or(DropReason::NoPrivateKey)?;
+        let progress = noise::open_initiation_static(&identity.secret, &identity.public, init)
+            .map_err(|_| DropReason::HandshakeFailed)?;
+        let id = self
+            .by_public_key
+            .get(&progress.peer_public)
+            .copied()
+            .ok_or(DropReason::UnknownPeer)?;
+        let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownPeer)?;
+        let static_static = peer
+            .static_static
+            .as_ref()
+            .ok_or(DropReason::HandshakeFailed)?;
+        let consumed = noise::finish_initiation(progress, static_static, init)
+            .map_err(|_| DropReason::HandshakeFailed)?;
+        if peer.latest_timestamp.is_some_and(|t| consumed.timestamp <= t) {
+            return Err(DropReason::TimestampReplay);
+        }
+        let flood = peer.last_initiation_consumed.is_some_and(|last| {
+            now.mono.saturating_duration_since(last) < crate::constants::MIN_INITIATION_INTERVAL
+        });
+        if flood {
+            return Err(DropReason::InitiationFlood);
+        }
+        let local_index = self.indices.allocate(&mut self.rng, id);
+        let created =
+            noise::create_response(&consumed, &peer.preshared_key, &mut self.rng, local_index);
+        let Ok((response, keys)) = created else {
+            self.indices.remove(local_index);
+            return Err(DropReason::HandshakeFailed);
+        };
+        peer.latest_timestamp = Some(consumed.timestamp);
+        peer.last_initiation_consumed = Some(now.mono);
+        peer.endpoint = Some(from);
+        peer.rx_bytes += INITIATION_LEN as u64;
+        peer.timers.any_authenticated_packet_received();
+        peer.timers.any_authenticated_packet_traversal(now.mono);
+        // A handshake we had in flight is superseded (as in the kernel,
+        // one handshake state per peer).
+        if let Some(old) = peer.handshake_index() {
+            self.indices.remove(old);
+        }
+        peer.handshake = HandshakeState::None;
+        let keypair = Keypair::new(&keys, local_index, consumed.remote_index, now.mono, false);
+        for dropped in peer.keypairs.install(keypair) {
+            self.indices.remove(dropped);
+        }
+        let mut bytes = response.to_bytes();
+        peer.cookie.add_macs(now.mono, &mut bytes);
+        peer.last_sent_handshake = Some(now.mono);
+        peer.tx_bytes += RESPONSE_LEN as u64;
+        peer.timers.any_authenticated_packet_traversal(now.mono);
+        peer.timers.any_authenticated_packet_sent();
+        peer.timers.session_derived(now.mono);
+        self.outbox.push_back(Transmit {
+            peer: Some(id),
+            endpoint: from,
+            data: bytes.to_vec(),
+        });
+        self.reschedule(id);
+        Ok(ReceiveOutcome::Handled)
+    }
+
+    fn consume_response(
+        &mut self,
+        now: Now,
+        from: Endpoint,
+        response: &messages::Response,
+    ) -> Result<ReceiveOutcome, DropReason> {
+        let identity = self.identity.as_ref().ok_or(DropReason::NoPrivateKey)?;
+        let id = self
+            .indices
+            .get(response.receiver)
+            .ok_or(DropReason::UnknownIndex)?;
+        let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
+        let HandshakeState::InitiationSent(state) = &peer.handshake else {
+            return Err(DropReason::UnknownIndex);
+        };
+        if state.local_index != response.receiver {
+            return Err(DropReason::UnknownIndex);
+        }
+        let keys = noise::consume_response(state, &identity.secret, &peer.preshared_key, response)
+            .map_err(|_| DropReason::HandshakeFailed)?;
+        let keypair = Keypair::new(&keys, state.local_index, response.sender, now.mono, true);
+        // The handshake's index now names the keypair.
+        peer.handshake = HandshakeState::None;
+        for dropped in peer.keypairs.install(keypair) {
+            self.indices.remove(dropped);
+        }
+        peer.endpoint = Some(from);
+        peer.rx_bytes += RESPONSE_LEN as u64;
+        peer.last_handshake = Some(now.wall);
+        peer.timers.session_derived(now.mono);
+        peer.timers.handshake_complete();
+        peer.timers.any_authenticated_packet_received();
+        peer.timers.any_authenticated_packet_traversal(now.mono);
+        // Confirm the session at once: staged data, or else a keepalive.
+        self.send_keepalive(now, id);
+        self.reschedule(id);
+        Ok(ReceiveOutcome::Handled)
+    }
+
+    // ----- time ----------------------------------------------------------
+
+    /// The next datagram to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.pop_front()
+    }
+
+    /// When [`Device::handle_timeout`] should next be called. May be a
+    /// little early (a timer that was pushed back), never late.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((deadline, id))) = self.timer_heap.peek().copied() {
+            let live = self
+                .peers
+                .get(&id)
+                .is_some_and(|p| p.scheduled == Some(deadline));
+            if live {
+                return Some(deadline);
+            }
+            self.timer_heap.pop();
+        }
+        None
+    }
+
+    /// Registers a peer's earliest deadline in the heap. Only an earlier
+    /// deadline is pushed; a later one is found when the earlier fires.
+    fn reschedule(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(deadline) = peer.timers.next_deadline() else {
+            return;
+        };
+        if peer.scheduled.is_none_or(|s| deadline < s) {
+            peer.scheduled = Some(deadline);
+            self.timer_heap.push(Reverse((deadline, id)));
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Now) {
+        while let Some(Reverse((deadline, id))) = self.timer_heap.peek().copied() {
+            if deadline > now.mono {
+                break;
+            }
+            self.timer_heap.pop();
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            if peer.scheduled != Some(deadline) {
+                continue;
+            }
+            peer.scheduled = None;
+            while let Some(event) = self.peers.get_mut(&id).and_then(|p| p.timers.take_expired(now.mono)) {
+                self.on_timer(now, id, event);
+            }
+            self.reschedule(id);
+        }
+    }
+
+    fn on_timer(&mut self, now: Now, id: PeerId, event: TimerEvent) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        match event {
+            TimerEvent::RetransmitHandshake => {
+                if peer.timers.handshake_attempts > MAX_TIMER_HANDSHAKES {
+                    peer.timers.handshake_gave_up(now.mono);
+                    peer.staged.clear();
+                } else {
+                    peer.timers.handshake_attempts += 1;
+                    clear_sticky_source(peer);
+                    self.send_initiation(now, id, true);
+                }
+            }
+            TimerEvent::SendKeepalive => {
+                self.send_keepalive(now, id);
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    peer.timers.keepalive_sent_by_timer(now.mono);
+                }
+            }
+            TimerEvent::NewHandshake => {
+                clear_sticky_source(peer);
+                self.send_initiation(now, id, false);
+            }
+            TimerEvent::ZeroKeyMaterial => {
+                for index in peer.keypairs.clear() {
+                    self.indices.remove(index);
+                }
+                self.clear_handshake(id);
+            }
+            TimerEvent::PersistentKeepalive => {
+                if !peer.timers.persistent_keepalive_interval.is_zero() {
+                    self.send_keepalive(now, id);
+                }
+            }
+        }
+    }
+}
+
+fn clear_sticky_source(peer: &mut Peer) {
+    if let Some(endpoint) = &mut peer.endpoint {
+        endpoint.local = None;
+    }
+}
+
+/// The destination address of an IPv4 or IPv6 packet.
+fn destination_address(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let b: [u8; 4] = packet[16..20].try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(b)))
+        }
+        6 if packet.len() >= 40 => {
+            let b: [u8; 16] = packet[24..40].try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+/// Validates a decrypted packet and returns its real length (padding
+/// removed) and its source address.
+fn inner_packet(plaintext: &[u8]) -> Option<(usize, IpAddr)> {
+    match plaintext.first()? >> 4 {
+        4 if plaintext.len() >= 20 => {
+            let total = usize::from(u16::from_be_bytes([plaintext[2], plaintext[3]]));
+            if !(20..=plaintext.len()).contains(&total) {
+                return None;
+            }
+            let b: [u8; 4] = plaintext[12..16].try_into().ok()?;
+            Some((total, IpAddr::V4(Ipv4Addr::from(b))))
+        }
+        6 if plaintext.len() >= 40 => {
+            let payload = usize::from(u16::from_be_bytes([plaintext[4], plaintext[5]]));
+            let total = 40 + payload;
+            if total > plaintext.len() {
+                return None;
+            }
+            let b: [u8; 16] = plaintext[8..24].try_into().ok()?;
+            Some((total, IpAddr::V6(Ipv6Addr::from(b))))
+        }
+        _ => None,
+    }
+}

@@ -1,1 +1,297 @@
-//! (peer: to be written)
+//! One peer: its configuration, handshake, keypairs, timers and counters.
+//!
+//! The rules that need device-wide state (indices, the outbox, our static
+//! key) live in [`crate::device`]; this module holds what belongs to a single
+//! peer and the keypair rotation of section 1.3 of the design notes.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Instant, SystemTime};
+
+use crate::constants::MAX_STAGED_PACKETS;
+use crate::cookie::CookieGenerator;
+use crate::crypto::{PublicKey, SharedSecret, SymmetricKey};
+use crate::noise::InitiatorState;
+use crate::tai64n::Tai64n;
+use crate::timers::Timers;
+use crate::transport::Keypair;
+
+/// A device-local handle to a peer. Ids grow with every new peer, so sorting
+/// them gives the order in which peers were added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+/// The local side of a received datagram, kept so that replies leave from
+/// the address the peer wrote to ("sticky source"). Opaque to the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LocalAddr {
+    /// The local address the datagram was sent to.
+    pub ip: IpAddr,
+    /// The interface it arrived on.
+    pub ifindex: u32,
+}
+
+/// Where to send a peer's datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The peer's address and port.
+    pub addr: SocketAddr,
+    /// The local source to use, if known.
+    pub local: Option<LocalAddr>,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Self {
+        Endpoint { addr, local: None }
+    }
+}
+
+/// The three keypair slots of a peer.
+#[derive(Default, Debug)]
+pub struct Keypairs {
+    /// The keypair we send with.
+    pub current: Option<Keypair>,
+    /// The one before it (still accepted on receive).
+    pub previous: Option<Keypair>,
+    /// A responder's new keypair, awaiting the first data packet.
+    pub next: Option<Keypair>,
+}
+
+impl Keypairs {
+    /// Installs a new keypair; returns the local indices of keypairs dropped.
+    pub fn install(&mut self, new: Keypair) -> Vec<u32> {
+        let mut dropped = Vec::new();
+        let mut drop = |k: Option<Keypair>| {
+            if let Some(k) = k {
+                dropped.push(k.local_index);
+            }
+        };
+        if new.is_initiator {
+            if let Some(next) = self.next.take() {
+                drop(self.previous.replace(next));
+                drop(self.current.replace(new));
+            } else {
+                let old_current = self.current.replace(new);
+                drop(std::mem::replace(&mut self.previous, old_current));
+            }
+        } else {
+            drop(self.next.replace(new));
+            drop(self.previous.take());
+        }
+        dropped
+    }
+
+    /// Key confirmation: data arrived with `next`, which becomes current.
+    /// Returns the local index of the keypair dropped, if any.
+    pub fn confirm_next(&mut self) -> Option<u32> {
+        let next = self.next.take()?;
+        let old_current = self.current.replace(next);
+        std::mem::replace(&mut self.previous, old_current).map(|k| k.local_index)
+    }
+
+    /// The slot holding the keypair with this local index.
+    pub fn by_index_mut(&mut self, index: u32) -> Option<(&mut Keypair, Slot)> {
+        [
+            (self.current.as_mut(), Slot::Current),
+            (self.previous.as_mut(), Slot::Previous),
+            (self.next.as_mut(), Slot::Next),
+        ]
+        .into_iter()
+        .find_map(|(k, slot)| k.filter(|k| k.local_index == index).map(|k| (k, slot)))
+    }
+
+    /// Drops every keypair; returns their local indices.
+    pub fn clear(&mut self) -> Vec<u32> {
+        [self.current.take(), self.previous.take(), self.next.take()]
+            .into_iter()
+            .flatten()
+            .map(|k| k.local_index)
+            .collect()
+    }
+
+    /// Local indices of all keypairs held.
+    pub fn indices(&self) -> impl Iterator<Item = u32> + '_ {
+        [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .flatten()
+            .map(|k| k.local_index)
+    }
+}
+
+/// Which slot a keypair was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// `current`.
+    Current,
+    /// `previous`.
+    Previous,
+    /// `next`.
+    Next,
+}
+
+/// A handshake in progress, from our side.
+#[derive(Debug, Default)]
+pub enum HandshakeState {
+    /// Nothing in flight.
+    #[default]
+    None,
+    /// We sent an initiation and wait for the response.
+    InitiationSent(InitiatorState),
+}
+
+/// Everything the device knows about one peer.
+pub struct Peer {
+    /// The peer's static public key.
+    pub public_key: PublicKey,
+    /// The preshared key (all zeros when unset).
+    pub preshared_key: SymmetricKey,
+    /// DH(our static, peer static), or None when we have no private key or
+    /// the peer's key is of low order (then no handshake is ever attempted).
+    pub static_static: Option<SharedSecret>,
+    /// Where to send, if known.
+    pub endpoint: Option<Endpoint>,
+    /// Handshake in flight.
+    pub handshake: HandshakeState,
+    /// Session keys.
+    pub keypairs: Keypairs,
+    /// mac1/mac2 and received cookies for messages we send to this peer.
+    pub cookie: CookieGenerator,
+    /// Timers.
+    pub timers: Timers,
+    /// Packets waiting for a session (oldest dropped beyond 128).
+    pub staged: VecDeque<Vec<u8>>,
+    /// The greatest timestamp of an initiation accepted from the peer.
+    pub latest_timestamp: Option<Tai64n>,
+    /// When we last accepted an initiation from the peer (flood guard).
+    pub last_initiation_consumed: Option<Instant>,
+    /// When we last sent an initiation (one per REKEY_TIMEOUT).
+    pub last_sent_handshake: Option<Instant>,
+    /// Wall-clock time of the last completed handshake.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received from the peer, as WireGuard messages on the wire.
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer, as WireGuard messages on the wire.
+    pub tx_bytes: u64,
+    /// The deadline currently registered in the device's timer heap.
+    pub(crate) scheduled: Option<Instant>,
+}
+
+impl core::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Peer")
+            .field("public_key", &self.public_key)
+            .field("endpoint", &self.endpoint)
+            .field("rx_bytes", &self.rx_bytes)
+            .field("tx_bytes", &self.tx_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Peer {
+    /// A new peer with no session.
+    pub fn new(public_key: PublicKey, static_static: Option<SharedSecret>) -> Self {
+        Peer {
+            public_key,
+            preshared_key: SymmetricKey::default(),
+            static_static,
+            endpoint: None,
+            handshake: HandshakeState::None,
+            keypairs: Keypairs::default(),
+            cookie: CookieGenerator::new(&public_key),
+            timers: Timers::default(),
+            staged: VecDeque::new(),
+            latest_timestamp: None,
+            last_initiation_consumed: None,
+            last_sent_handshake: None,
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            scheduled: None,
+        }
+    }
+
+    /// Queues a packet until a session exists, dropping the oldest beyond
+    /// the limit. Returns true if an old packet was dropped.
+    pub fn stage(&mut self, packet: Vec<u8>) -> bool {
+        let full = self.staged.len() >= MAX_STAGED_PACKETS;
+        if full {
+            self.staged.pop_front();
+        }
+        self.staged.push_back(packet);
+        full
+    }
+
+    /// The local index of the handshake in flight, if any.
+    pub fn handshake_index(&self) -> Option<u32> {
+        match &self.handshake {
+            HandshakeState::InitiationSent(s) => Some(s.local_index),
+            HandshakeState::None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SymmetricKey;
+    use crate::noise::SessionKeys;
+
+    fn keypair(index: u32, initiator: bool) -> Keypair {
+        let keys = SessionKeys {
+            send: SymmetricKey([1; 32]),
+            receive: SymmetricKey([2; 32]),
+        };
+        Keypair::new(&keys, index, 0, Instant::now(), initiator)
+    }
+
+    fn slots(k: &Keypairs) -> [Option<u32>; 3] {
+        [
+            k.current.as_ref().map(|k| k.local_index),
+            k.previous.as_ref().map(|k| k.local_index),
+            k.next.as_ref().map(|k| k.local_index),
+        ]
+    }
+
+    #[test]
+    fn initiator_rotation() {
+        let mut k = Keypairs::default();
+        assert!(k.install(keypair(1, true)).is_empty());
+        assert!(k.install(keypair(2, true)).is_empty());
+        assert_eq!(slots(&k), [Some(2), Some(1), None]);
+        assert_eq!(k.install(keypair(3, true)), vec![1]);
+        assert_eq!(slots(&k), [Some(3), Some(2), None]);
+    }
+
+    #[test]
+    fn responder_waits_for_confirmation() {
+        let mut k = Keypairs::default();
+        k.install(keypair(1, true));
+        k.install(keypair(2, true));
+        assert_eq!(k.install(keypair(3, false)), vec![1], "previous dropped");
+        assert_eq!(slots(&k), [Some(2), None, Some(3)]);
+        assert_eq!(k.install(keypair(4, false)), vec![3], "old next dropped");
+        assert_eq!(k.confirm_next(), None);
+        assert_eq!(slots(&k), [Some(4), Some(2), None]);
+    }
+
+    #[test]
+    fn initiator_after_unconfirmed_next_demotes_next() {
+        let mut k = Keypairs::default();
+        k.install(keypair(1, true));
+        k.install(keypair(2, false));
+        assert_eq!(k.install(keypair(3, true)), vec![1]);
+        assert_eq!(slots(&k), [Some(3), Some(2), None]);
+    }
+
+    #[test]
+    fn staging_drops_oldest() {
+        let mut p = Peer::new(PublicKey([9; 32]), None);
+        for i in 0..MAX_STAGED_PACKETS {
+            assert!(!p.stage(vec![i as u8]));
+        }
+        assert!(p.stage(vec![255]));
+        assert_eq!(p.staged.len(), MAX_STAGED_PACKETS);
+        assert_eq!(p.staged.front(), Some(&vec![1]));
+        assert_eq!(p.staged.back(), Some(&vec![255]));
+    }
+}

@@ -1,1 +1,102 @@
-//! (peerlookup: to be written)
+//! Session indices: random 32-bit values, unique within a device.
+//!
+//! An index names one handshake or keypair of one peer. The value is random
+//! (not a counter) so that it reveals neither how many peers nor how many
+//! handshakes a device has. Lookup by public key is a plain map in
+//! [`crate::device::Device`].
+
+use std::collections::HashMap;
+
+use crate::peer::PeerId;
+
+/// The table of session indices in use.
+#[derive(Default, Debug)]
+pub struct IndexTable {
+    entries: HashMap<u32, PeerId>,
+}
+
+impl IndexTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Picks a random index that is not in use and assigns it to `peer`.
+    pub fn allocate(&mut self, rng: &mut impl rand_core::RngCore, peer: PeerId) -> u32 {
+        loop {
+            let index = rng.next_u32();
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.entries.entry(index) {
+                slot.insert(peer);
+                return index;
+            }
+        }
+    }
+
+    /// The peer an index belongs to.
+    pub fn get(&self, index: u32) -> Option<PeerId> {
+        self.entries.get(&index).copied()
+    }
+
+    /// Frees an index; a no-op for an index not in use.
+    pub fn remove(&mut self, index: u32) {
+        self.entries.remove(&index);
+    }
+
+    /// Number of indices in use.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no index is in use.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::SeedableRng;
+
+    /// A generator that repeats values, to exercise collision handling.
+    struct Repeating(u32);
+    impl rand_core::RngCore for Repeating {
+        fn next_u32(&mut self) -> u32 {
+            self.0 = (self.0 + 1) % 3;
+            self.0
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.next_u32() as u64
+        }
+        fn fill_bytes(&mut self, dst: &mut [u8]) {
+            dst.fill(self.next_u32() as u8)
+        }
+    }
+
+    #[test]
+    fn indices_are_unique_even_when_the_generator_repeats() {
+        let mut table = IndexTable::new();
+        let mut rng = Repeating(0);
+        let a = table.allocate(&mut rng, PeerId(1));
+        let b = table.allocate(&mut rng, PeerId(2));
+        let c = table.allocate(&mut rng, PeerId(3));
+        assert_ne!(a, b);
+        assert_ne!(b, c);
+        assert_ne!(a, c);
+        assert_eq!(table.get(b), Some(PeerId(2)));
+        table.remove(b);
+        assert_eq!(table.get(b), None);
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn many_random_indices() {
+        let mut table = IndexTable::new();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..10_000 {
+            assert!(seen.insert(table.allocate(&mut rng, PeerId(i))));
+        }
+        assert_eq!(table.len(), 10_000);
+    }
+}
