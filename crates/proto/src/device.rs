@@ -1044,3 +1044,7 @@ fn inner_packet(plaintext: &[u8]) -> Option<(usize, IpAddr)> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;

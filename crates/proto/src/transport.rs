@@ -102,6 +102,12 @@ impl Keypair {
         now.saturating_duration_since(self.created) >= REJECT_AFTER_TIME
     }
 
+    /// Test hook: jump the send counter (e.g. to REKEY_AFTER_MESSAGES).
+    #[cfg(test)]
+    pub(crate) fn set_send_counter_for_test(&mut self, counter: u64) {
+        self.send_counter = counter;
+    }
+
     /// Marks the keypair unusable for sending (after a private key change).
     pub fn retire_for_sending(&mut self) {
         self.send_counter = REJECT_AFTER_MESSAGES;
@@ -215,7 +221,7 @@ mod tests {
         assert_eq!(padded_len(1419, 1420), 1420);
         assert_eq!(padded_len(1420, 1420), 1420);
         assert_eq!(padded_len(1415, 1418), 1418, "never beyond the MTU");
-        assert_eq!(padded_len(1500, 1420), 1500 + 16, "80 % → 80 → 80 is aligned");
+        assert_eq!(padded_len(1500, 1420), 1500, "1500 % 1420 = 80 is already aligned");
         assert_eq!(padded_len(1501, 1420), 1501 + 15);
         assert_eq!(padded_len(5, 0), 16);
     }

@@ -1,0 +1,504 @@
+//! Full sessions between two engines over a simulated network, driven by a
+//! fake clock.
+
+use super::*;
+use crate::constants::{
+    KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, ZERO_KEY_MATERIAL_AFTER,
+};
+use crate::crypto::SecretKey;
+
+const A_ADDR: &str = "192.0.2.1:51820";
+const B_ADDR: &str = "192.0.2.2:51821";
+const A_TUN: [u8; 4] = [192, 168, 241, 1];
+const B_TUN: [u8; 4] = [192, 168, 241, 2];
+
+/// An IPv4 packet of `len` bytes from `src` to `dst`.
+fn ipv4(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 1;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    for (i, b) in p[20..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    p
+}
+
+struct Net {
+    a: Device,
+    b: Device,
+    a_peer: PeerId, // B as seen by A
+    b_peer: PeerId, // A as seen by B
+    now: Now,
+    delivered_a: Vec<Vec<u8>>,
+    delivered_b: Vec<Vec<u8>>,
+    /// Every datagram that crossed the network, (from_a, bytes).
+    wire: Vec<(bool, Vec<u8>)>,
+}
+
+fn sock(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+impl Net {
+    fn new(psk: [u8; 32]) -> Net {
+        let ka = SecretKey::from_bytes([0x11; 32]);
+        let kb = SecretKey::from_bytes([0x22; 32]);
+        let (pa, pb) = (ka.public_key(), kb.public_key());
+        let mut a = Device::new([1; 32]);
+        let mut b = Device::new([2; 32]);
+        a.set_private_key(Some(ka));
+        b.set_private_key(Some(kb));
+        let a_peer = a.add_peer(pb).unwrap();
+        let b_peer = b.add_peer(pa).unwrap();
+        a.set_preshared_key(a_peer, SymmetricKey(psk));
+        b.set_preshared_key(b_peer, SymmetricKey(psk));
+        a.set_endpoint(a_peer, sock(B_ADDR));
+        b.set_endpoint(b_peer, sock(A_ADDR));
+        a.add_allowed_ip(a_peer, IpAddr::from(B_TUN), 32).unwrap();
+        b.add_allowed_ip(b_peer, IpAddr::from(A_TUN), 32).unwrap();
+        Net {
+            a,
+            b,
+            a_peer,
+            b_peer,
+            now: Now::system(),
+            delivered_a: vec![],
+            delivered_b: vec![],
+            wire: vec![],
+        }
+    }
+
+    /// Moves datagrams between the two engines until both are quiet.
+    fn pump(&mut self) {
+        for _ in 0..1000 {
+            let mut moved = false;
+            while let Some(t) = self.a.poll_transmit() {
+                moved = true;
+                self.deliver(true, t.data);
+            }
+            while let Some(t) = self.b.poll_transmit() {
+                moved = true;
+                self.deliver(false, t.data);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the engines never went quiet");
+    }
+
+    fn deliver(&mut self, from_a: bool, mut data: Vec<u8>) {
+        self.wire.push((from_a, data.clone()));
+        let now = self.now;
+        let (dev, src, sink) = if from_a {
+            (&mut self.b, A_ADDR, &mut self.delivered_b)
+        } else {
+            (&mut self.a, B_ADDR, &mut self.delivered_a)
+        };
+        if let ReceiveOutcome::Deliver { len, .. } =
+            dev.receive(now, Endpoint::from(sock(src)), &mut data)
+        {
+            sink.push(data[16..16 + len].to_vec());
+        }
+    }
+
+    /// Sends an IP packet from A's tunnel (or B's) and pumps the network.
+    fn send(&mut self, from_a: bool, packet: &[u8]) -> SendOutcome {
+        let mut out = vec![0u8; packet.len() + 64];
+        let now = self.now;
+        let dev = if from_a { &mut self.a } else { &mut self.b };
+        let outcome = dev.send(now, packet, &mut out);
+        if let SendOutcome::Sent { len, .. } = outcome {
+            self.deliver(from_a, out[..len].to_vec());
+        }
+        self.pump();
+        outcome
+    }
+
+    fn ping_a_to_b(&mut self, len: usize) -> SendOutcome {
+        self.send(true, &ipv4(A_TUN, B_TUN, len))
+    }
+
+    /// Advances the clock, firing timers on both sides at their deadlines.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now.mono + d;
+        loop {
+            let next = [self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    let step = t.saturating_duration_since(self.now.mono);
+                    self.now = self.now.advance(step);
+                    self.a.handle_timeout(self.now);
+                    self.b.handle_timeout(self.now);
+                    self.pump();
+                }
+                _ => break,
+            }
+        }
+        let rest = end.saturating_duration_since(self.now.mono);
+        self.now = self.now.advance(rest);
+    }
+
+    fn count_wire(&mut self, from_a: bool, msg_type: u8) -> usize {
+        self.wire
+            .iter()
+            .filter(|(a, d)| *a == from_a && d[0] == msg_type)
+            .count()
+    }
+}
+
+#[test]
+fn handshake_then_data_both_ways() {
+    let mut net = Net::new([0; 32]);
+    let packet = ipv4(A_TUN, B_TUN, 84);
+    assert_eq!(net.ping_a_to_b(84), SendOutcome::Queued(net.a_peer));
+    assert_eq!(net.delivered_b, vec![packet.clone()], "staged packet flushed");
+    // Now a session exists: the fast path encrypts straight into the buffer.
+    assert!(matches!(net.ping_a_to_b(84), SendOutcome::Sent { .. }));
+    let reply = ipv4(B_TUN, A_TUN, 84);
+    assert!(matches!(net.send(false, &reply), SendOutcome::Sent { .. }));
+    assert_eq!(net.delivered_b.len(), 2);
+    assert_eq!(net.delivered_a, vec![reply]);
+    let pa = net.a.peer(net.a_peer).unwrap();
+    assert!(pa.last_handshake.is_some());
+    assert_eq!(pa.endpoint.unwrap().addr, sock(B_ADDR));
+}
+
+/// The kernel's netns.sh counter check: after a handshake and ten 84-byte
+/// pings each way, the initiator has received 92 + 10 × 128 = 1372 bytes and
+/// sent 148 + 10 × 128 = 1428.
+#[test]
+fn byte_counters_match_the_kernel() {
+    let mut net = Net::new([7; 32]);
+    for _ in 0..10 {
+        net.ping_a_to_b(84);
+        net.send(false, &ipv4(B_TUN, A_TUN, 84));
+    }
+    let pa = net.a.peer(net.a_peer).unwrap();
+    assert_eq!(pa.rx_bytes, 1372);
+    assert_eq!(pa.tx_bytes, 1428);
+    let pb = net.b.peer(net.b_peer).unwrap();
+    assert_eq!(pb.rx_bytes, 1428);
+    assert_eq!(pb.tx_bytes, 1372);
+}
+
+#[test]
+fn responder_confirms_with_first_data_packet_only() {
+    let mut net = Net::new([0; 32]);
+    net.send(false, &ipv4(B_TUN, A_TUN, 60));
+    // A responded; its new keypair waits in `next` until data arrives.
+    let pa = net.a.peer(net.a_peer).unwrap();
+    assert!(pa.keypairs.current.is_some(), "confirmed by B's staged packet");
+    assert_eq!(net.delivered_a.len(), 1);
+}
+
+#[test]
+fn every_replayed_message_is_rejected() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    net.ping_a_to_b(84);
+    let wire = net.wire.clone();
+    for (from_a, data) in wire {
+        let mut copy = data.clone();
+        let now = net.now;
+        let (dev, src) = if from_a {
+            (&mut net.b, A_ADDR)
+        } else {
+            (&mut net.a, B_ADDR)
+        };
+        let outcome = dev.receive(now, Endpoint::from(sock(src)), &mut copy);
+        let expected = match data[0] {
+            1 => DropReason::TimestampReplay,
+            2 => DropReason::UnknownIndex,
+            _ => DropReason::Replay,
+        };
+        assert_eq!(outcome, ReceiveOutcome::Dropped(expected), "type {}", data[0]);
+    }
+}
+
+#[test]
+fn tampered_datagrams_are_dropped_and_change_nothing() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(100);
+    let mut out = vec![0u8; 200];
+    let now = net.now;
+    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 100), &mut out)
+    else {
+        panic!("session expected")
+    };
+    let good = out[..len].to_vec();
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x04;
+        let before = net.b.peer(net.b_peer).unwrap().rx_bytes;
+        let outcome = net
+            .b
+            .receive(now, Endpoint::from(sock("203.0.113.9:9")), &mut bad);
+        assert!(matches!(outcome, ReceiveOutcome::Dropped(_)), "byte {i}");
+        let pb = net.b.peer(net.b_peer).unwrap();
+        assert_eq!(pb.rx_bytes, before);
+        assert_eq!(pb.endpoint.unwrap().addr, sock(A_ADDR), "no roaming on forgeries");
+    }
+    let mut good = good;
+    assert!(matches!(
+        net.b.receive(now, Endpoint::from(sock(A_ADDR)), &mut good),
+        ReceiveOutcome::Deliver { .. }
+    ));
+}
+
+#[test]
+fn roaming_follows_the_latest_authenticated_packet() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let mut out = vec![0u8; 200];
+    let now = net.now;
+    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 84), &mut out)
+    else {
+        panic!()
+    };
+    let roamed = sock("198.51.100.7:4000");
+    let outcome = net.b.receive(now, Endpoint::from(roamed), &mut out[..len]);
+    assert!(matches!(outcome, ReceiveOutcome::Deliver { .. }));
+    assert_eq!(net.b.peer(net.b_peer).unwrap().endpoint.unwrap().addr, roamed);
+}
+
+#[test]
+fn inner_source_must_belong_to_the_sending_peer() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let spoofed = ipv4([10, 9, 9, 9], B_TUN, 84);
+    net.send(true, &spoofed);
+    assert_eq!(net.delivered_b.len(), 1, "only the honest packet");
+    assert_eq!(net.b.drop_count(DropReason::SourceNotAllowed), 1);
+}
+
+#[test]
+fn no_route_and_no_endpoint() {
+    let mut net = Net::new([0; 32]);
+    let mut out = [0u8; 200];
+    let now = net.now;
+    assert_eq!(
+        net.a.send(now, &ipv4(A_TUN, [10, 0, 0, 1], 40), &mut out),
+        SendOutcome::NoRoute
+    );
+    let c = net.a.add_peer(PublicKey([5; 32])).unwrap();
+    net.a.add_allowed_ip(c, "10.0.0.0".parse().unwrap(), 8).unwrap();
+    assert_eq!(
+        net.a.send(now, &ipv4(A_TUN, [10, 0, 0, 1], 40), &mut out),
+        SendOutcome::NoEndpoint(c)
+    );
+    assert_eq!(net.a.send(now, &[0x45, 0, 0], &mut out), SendOutcome::Invalid);
+}
+
+#[test]
+fn low_order_peer_keys_never_send_anything() {
+    let mut d = Device::new([3; 32]);
+    d.set_private_key(Some(SecretKey::from_bytes([9; 32])));
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    for key in [[0u8; 32], one] {
+        let id = d.add_peer(PublicKey(key)).unwrap();
+        d.set_endpoint(id, sock("127.0.0.1:1111"));
+        d.add_allowed_ip(id, "10.0.0.1".parse().unwrap(), 32).unwrap();
+        d.set_persistent_keepalive(Now::system(), id, 1);
+        let mut out = [0u8; 200];
+        d.send(Now::system(), &ipv4(A_TUN, [10, 0, 0, 1], 40), &mut out);
+        d.remove_peer(id);
+    }
+    assert_eq!(d.poll_transmit(), None);
+}
+
+#[test]
+fn our_own_key_is_not_a_peer_and_taking_a_peers_key_removes_it() {
+    let mut d = Device::new([3; 32]);
+    let key = SecretKey::from_bytes([9; 32]);
+    let public = key.public_key();
+    let other = SecretKey::from_bytes([8; 32]);
+    d.set_private_key(Some(key));
+    assert_eq!(d.add_peer(public), None);
+    let id = d.add_peer(other.public_key()).unwrap();
+    d.set_private_key(Some(other));
+    assert!(d.peer(id).is_none());
+    assert_eq!(d.peer_count(), 0);
+}
+
+#[test]
+fn keepalive_after_receiving_data_and_sending_nothing() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let before = net.count_wire(false, 4);
+    net.advance(KEEPALIVE_TIMEOUT + Duration::from_millis(1));
+    let keepalives = net
+        .wire
+        .iter()
+        .filter(|(a, d)| !*a && d[0] == 4 && d.len() == 32)
+        .count();
+    assert_eq!(keepalives, 1, "B sent exactly one keepalive");
+    assert_eq!(net.count_wire(false, 4), before + 1);
+}
+
+#[test]
+fn rekey_after_time_is_done_by_the_initiator_on_send() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    assert_eq!(net.count_wire(true, 1), 1);
+    net.advance(REKEY_AFTER_TIME + Duration::from_secs(1));
+    let before = net.count_wire(true, 1);
+    net.ping_a_to_b(84);
+    assert_eq!(net.count_wire(true, 1), before + 1, "a new initiation");
+    let current = net.a.peer(net.a_peer).unwrap().keypairs.current.as_ref().unwrap();
+    assert_eq!(current.created, net.now.mono, "the new session is current");
+    assert!(net.delivered_b.len() >= 2);
+}
+
+#[test]
+fn rekey_after_messages() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let initiations = net.count_wire(true, 1);
+    let peer = net.a.peers.get_mut(&net.a_peer).unwrap();
+    let keypair = peer.keypairs.current.as_mut().unwrap();
+    keypair.set_send_counter_for_test(REKEY_AFTER_MESSAGES + 1);
+    net.advance(REKEY_TIMEOUT);
+    net.ping_a_to_b(84);
+    assert_eq!(net.count_wire(true, 1), initiations + 1);
+}
+
+#[test]
+fn expired_keys_are_refused() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let mut out = vec![0u8; 200];
+    let now = net.now;
+    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 84), &mut out)
+    else {
+        panic!()
+    };
+    let later = now.advance(REJECT_AFTER_TIME);
+    let outcome = net.b.receive(later, Endpoint::from(sock(A_ADDR)), &mut out[..len]);
+    assert_eq!(outcome, ReceiveOutcome::Dropped(DropReason::KeypairExpired));
+}
+
+#[test]
+fn unanswered_handshake_retries_with_jitter_then_gives_up() {
+    let mut net = Net::new([0; 32]);
+    // B is unreachable: drop everything A sends.
+    let mut out = vec![0u8; 200];
+    net.a.send(net.now, &ipv4(A_TUN, B_TUN, 84), &mut out);
+    let mut times = vec![];
+    let start = net.now.mono;
+    for _ in 0..200 {
+        if let Some(t) = net.a.poll_transmit() {
+            assert_eq!(t.data[0], 1);
+            times.push(net.now.mono.saturating_duration_since(start));
+            continue;
+        }
+        let Some(deadline) = net.a.poll_timeout() else {
+            break;
+        };
+        let step = deadline.saturating_duration_since(net.now.mono);
+        net.now = net.now.advance(step);
+        net.a.handle_timeout(net.now);
+    }
+    assert_eq!(times.len(), 20, "1 initiation + 19 retries, as the kernel");
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= REKEY_TIMEOUT && gap < REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    }
+    assert!(times[19] >= REKEY_ATTEMPT_TIME, "gives up after about 90 s");
+    let peer = net.a.peer(net.a_peer).unwrap();
+    assert!(peer.staged.is_empty(), "staged packets purged on give-up");
+    // After giving up, the key-zeroing timer ran and nothing stays armed.
+    assert_eq!(net.a.poll_timeout(), None);
+}
+
+#[test]
+fn keys_are_zeroed_after_540_seconds_without_a_handshake() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    // Cut the link so no new handshake can complete.
+    let mut t = 0;
+    while net.a.peer(net.a_peer).unwrap().keypairs.current.is_some() && t < 700 {
+        net.now = net.now.advance(Duration::from_secs(1));
+        net.a.handle_timeout(net.now);
+        while net.a.poll_transmit().is_some() {}
+        t += 1;
+    }
+    assert!(
+        (ZERO_KEY_MATERIAL_AFTER.as_secs()..ZERO_KEY_MATERIAL_AFTER.as_secs() + 2).contains(&t),
+        "zeroed at {t} s"
+    );
+    assert!(net.a.peer(net.a_peer).unwrap().keypairs.previous.is_none());
+    assert_eq!(net.a.indices.len(), 0, "no index left behind");
+}
+
+#[test]
+fn persistent_keepalive_starts_a_handshake_and_keeps_sending() {
+    let mut net = Net::new([0; 32]);
+    let now = net.now;
+    net.a.set_persistent_keepalive(now, net.a_peer, 25);
+    net.pump();
+    assert_eq!(net.count_wire(true, 1), 1, "turning it on sent at once");
+    let before = net.count_wire(true, 4);
+    net.advance(Duration::from_secs(26));
+    assert!(net.count_wire(true, 4) > before, "a keepalive after 25 s");
+}
+
+#[test]
+fn cookie_reply_under_load_then_handshake_with_mac2() {
+    let mut net = Net::new([0; 32]);
+    net.b.set_handshake_backlog(10_000);
+    net.ping_a_to_b(84);
+    assert_eq!(net.count_wire(false, 3), 1, "B answered with a cookie");
+    assert_eq!(net.count_wire(false, 2), 0, "and did no handshake work");
+    assert!(net.delivered_b.is_empty());
+    net.advance(REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    assert_eq!(net.count_wire(false, 2), 1, "retry with mac2 was accepted");
+    assert_eq!(net.delivered_b.len(), 1);
+    let ea = net.a.peer(net.a_peer).unwrap().endpoint.unwrap();
+    assert_eq!(ea.addr, sock(B_ADDR));
+}
+
+#[test]
+fn initiation_flood_guard_and_timestamp_order() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    // A second initiation within 20 ms is refused even with a newer
+    // timestamp (17 ms > one 2^24 ns whitening step).
+    net.a.peers.get_mut(&net.a_peer).unwrap().last_sent_handshake = None;
+    net.now = net.now.advance(Duration::from_millis(17));
+    let (now, id) = (net.now, net.a_peer);
+    net.a.send_initiation(now, id, false);
+    net.pump();
+    assert_eq!(net.b.drop_count(DropReason::InitiationFlood), 1);
+    // The first (accepted) initiation replayed later is refused by its timestamp.
+    let replay = net.wire.iter().find(|(a, d)| *a && d[0] == 1).unwrap().1.clone();
+    net.now = net.now.advance(Duration::from_millis(50));
+    let mut copy = replay.clone();
+    let outcome = net.b.receive(net.now, Endpoint::from(sock(A_ADDR)), &mut copy);
+    assert_eq!(outcome, ReceiveOutcome::Dropped(DropReason::TimestampReplay));
+    // A fresh one after 20 ms is accepted.
+    net.a.peers.get_mut(&net.a_peer).unwrap().last_sent_handshake = None;
+    let (now, id) = (net.now, net.a_peer);
+    net.a.send_initiation(now, id, false);
+    let before = net.count_wire(false, 2);
+    net.pump();
+    assert_eq!(net.count_wire(false, 2), before + 1);
+}
+
+#[test]
+fn private_key_change_retires_sessions() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    net.a.set_private_key(Some(SecretKey::from_bytes([0x33; 32])));
+    let peer = net.a.peer(net.a_peer).unwrap();
+    assert!(!peer.keypairs.current.as_ref().unwrap().can_send(net.now.mono));
+    assert!(peer.last_sent_handshake.is_none());
+}
