@@ -391,6 +391,14 @@ impl Device {
         }
     }
 
+    /// Forgets one peer's sticky source address (the address became
+    /// unusable for sending).
+    pub fn clear_sticky_source(&mut self, id: PeerId) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            clear_sticky_source(peer);
+        }
+    }
+
     /// Sets the persistent keepalive interval in seconds (0 = off). Turning
     /// it on sends a keepalive at once, as the kernel does.
     pub fn set_persistent_keepalive(&mut self, now: Now, id: PeerId, seconds: u16) {

@@ -21,6 +21,8 @@ pub mod peer;
 pub mod peerlookup;
 pub mod ratelimiter;
 pub mod replay;
+#[cfg(feature = "selftest")]
+pub mod selftest;
 pub mod tai64n;
 pub mod timers;
 pub mod transport;
