@@ -341,6 +341,7 @@ impl Device {
             self.indices.remove(index);
         }
         self.outbox.retain(|t| t.peer != Some(id));
+        self.debug_check();
     }
 
     /// Removes every peer.
@@ -494,6 +495,7 @@ impl Device {
         }
         peer.stage(packet.to_vec());
         self.flush_staged(now, id);
+        self.debug_check();
         SendOutcome::Queued(id)
     }
 
@@ -651,6 +653,7 @@ impl Device {
             Ok(Message::CookieReply(reply)) => self.receive_cookie_reply(now, reply, datagram),
             Ok(message) => self.receive_handshake(now, from, message, datagram),
         };
+        self.debug_check();
         match outcome {
             Ok(outcome) => outcome,
             Err(reason) => {
@@ -960,11 +963,16 @@ impl Device {
                 continue;
             }
             peer.scheduled = None;
-            while let Some(event) = self.peers.get_mut(&id).and_then(|p| p.timers.take_expired(now.mono)) {
+            while let Some(event) = self
+                .peers
+                .get_mut(&id)
+                .and_then(|p| p.timers.take_expired(now.mono))
+            {
                 self.on_timer(now, id, event);
             }
             self.reschedule(id);
         }
+        self.debug_check();
     }
 
     fn on_timer(&mut self, now: Now, id: PeerId, event: TimerEvent) {
@@ -1004,6 +1012,51 @@ impl Device {
                 }
             }
         }
+    }
+}
+
+impl Device {
+    /// Checks the engine's cross-table invariants and panics with a clear
+    /// message if one is broken: every session index in use names a
+    /// handshake or keypair of the peer it points to and vice versa, every
+    /// public key maps to its peer, and every route points to a live peer.
+    /// Called after every operation with the `debug-checks` feature.
+    pub fn check_invariants(&self) {
+        let mut owned = 0usize;
+        for (id, peer) in &self.peers {
+            assert_eq!(
+                self.by_public_key.get(&peer.public_key),
+                Some(id),
+                "invariant: public key table out of step for {id:?}"
+            );
+            for index in peer.keypairs.indices().chain(peer.handshake_index()) {
+                assert_eq!(
+                    self.indices.get(index),
+                    Some(*id),
+                    "invariant: index {index:#x} of {id:?} missing from the index table"
+                );
+                owned += 1;
+            }
+            assert!(
+                peer.staged.len() <= crate::constants::MAX_STAGED_PACKETS,
+                "invariant: staged queue over its limit"
+            );
+        }
+        assert_eq!(
+            owned,
+            self.indices.len(),
+            "invariant: the index table holds indices no peer owns"
+        );
+        assert_eq!(self.by_public_key.len(), self.peers.len(), "invariant: key table size");
+        for id in self.peers.keys() {
+            let _ = self.allowed_ips.prefixes_of(*id).count();
+        }
+    }
+
+    #[inline]
+    fn debug_check(&self) {
+        #[cfg(feature = "debug-checks")]
+        self.check_invariants();
     }
 }
 

@@ -502,3 +502,22 @@ fn private_key_change_retires_sessions() {
     assert!(!peer.keypairs.current.as_ref().unwrap().can_send(net.now.mono));
     assert!(peer.last_sent_handshake.is_none());
 }
+
+#[test]
+fn invariants_hold_through_a_session_and_a_broken_one_is_caught() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    net.advance(Duration::from_secs(200));
+    net.a.check_invariants();
+    net.b.check_invariants();
+    // Test-only sabotage: an index that no peer owns.
+    net.a.indices.allocate(&mut net.a.rng, net.a_peer);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| net.a.check_invariants()));
+    let message = caught.unwrap_err();
+    let text = message
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| message.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap();
+    assert!(text.contains("index table holds indices no peer owns"), "{text}");
+}
