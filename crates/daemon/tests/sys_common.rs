@@ -53,10 +53,12 @@ pub fn ip(args: &[&str]) -> String {
 /// A network namespace created for a test and deleted on drop (also when
 /// the test panics). Interfaces inside it go with it.
 pub struct TestNetns {
+    /// The namespace's name (as `ip netns` knows it).
     pub name: String,
 }
 
 impl TestNetns {
+    /// Creates a namespace with a unique name and its loopback up.
     pub fn create() -> TestNetns {
         let name = unique_name("fgns");
         ip(&["netns", "add", &name]);
@@ -87,6 +89,7 @@ impl Drop for TestNetns {
 /// An interface in the test's own namespace deleted on drop (for veth pairs
 /// and other links a test adds with `ip link add`).
 pub struct TestLink {
+    /// The interface's name.
     pub name: String,
 }
 

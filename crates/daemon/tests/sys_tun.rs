@@ -129,9 +129,19 @@ fn create_sets_name_and_default_mtu_and_set_mtu_works() {
         "a new interface has no address"
     );
 
+    // Queries follow a rename; name() keeps the creation name.
+    let renamed = format!("{name}r");
+    ip(&["link", "set", "dev", &name, "name", &renamed]);
+    tun.set_mtu(1360).unwrap();
+    assert_eq!(link_mtu(None, &renamed), 1360);
+    assert_eq!(tun.mtu().unwrap(), 1360);
+    assert_eq!(tun.name(), name);
+
     drop(tun);
     assert!(
-        !ip_output(&["link", "show", "dev", &name]).status.success(),
+        !ip_output(&["link", "show", "dev", &renamed])
+            .status
+            .success(),
         "drop deletes the interface"
     );
 }

@@ -310,3 +310,57 @@ fn sticky_source_helper() {
     assert_eq!(from.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
     println!("sticky source helper passed");
 }
+
+/// Measures loopback throughput of `send_batch`/`recv_batch` against one
+/// `send_to` per datagram. Run it in release mode:
+/// `cargo test --release -p ferroguard --test sys_udp -- --ignored --nocapture loopback_throughput`.
+#[test]
+#[ignore = "measurement; run by hand in release mode"]
+fn loopback_throughput() {
+    const TOTAL: usize = 200_000;
+    const SIZE: usize = 1420;
+    for batch in [1usize, 64] {
+        let a = UdpSockets::bind(0, 0).unwrap();
+        let b = UdpSockets::bind(0, 0).unwrap();
+        let to_b = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b.port());
+        let started = Instant::now();
+        let sender = std::thread::spawn(move || {
+            let payload = vec![0x5au8; SIZE];
+            let packets: Vec<&[u8]> = vec![payload.as_slice(); batch];
+            let mut sent = 0;
+            while sent < TOTAL {
+                sent += a.send_batch(&packets, to_b, None).unwrap();
+            }
+            sent
+        });
+        let fd = b.raw_fds().0.unwrap();
+        let mut bufs = vec![vec![0u8; 2048]; 64];
+        let mut meta = vec![RecvMeta::default(); 64];
+        let mut received = 0;
+        let mut bytes = 0;
+        loop {
+            let ready = poll_readable(&[fd], Some(Duration::from_millis(200))).unwrap();
+            if ready != [true] {
+                break; // the sender is done and the queue is empty
+            }
+            match b.recv_batch(Family::V4, &mut bufs, &mut meta) {
+                Ok(n) => {
+                    received += n;
+                    bytes += meta[..n].iter().map(|m| m.len).sum::<usize>();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let sent = sender.join().unwrap();
+        let elapsed = started.elapsed().saturating_sub(Duration::from_millis(200));
+        let secs = elapsed.as_secs_f64();
+        println!(
+            "batch {batch:>2}: sent {sent}, received {received} ({:.0} kpps, {:.2} Gbit/s) in {secs:.3}s",
+            received as f64 / secs / 1e3,
+            bytes as f64 * 8.0 / secs / 1e9
+        );
+        assert!(received > 0 && received <= sent);
+        assert_eq!(bytes, received * SIZE);
+    }
+}

@@ -220,8 +220,8 @@ impl UdpSockets {
         Ok(received)
     }
 
-    /// Sends one datagram to `dst`, from `src` when given (`sendmsg` with a
-    /// pktinfo control message).
+    /// Sends one datagram to `dst`, from `src` when given (a pktinfo control
+    /// message); the errors are those of [`send_batch`](Self::send_batch).
     pub fn send_to(
         &self,
         packet: &[u8],
@@ -255,6 +255,7 @@ impl UdpSockets {
         while let Some(rest) = packets.get(sent..).filter(|rest| !rest.is_empty()) {
             let chunk = &rest[..rest.len().min(MAX_BATCH)];
             match send_chunk(socket.as_raw_fd(), chunk, &name, control.as_ref()) {
+                Ok(0) => break, // not expected for a non-empty chunk; never spin
                 Ok(n) => sent += n,
                 Err(_) if sent > 0 => break,
                 Err(e) => return Err(classify_send_error(e, src.is_some())),
@@ -687,6 +688,7 @@ fn sender(name: SockAddrStorage, len: libc::socklen_t) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::get_int_option;
 
     #[test]
     fn control_messages_round_trip() {
@@ -799,6 +801,35 @@ mod tests {
             .next()
             .unwrap();
         assert_eq!(u32::from_ne_bytes(data[16..20].try_into().unwrap()), 0);
+    }
+
+    #[test]
+    fn buffers_are_enlarged_and_pktinfo_enabled() {
+        let sockets = UdpSockets::bind(0, 0).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        for socket in sockets.sockets() {
+            let fd = socket.as_raw_fd();
+            for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+                let size = get_int_option(fd, libc::SOL_SOCKET, option).unwrap();
+                // The kernel reports twice the size asked for (bookkeeping).
+                if root {
+                    assert!(size >= SOCKET_BUFFER_BYTES, "{option}: {size}");
+                } else {
+                    assert!(size > 0);
+                }
+            }
+        }
+        let v4 = sockets.v4.as_ref().unwrap().as_raw_fd();
+        let pktinfo = get_int_option(v4, libc::IPPROTO_IP, libc::IP_PKTINFO);
+        assert_eq!(pktinfo.unwrap(), 1);
+        if let Some(v6) = &sockets.v6 {
+            let fd = v6.as_raw_fd();
+            let recv = get_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO);
+            assert_eq!(recv.unwrap(), 1);
+            let v6only = get_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
+            assert_eq!(v6only.unwrap(), 1);
+        }
     }
 
     #[test]
