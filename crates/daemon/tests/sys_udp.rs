@@ -1,0 +1,366 @@
+//! Integration tests of `sys::udp` over loopback. Tests that need root
+//! (marks, namespaces) are skipped with a message otherwise; the namespace
+//! test runs a helper test of this binary inside a namespace it creates and
+//! deletes (also on failure). Every wait is bounded.
+
+#[path = "sys_common.rs"]
+mod common;
+
+use common::*;
+use ferroguard::sys::poll_readable;
+use ferroguard::sys::process::if_nametoindex;
+use ferroguard::sys::udp::{Family, LocalSource, RecvMeta, SendError, UdpSockets};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for any single event.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// The environment variable that turns the namespace helper on.
+const HELPER_ENV: &str = "FERROGUARD_SYS_UDP_HELPER";
+
+/// Receives `count` datagrams on `family` (bounded by `WAIT`), returning
+/// their payloads and metadata.
+fn receive(sockets: &UdpSockets, family: Family, count: usize) -> Vec<(Vec<u8>, RecvMeta)> {
+    let fd = match family {
+        Family::V4 => sockets.raw_fds().0,
+        Family::V6 => sockets.raw_fds().1,
+    }
+    .expect("family open");
+    let deadline = Instant::now() + WAIT;
+    let mut received = Vec::new();
+    let mut bufs = vec![vec![0u8; 2048]; 8];
+    let mut meta = vec![RecvMeta::default(); 8];
+    while received.len() < count {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("datagrams did not arrive in time");
+        if poll_readable(&[fd], Some(left)).unwrap() != [true] {
+            continue;
+        }
+        match sockets.recv_batch(family, &mut bufs, &mut meta) {
+            Ok(n) => {
+                for i in 0..n {
+                    received.push((bufs[i][..meta[i].len].to_vec(), meta[i]));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("recv_batch: {e}"),
+        }
+    }
+    received
+}
+
+/// Sends a batch from `a` to `b` over `loopback`, checks what `b` sees, and
+/// answers from the local address `b` saw.
+fn exchange(a: &UdpSockets, b: &UdpSockets, loopback: IpAddr, family: Family) {
+    let packets: Vec<Vec<u8>> = (0u8..5).map(|i| vec![i; 100 + usize::from(i)]).collect();
+    let slices: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
+    let to_b = SocketAddr::new(loopback, b.port());
+    assert_eq!(a.send_batch(&slices, to_b, None).unwrap(), 5);
+
+    let got = receive(b, family, 5);
+    let lo_index = if_nametoindex("lo").expect("lo");
+    for ((payload, meta), expected) in got.iter().zip(&packets) {
+        assert_eq!(payload, expected);
+        assert_eq!(meta.src, Some(SocketAddr::new(loopback, a.port())));
+        let local = meta.local.expect("pktinfo");
+        assert_eq!(local.addr, loopback);
+        assert_eq!(local.ifindex, lo_index);
+    }
+
+    let reply_src = got[0].1.local;
+    let to_a = got[0].1.src.unwrap();
+    b.send_to(b"reply", to_a, reply_src.as_ref()).unwrap();
+    let back = receive(a, family, 1);
+    assert_eq!(back[0].0, b"reply");
+    assert_eq!(back[0].1.src, Some(SocketAddr::new(loopback, b.port())));
+}
+
+fn has_ipv6(sockets: &UdpSockets) -> bool {
+    let v6 = sockets.raw_fds().1.is_some();
+    if !v6 {
+        println!("no IPv6 on this system: IPv6 part skipped");
+    }
+    v6
+}
+
+#[test]
+fn port_zero_gives_both_families_the_same_port() {
+    let sockets = UdpSockets::bind(0, 0).unwrap();
+    let port = sockets.port();
+    assert_ne!(port, 0);
+    let (v4, v6) = sockets.raw_fds();
+    assert!(v4.is_some());
+    let taken = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).unwrap_err();
+    assert_eq!(taken.kind(), io::ErrorKind::AddrInUse);
+    if v6.is_some() {
+        let taken = UdpSocket::bind((Ipv6Addr::LOCALHOST, port)).unwrap_err();
+        assert_eq!(taken.kind(), io::ErrorKind::AddrInUse);
+    }
+}
+
+#[test]
+fn a_taken_port_is_an_error_and_a_free_one_is_used() {
+    let first = UdpSockets::bind(0, 0).unwrap();
+    let err = UdpSockets::bind(first.port(), 0).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    let port = first.port();
+    drop(first);
+    let again = UdpSockets::bind(port, 0).unwrap();
+    assert_eq!(again.port(), port);
+}
+
+#[test]
+fn batches_flow_both_ways_over_ipv4_and_ipv6() {
+    let a = UdpSockets::bind(0, 0).unwrap();
+    let b = UdpSockets::bind(0, 0).unwrap();
+    exchange(&a, &b, IpAddr::V4(Ipv4Addr::LOCALHOST), Family::V4);
+    exchange(&b, &a, IpAddr::V4(Ipv4Addr::LOCALHOST), Family::V4);
+    if has_ipv6(&a) {
+        exchange(&a, &b, IpAddr::V6(Ipv6Addr::LOCALHOST), Family::V6);
+        exchange(&b, &a, IpAddr::V6(Ipv6Addr::LOCALHOST), Family::V6);
+    }
+}
+
+#[test]
+fn large_batches_are_split_and_all_sent() {
+    let a = UdpSockets::bind(0, 0).unwrap();
+    let b = UdpSockets::bind(0, 0).unwrap();
+    let packets: Vec<Vec<u8>> = (0..300u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    let slices: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
+    let to_b = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b.port());
+    assert_eq!(a.send_batch(&slices, to_b, None).unwrap(), 300);
+    let got = receive(&b, Family::V4, 300);
+    let payloads: Vec<Vec<u8>> = got.into_iter().map(|(p, _)| p).collect();
+    assert_eq!(payloads, packets);
+}
+
+#[test]
+fn mapped_destination_goes_out_over_ipv4() {
+    let a = UdpSockets::bind(0, 0).unwrap();
+    let b = UdpSockets::bind(0, 0).unwrap();
+    let mapped = SocketAddr::new(IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()), b.port());
+    a.send_to(b"mapped", mapped, None).unwrap();
+    let got = receive(&b, Family::V4, 1);
+    assert_eq!(got[0].0, b"mapped");
+    assert_eq!(
+        got[0].1.src,
+        Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), a.port()))
+    );
+}
+
+#[test]
+fn nothing_queued_would_block() {
+    let sockets = UdpSockets::bind(0, 0).unwrap();
+    let mut bufs = vec![vec![0u8; 64]; 2];
+    let mut meta = vec![RecvMeta::default(); 2];
+    let err = sockets
+        .recv_batch(Family::V4, &mut bufs, &mut meta)
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    assert_eq!(
+        sockets.recv_batch(Family::V4, &mut [], &mut meta).unwrap(),
+        0
+    );
+}
+
+#[test]
+fn a_source_not_on_the_host_is_reported_unusable() {
+    let a = UdpSockets::bind(0, 0).unwrap();
+    let b = UdpSockets::bind(0, 0).unwrap();
+    let mut cases = vec![(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        "192.0.2.77".parse::<IpAddr>().unwrap(),
+        Family::V4,
+    )];
+    if has_ipv6(&a) {
+        cases.push((
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            "2001:db8::77".parse().unwrap(),
+            Family::V6,
+        ));
+    }
+    for (loopback, foreign, family) in cases {
+        let dst = SocketAddr::new(loopback, b.port());
+        let gone = LocalSource {
+            addr: foreign,
+            ifindex: 1,
+        };
+        match a.send_to(b"x", dst, Some(&gone)) {
+            Err(SendError::SourceUnusable(e)) => println!("send from {foreign}: {e}"),
+            other => panic!("expected SourceUnusable for {foreign}, got {other:?}"),
+        }
+        match a.send_batch(&[b"x", b"y"], dst, Some(&gone)) {
+            Err(SendError::SourceUnusable(_)) => {}
+            other => panic!("expected SourceUnusable for a batch from {foreign}, got {other:?}"),
+        }
+        a.send_to(b"retry", dst, None).unwrap();
+        assert_eq!(receive(&b, family, 1)[0].0, b"retry");
+    }
+    // A source of the other family can never be used for this destination.
+    let v6_src = LocalSource {
+        addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ifindex: 1,
+    };
+    let v4_dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b.port());
+    assert!(matches!(
+        a.send_to(b"x", v4_dst, Some(&v6_src)),
+        Err(SendError::SourceUnusable(_))
+    ));
+}
+
+#[test]
+fn fwmark_is_set_and_read_back() {
+    if !root_or_skip("fwmark_is_set_and_read_back") {
+        return;
+    }
+    let sockets = UdpSockets::bind(0, 0x1234).unwrap();
+    assert_eq!(sockets.fwmark().unwrap(), 0x1234);
+    sockets.set_fwmark(0xdead_beef).unwrap();
+    assert_eq!(sockets.fwmark().unwrap(), 0xdead_beef);
+    sockets.set_fwmark(0).unwrap();
+    assert_eq!(sockets.fwmark().unwrap(), 0);
+    let unmarked = UdpSockets::bind(0, 0).unwrap();
+    assert_eq!(unmarked.fwmark().unwrap(), 0);
+}
+
+#[test]
+fn sticky_source_removed_from_the_host_is_reported_unusable() {
+    if !root_or_skip("sticky_source_removed_from_the_host_is_reported_unusable") {
+        return;
+    }
+    let ns = TestNetns::create();
+    let exe = std::env::current_exe().unwrap();
+    let output_path = std::env::temp_dir().join(format!("{}.out", ns.name));
+    let output = std::fs::File::create(&output_path).unwrap();
+    let mut helper = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(exe)
+        .args([
+            "--exact",
+            "sticky_source_helper",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .spawn()
+        .unwrap();
+    let ok = wait_bounded(&mut helper, Duration::from_secs(30));
+    let log = std::fs::read_to_string(&output_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&output_path);
+    assert!(ok, "helper failed inside the namespace:\n{log}");
+    assert!(
+        log.contains("sticky source helper passed"),
+        "helper did not run:\n{log}"
+    );
+    for line in log.lines().filter(|line| line.contains("send from")) {
+        println!("{line}");
+    }
+}
+
+/// Runs inside the test namespace (see the test above): learns a source
+/// address from a received datagram, uses it, removes it from the host and
+/// checks the next send reports it unusable.
+#[test]
+#[ignore = "helper run by sticky_source_removed_from_the_host_is_reported_unusable"]
+fn sticky_source_helper() {
+    if std::env::var_os(HELPER_ENV).is_none() {
+        return;
+    }
+    let local_ip = "198.51.100.1";
+    ip(&["addr", "add", &format!("{local_ip}/32"), "dev", "lo"]);
+    let device = UdpSockets::bind(0, 0).unwrap();
+    let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    peer.send_to(b"hello", (local_ip, device.port())).unwrap();
+
+    let got = receive(&device, Family::V4, 1);
+    let meta = got[0].1;
+    let sticky = meta.local.expect("pktinfo");
+    assert_eq!(sticky.addr, local_ip.parse::<IpAddr>().unwrap());
+    let peer_addr = meta.src.unwrap();
+
+    device
+        .send_to(b"from sticky", peer_addr, Some(&sticky))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = peer.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"from sticky");
+    assert_eq!(
+        from,
+        SocketAddr::new(sticky.addr, device.port()),
+        "reply left from the sticky source"
+    );
+
+    ip(&["addr", "del", &format!("{local_ip}/32"), "dev", "lo"]);
+    match device.send_to(b"stale", peer_addr, Some(&sticky)) {
+        Err(SendError::SourceUnusable(e)) => println!("send from a removed address: {e}"),
+        other => panic!("expected SourceUnusable after the address was removed, got {other:?}"),
+    }
+    device.send_to(b"fresh", peer_addr, None).unwrap();
+    let (n, from) = peer.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"fresh");
+    assert_eq!(from.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    println!("sticky source helper passed");
+}
+
+/// Measures loopback throughput of `send_batch`/`recv_batch` against one
+/// `send_to` per datagram. Run it in release mode:
+/// `cargo test --release -p ferroguard --test sys_udp -- --ignored --nocapture loopback_throughput`.
+#[test]
+#[ignore = "measurement; run by hand in release mode"]
+fn loopback_throughput() {
+    const TOTAL: usize = 200_000;
+    const SIZE: usize = 1420;
+    for batch in [1usize, 64] {
+        let a = UdpSockets::bind(0, 0).unwrap();
+        let b = UdpSockets::bind(0, 0).unwrap();
+        let to_b = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b.port());
+        let started = Instant::now();
+        let sender = std::thread::spawn(move || {
+            let payload = vec![0x5au8; SIZE];
+            let packets: Vec<&[u8]> = vec![payload.as_slice(); batch];
+            let mut sent = 0;
+            while sent < TOTAL {
+                sent += a.send_batch(&packets, to_b, None).unwrap();
+            }
+            sent
+        });
+        let fd = b.raw_fds().0.unwrap();
+        let mut bufs = vec![vec![0u8; 2048]; 64];
+        let mut meta = vec![RecvMeta::default(); 64];
+        let mut received = 0;
+        let mut bytes = 0;
+        loop {
+            let ready = poll_readable(&[fd], Some(Duration::from_millis(200))).unwrap();
+            if ready != [true] {
+                break; // the sender is done and the queue is empty
+            }
+            match b.recv_batch(Family::V4, &mut bufs, &mut meta) {
+                Ok(n) => {
+                    received += n;
+                    bytes += meta[..n].iter().map(|m| m.len).sum::<usize>();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let sent = sender.join().unwrap();
+        let elapsed = started.elapsed().saturating_sub(Duration::from_millis(200));
+        let secs = elapsed.as_secs_f64();
+        println!(
+            "batch {batch:>2}: sent {sent}, received {received} ({:.0} kpps, {:.2} Gbit/s) in {secs:.3}s",
+            received as f64 / secs / 1e3,
+            bytes as f64 * 8.0 / secs / 1e9
+        );
+        assert!(received > 0 && received <= sent);
+        assert_eq!(bytes, received * SIZE);
+    }
+}
