@@ -1,5 +1,27 @@
 //! The ferroguard daemon as a library: platform code, the configuration API
 //! and the runtime that drives the protocol core. `main.rs` is a thin shell.
+pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod icmp;
+pub mod logging;
+pub mod runtime;
+pub mod selftest;
 pub mod sys;
 pub mod uapi;
+
+/// `ferroguard --version`: the version and the features compiled in.
+pub fn version_string() -> String {
+    let mut features = Vec::new();
+    if cfg!(feature = "selftest") {
+        features.push("selftest");
+    }
+    if cfg!(feature = "debug-checks") {
+        features.push("debug-checks");
+    }
+    format!(
+        "ferroguard {} (userspace WireGuard; features: {})",
+        env!("CARGO_PKG_VERSION"),
+        if features.is_empty() { "none".to_string() } else { features.join(", ") }
+    )
+}

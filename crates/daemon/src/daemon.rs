@@ -1,0 +1,192 @@
+//! Start-up and shutdown of one interface's daemon.
+//!
+//! Order matters: everything that can fail with a message the user must see
+//! (TUN creation, the configuration socket, the UDP sockets) happens before
+//! detaching, so that the parent can exit 1 with that message; threads are
+//! spawned only after the fork.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use ferroguard_proto::device::Device;
+
+use crate::cli::Options;
+use crate::config::ConfigHandler;
+use crate::runtime::{self, Shared};
+use crate::sys::process;
+use crate::sys::tun::Tun;
+use crate::sys::udp::{Family, UdpSockets};
+use crate::uapi::{serve_connection, UapiListener};
+
+/// Why the daemon stopped.
+#[derive(Debug)]
+pub enum Stop {
+    /// SIGINT or SIGTERM.
+    Signal(i32),
+    /// The interface was deleted.
+    InterfaceGone,
+    /// The configuration socket file was removed or replaced.
+    SocketGone,
+}
+
+/// A set-up failure, with the message to print.
+#[derive(Debug)]
+pub struct SetupError(pub String);
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn random_seed() -> Result<[u8; 32], SetupError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| SetupError(format!("no system randomness: {e}")))?;
+    Ok(seed)
+}
+
+/// Runs the daemon until it is told to stop. Returns after cleanup.
+pub fn run(options: &Options) -> Result<Stop, SetupError> {
+    let name = &options.interface;
+    let tun = Tun::create(name)
+        .map_err(|e| SetupError(format!("failed to create TUN device '{name}': {e}")))?;
+    let listener = UapiListener::bind(name)
+        .map_err(|e| SetupError(format!("failed to open the configuration socket for '{name}': {e}")))?;
+    let sockets = UdpSockets::bind(0, 0)
+        .map_err(|e| SetupError(format!("failed to bind UDP sockets: {e}")))?;
+    let child = if options.foreground {
+        None
+    } else {
+        Some(process::daemonize().map_err(|e| SetupError(format!("failed to detach: {e}")))?)
+    };
+    let socket_path = listener.path().to_path_buf();
+    let socket_inode = fs::metadata(&socket_path).map(|m| m.ino()).ok();
+    let mut device = Device::new(random_seed()?);
+    if let Ok(mtu) = tun.mtu() {
+        device.set_mtu(mtu as usize);
+    }
+    let shared = Shared::new(device, tun, sockets)
+        .map_err(|e| SetupError(format!("failed to set up: {e}")))?;
+    let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
+    spawn_threads(&shared, listener, stop_tx.clone());
+    spawn_signal_thread(stop_tx)?;
+    log::info!(
+        "interface {name} up, listening on UDP port {}",
+        shared.sockets().port()
+    );
+    if let Some(child) = child {
+        let _ = child.ready();
+    }
+    let stop = watch(&shared, &stop_rx, socket_path.clone(), socket_inode);
+    log::info!("shutting down: {stop:?}");
+    cleanup(&socket_path, socket_inode);
+    Ok(stop)
+}
+
+fn spawn_threads(shared: &Arc<Shared>, listener: UapiListener, stop: mpsc::Sender<Stop>) {
+    let s = shared.clone();
+    thread::Builder::new()
+        .name("tun".into())
+        .spawn(move || {
+            let error = runtime::tun_loop(s);
+            log::info!("TUN device closed: {error}");
+            let _ = stop.send(Stop::InterfaceGone);
+        })
+        .expect("spawn tun thread");
+    for family in [Family::V4, Family::V6] {
+        let s = shared.clone();
+        thread::Builder::new()
+            .name(format!("udp-{family:?}"))
+            .spawn(move || runtime::udp_loop(s, family))
+            .expect("spawn udp thread");
+    }
+    let s = shared.clone();
+    thread::Builder::new()
+        .name("timers".into())
+        .spawn(move || runtime::timer_loop(s))
+        .expect("spawn timer thread");
+    let s = shared.clone();
+    thread::Builder::new()
+        .name("uapi".into())
+        .spawn(move || uapi_loop(s, listener))
+        .expect("spawn uapi thread");
+}
+
+/// Serves configuration connections one at a time. A client that stalls is
+/// cut off after a timeout so it cannot block configuration for long.
+fn uapi_loop(shared: Arc<Shared>, listener: UapiListener) {
+    let mut handler = ConfigHandler::new(shared);
+    loop {
+        match listener.accept() {
+            Ok(stream) => {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+                if let Err(e) = serve_connection(stream, &mut handler) {
+                    log::debug!("configuration connection ended: {e}");
+                }
+            }
+            Err(e) => {
+                log::error!("configuration socket accept failed: {e}");
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn spawn_signal_thread(stop: mpsc::Sender<Stop>) -> Result<(), SetupError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| SetupError(format!("failed to install signal handlers: {e}")))?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = stop.send(Stop::Signal(signal));
+            }
+        })
+        .map_err(|e| SetupError(format!("failed to spawn: {e}")))?;
+    Ok(())
+}
+
+/// Waits for a stop request, checking twice a second that the socket file is
+/// still ours and refreshing the MTU used for padding.
+fn watch(
+    shared: &Shared,
+    stop: &mpsc::Receiver<Stop>,
+    socket_path: PathBuf,
+    socket_inode: Option<u64>,
+) -> Stop {
+    let mut mtu = 0;
+    loop {
+        match stop.recv_timeout(Duration::from_millis(500)) {
+            Ok(reason) => return reason,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Stop::InterfaceGone,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let current = fs::metadata(&socket_path).map(|m| m.ino()).ok();
+        if current.is_none() || current != socket_inode {
+            return Stop::SocketGone;
+        }
+        if let Ok(now) = shared.tun().mtu() {
+            if now != mtu {
+                mtu = now;
+                shared.engine().device.set_mtu(mtu as usize);
+            }
+        }
+    }
+}
+
+/// Removes the socket file if it is still ours. The interface goes away when
+/// the process exits and the TUN descriptor closes.
+fn cleanup(socket_path: &PathBuf, socket_inode: Option<u64>) {
+    let ours = fs::metadata(socket_path).map(|m| m.ino()).ok() == socket_inode;
+    if ours && socket_inode.is_some() {
+        let _ = fs::remove_file(socket_path);
+    }
+}

@@ -1,0 +1,324 @@
+//! The runtime: threads that connect the protocol engine to the TUN device,
+//! the UDP sockets, the clock and the configuration socket.
+//!
+//! * one thread reads the TUN device and encrypts (`tun_loop`);
+//! * one thread per address family receives datagrams in batches and
+//!   decrypts (`udp_loop`);
+//! * one thread sleeps until the engine's next deadline (`timer_loop`);
+//! * one thread serves the configuration socket (`uapi_loop`);
+//! * the main thread waits for signals and watches the socket file.
+//!
+//! The engine sits behind one mutex; it is held only for the protocol work,
+//! never across a system call. Shutdown is by process exit after cleanup:
+//! threads blocked in `read` need no waking, and closing the TUN descriptor
+//! is what deletes the interface.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use ferroguard_proto::device::{Device, Now, ReceiveOutcome, SendOutcome, Transmit};
+use ferroguard_proto::peer::{Endpoint, LocalAddr, PeerId};
+
+use crate::icmp;
+use crate::sys::tun::Tun;
+use crate::sys::udp::{Family, LocalSource, RecvMeta, SendError, UdpSockets};
+use crate::sys::EventFd;
+
+/// Largest datagram or packet handled (UDP's limit).
+pub const MAX_PACKET: usize = 65536;
+/// Room for the transport header, tag and padding.
+const OVERHEAD: usize = 64;
+/// Datagrams received per system call.
+const RECV_BATCH: usize = 32;
+
+/// The engine and the settings that live beside it.
+pub struct Engine {
+    /// The protocol engine.
+    pub device: Device,
+    /// The configured fwmark (0 = none).
+    pub fwmark: u32,
+}
+
+/// State shared by every thread.
+pub struct Shared {
+    engine: Mutex<Engine>,
+    sockets: RwLock<Arc<UdpSockets>>,
+    tun: Arc<Tun>,
+    /// One wake-up per receiver thread, notified when the sockets change.
+    receiver_wakers: [EventFd; 2],
+    timer: TimerKick,
+    /// Serialises rebinds so two configuration changes cannot interleave.
+    rebind_lock: Mutex<()>,
+}
+
+/// Lets other threads wake the timer thread when a deadline moved earlier.
+struct TimerKick {
+    base: Instant,
+    /// Nanoseconds after `base` at which the timer thread plans to wake.
+    planned: AtomicU64,
+    lock: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl TimerKick {
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    fn kick_if_earlier(&self, deadline: Option<Instant>) {
+        let Some(deadline) = deadline else { return };
+        if self.nanos(deadline) < self.planned.load(Ordering::Relaxed) {
+            let mut kicked = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            *kicked = true;
+            self.cond.notify_one();
+        }
+    }
+}
+
+impl Shared {
+    /// Builds the shared state around an engine, a TUN device and sockets.
+    pub fn new(device: Device, tun: Tun, sockets: UdpSockets) -> std::io::Result<Arc<Shared>> {
+        Ok(Arc::new(Shared {
+            engine: Mutex::new(Engine { device, fwmark: 0 }),
+            sockets: RwLock::new(Arc::new(sockets)),
+            tun: Arc::new(tun),
+            receiver_wakers: [EventFd::new()?, EventFd::new()?],
+            timer: TimerKick {
+                base: Instant::now(),
+                planned: AtomicU64::new(u64::MAX),
+                lock: Mutex::new(false),
+                cond: Condvar::new(),
+            },
+            rebind_lock: Mutex::new(()),
+        }))
+    }
+
+    /// Locks the engine (a poisoned lock is taken over: the engine's state
+    /// is consistent between calls).
+    pub fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current sockets.
+    pub fn sockets(&self) -> Arc<UdpSockets> {
+        self.sockets.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The TUN device.
+    pub fn tun(&self) -> &Tun {
+        &self.tun
+    }
+
+    /// Rebinds the UDP sockets to `port` with `fwmark`, waking the receivers.
+    pub fn rebind(&self, port: u16, fwmark: u32) -> std::io::Result<()> {
+        let _guard = self.rebind_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = Arc::new(UdpSockets::bind(port, fwmark)?);
+        *self.sockets.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        for waker in &self.receiver_wakers {
+            let _ = waker.notify();
+        }
+        Ok(())
+    }
+
+    /// Wakes the timer thread if the engine's next deadline is earlier than
+    /// its plan. Call after any engine operation that may arm a timer.
+    pub fn after_engine_change(&self, engine: &mut Engine) {
+        self.timer.kick_if_earlier(engine.device.poll_timeout());
+    }
+
+    /// Sends queued datagrams, outside the engine lock.
+    pub fn send_all(&self, transmits: Vec<Transmit>) {
+        if transmits.is_empty() {
+            return;
+        }
+        let sockets = self.sockets();
+        for t in transmits {
+            self.send_datagram(&sockets, &t.data, t.endpoint, t.peer);
+        }
+    }
+
+    fn send_datagram(
+        &self,
+        sockets: &UdpSockets,
+        data: &[u8],
+        endpoint: Endpoint,
+        peer: Option<PeerId>,
+    ) {
+        let source = endpoint.local.map(|l| LocalSource {
+            addr: l.ip,
+            ifindex: l.ifindex,
+        });
+        match sockets.send_to(data, endpoint.addr, source.as_ref()) {
+            Ok(()) => {}
+            Err(SendError::SourceUnusable(e)) => {
+                // "Sticky but not too sticky": forget the source and retry.
+                log::debug!("source {:?} unusable ({e}); retrying without it", source);
+                if let Some(peer) = peer {
+                    self.engine().device.clear_sticky_source(peer);
+                }
+                if let Err(SendError::Other(e) | SendError::SourceUnusable(e)) =
+                    sockets.send_to(data, endpoint.addr, None)
+                {
+                    log::debug!("send to {} failed: {e}", endpoint.addr);
+                }
+            }
+            Err(SendError::Other(e)) => log::debug!("send to {} failed: {e}", endpoint.addr),
+        }
+    }
+}
+
+/// Takes every datagram waiting in the engine's outbox.
+pub fn drain(device: &mut Device) -> Vec<Transmit> {
+    std::iter::from_fn(|| device.poll_transmit()).collect()
+}
+
+/// Reads the TUN device forever: route, encrypt, send. Returns when the
+/// interface is gone.
+pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
+    let mut packet = vec![0u8; MAX_PACKET];
+    let mut out = vec![0u8; MAX_PACKET + OVERHEAD];
+    loop {
+        let n = match shared.tun().read(&mut packet) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return e,
+        };
+        let packet = &packet[..n];
+        let (outcome, pending) = {
+            let mut engine = shared.engine();
+            let outcome = engine.device.send(Now::system(), packet, &mut out);
+            let pending = drain(&mut engine.device);
+            shared.after_engine_change(&mut engine);
+            (outcome, pending)
+        };
+        match outcome {
+            SendOutcome::Sent { len, endpoint, peer } => {
+                shared.send_datagram(&shared.sockets(), &out[..len], endpoint, Some(peer))
+            }
+            SendOutcome::NoRoute | SendOutcome::NoEndpoint(_) => answer_unreachable(&shared, packet),
+            SendOutcome::Queued(_) | SendOutcome::Invalid => {}
+        }
+        shared.send_all(pending);
+    }
+}
+
+/// Writes an ICMP unreachable into the tunnel, as the kernel does for a
+/// packet with no peer or a peer without endpoint.
+fn answer_unreachable(shared: &Shared, packet: &[u8]) {
+    let source = shared.tun().ipv4_address().map(std::net::IpAddr::V4);
+    let source = source.filter(|_| packet.first().is_some_and(|b| b >> 4 == 4));
+    if let Some(reply) = icmp::unreachable_for(packet, source) {
+        let _ = shared.tun().write(&reply);
+    }
+}
+
+/// Receives datagrams of one family in batches, forever.
+pub fn udp_loop(shared: Arc<Shared>, family: Family) {
+    let waker = &shared.receiver_wakers[family as usize];
+    let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
+    let mut meta = vec![RecvMeta::default(); RECV_BATCH];
+    loop {
+        let sockets = shared.sockets();
+        let (v4, v6) = sockets.raw_fds();
+        let fd = match family {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        };
+        let mut fds = vec![waker.as_raw_fd()];
+        fds.extend(fd);
+        let ready = match crate::sys::poll_readable(&fds, None) {
+            Ok(ready) => ready,
+            Err(_) => continue,
+        };
+        if ready[0] {
+            let _ = waker.drain();
+            continue; // sockets changed: pick up the new ones
+        }
+        if !ready.get(1).copied().unwrap_or(false) {
+            continue;
+        }
+        let n = match sockets.recv_batch(family, &mut bufs, &mut meta) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        handle_batch(&shared, &mut bufs[..n], &meta[..n]);
+    }
+}
+
+fn handle_batch(shared: &Shared, bufs: &mut [Vec<u8>], meta: &[RecvMeta]) {
+    let mut deliveries = Vec::with_capacity(bufs.len());
+    let pending = {
+        let mut engine = shared.engine();
+        let now = Now::system();
+        for (i, (buf, meta)) in bufs.iter_mut().zip(meta).enumerate() {
+            let Some(src) = meta.src else { continue };
+            let endpoint = Endpoint {
+                addr: normalise(src),
+                local: meta.local.map(|l| LocalAddr {
+                    ip: l.addr,
+                    ifindex: l.ifindex,
+                }),
+            };
+            let len = meta.len.min(buf.len());
+            if let ReceiveOutcome::Deliver { len, .. } =
+                engine.device.receive(now, endpoint, &mut buf[..len])
+            {
+                deliveries.push((i, len));
+            }
+        }
+        let pending = drain(&mut engine.device);
+        shared.after_engine_change(&mut engine);
+        pending
+    };
+    for (i, len) in deliveries {
+        let _ = shared.tun().write(&bufs[i][16..16 + len]);
+    }
+    shared.send_all(pending);
+}
+
+/// IPv4-mapped IPv6 sources are stored as IPv4, so one peer has one form.
+fn normalise(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// Sleeps until the engine's next deadline and fires its timers, forever.
+pub fn timer_loop(shared: Arc<Shared>) {
+    let kick = &shared.timer;
+    loop {
+        let deadline = shared.engine().device.poll_timeout();
+        let planned = deadline.map_or(u64::MAX, |d| kick.nanos(d));
+        kick.planned.store(planned, Ordering::Relaxed);
+        {
+            let mut kicked = kick.lock.lock().unwrap_or_else(|e| e.into_inner());
+            // Re-check under the lock so a kick between the load and the
+            // wait is not lost.
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if !*kicked && !wait.is_zero() {
+                kicked = kick
+                    .cond
+                    .wait_timeout(kicked, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            *kicked = false;
+        }
+        let pending = {
+            let mut engine = shared.engine();
+            engine.device.handle_timeout(Now::system());
+            drain(&mut engine.device)
+        };
+        shared.send_all(pending);
+    }
+}

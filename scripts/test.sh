@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Ferroguard's whole test suite: what CI runs (.ci/run calls this after
+# installing packages). Run as root: the platform tests create TUN devices,
+# and the network-namespace suite creates namespaces, veths and tunnels.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    unit/property tests and the quick netns set
+#
+# Every step is bounded in time; the last line sums all test counts as
+# "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
+LOG=$(mktemp -d)
+trap 'rm -rf "$LOG"' EXIT
+passed=0; failed=0; steps_failed=()
+
+# step NAME TIMEOUT CMD...: runs a step, adds its test counts to the totals.
+step() {
+  local name=$1 limit=$2; shift 2
+  echo "=== $name"
+  local out="$LOG/$(echo "$name" | tr -c 'a-zA-Z0-9' _).log"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$out"
+  local rc=${PIPESTATUS[0]}
+  # cargo test: "test result: ok. 12 passed; 0 failed; ..."
+  local p f
+  p=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  f=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$out" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+  # the netns suite and other scripts: a final "N passed, N failed" line
+  if grep -Eq '^[0-9]+ passed, [0-9]+ failed' "$out"; then
+    p=$((p + $(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -1 | awk '{print $1}')))
+    f=$((f + $(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -1 | awk '{print $3}')))
+  fi
+  passed=$((passed + p)); failed=$((failed + f))
+  if [ "$rc" != 0 ]; then
+    steps_failed+=("$name (exit $rc)")
+    [ "$f" = 0 ] && failed=$((failed + 1))
+  fi
+}
+
+export CARGO_TERM_COLOR=never
+step "format" 120 cargo fmt --all -- --check
+step "build (release)" 1200 cargo build --release --workspace
+step "unit, property and integration tests" 1200 cargo test --workspace --release
+step "feature: proto without self-tests" 900 cargo test -p ferroguard-proto --release --no-default-features --lib
+step "feature: debug checks alone" 900 cargo test -p ferroguard-proto --release --no-default-features --features debug-checks --lib
+step "feature: daemon without self-tests" 900 cargo build -p ferroguard --release --no-default-features
+step "self-tests from the binary" 60 target/release/ferroguard --selftest
+if [ "$QUICK" = 0 ]; then
+  step "fuzz targets (build, then 20 s each)" 1500 scripts/fuzz.sh 20
+  step "network-namespace suite" 2400 tests/netns/run.sh
+else
+  step "network-namespace suite (quick)" 900 tests/netns/run.sh --quick
+fi
+
+echo
+if [ ${#steps_failed[@]} -gt 0 ]; then
+  echo "failed steps:"; printf '  %s\n' "${steps_failed[@]}"
+fi
+echo "$passed passed, $failed failed"
+[ ${#steps_failed[@]} = 0 ] && [ "$failed" = 0 ]
