@@ -218,6 +218,42 @@ pub struct Device {
     outbox: VecDeque<Transmit>,
     timer_heap: BinaryHeap<Reverse<(Instant, PeerId)>>,
     drops: [u64; DropReason::ALL.len()],
+    events: VecDeque<Event>,
+}
+
+/// Events kept for [`Device::poll_event`] before the oldest are dropped.
+const MAX_EVENTS: usize = 1024;
+
+/// Something notable that happened to a peer, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// We sent a handshake initiation (`retry` when the timer re-sent it).
+    HandshakeInitiated {
+        /// The peer.
+        peer: PeerId,
+        /// True for a retransmission.
+        retry: bool,
+    },
+    /// A handshake completed and a new session is in use.
+    HandshakeCompleted {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// We answered an initiation.
+    HandshakeAnswered {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// No response after all retries: staged packets were dropped.
+    HandshakeGaveUp {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Every key of the peer was wiped (540 s without a new session).
+    KeysZeroed {
+        /// The peer.
+        peer: PeerId,
+    },
 }
 
 impl core::fmt::Debug for Device {
@@ -250,6 +286,7 @@ impl Device {
             outbox: VecDeque::new(),
             timer_heap: BinaryHeap::new(),
             drops: [0; DropReason::ALL.len()],
+            events: VecDeque::new(),
         }
     }
 
@@ -341,7 +378,7 @@ impl Device {
             self.indices.remove(index);
         }
         self.outbox.retain(|t| t.peer != Some(id));
-        self.debug_check();
+        self.after_operation();
     }
 
     /// Removes every peer.
@@ -495,7 +532,7 @@ impl Device {
         }
         peer.stage(packet.to_vec());
         self.flush_staged(now, id);
-        self.debug_check();
+        self.after_operation();
         SendOutcome::Queued(id)
     }
 
@@ -612,6 +649,7 @@ impl Device {
         let mut bytes = message.to_bytes();
         peer.cookie.add_macs(now.mono, &mut bytes);
         peer.handshake = HandshakeState::InitiationSent(state);
+        self.events.push_back(Event::HandshakeInitiated { peer: id, retry: is_retry });
         peer.last_sent_handshake = Some(now.mono);
         peer.tx_bytes += bytes.len() as u64;
         peer.timers.any_authenticated_packet_traversal(now.mono);
@@ -653,7 +691,7 @@ impl Device {
             Ok(Message::CookieReply(reply)) => self.receive_cookie_reply(now, reply, datagram),
             Ok(message) => self.receive_handshake(now, from, message, datagram),
         };
-        self.debug_check();
+        self.after_operation();
         match outcome {
             Ok(outcome) => outcome,
             Err(reason) => {
@@ -691,6 +729,7 @@ impl Device {
             }
             peer.timers.handshake_complete();
             peer.last_handshake = Some(now.wall);
+            self.events.push_back(Event::HandshakeCompleted { peer: id });
             self.flush_staged(now, id);
         }
         self.keep_key_fresh_on_receive(now, id);
@@ -868,6 +907,7 @@ impl Device {
             endpoint: from,
             data: bytes.to_vec(),
         });
+        self.events.push_back(Event::HandshakeAnswered { peer: id });
         self.reschedule(id);
         Ok(ReceiveOutcome::Handled)
     }
@@ -901,6 +941,7 @@ impl Device {
         peer.endpoint = Some(from);
         peer.rx_bytes += RESPONSE_LEN as u64;
         peer.last_handshake = Some(now.wall);
+        self.events.push_back(Event::HandshakeCompleted { peer: id });
         peer.timers.session_derived(now.mono);
         peer.timers.handshake_complete();
         peer.timers.any_authenticated_packet_received();
@@ -912,6 +953,13 @@ impl Device {
     }
 
     // ----- time ----------------------------------------------------------
+
+    /// The next notable event, if any. Events are kept until taken, up to
+    /// a bound (the oldest are dropped), so a caller that never looks costs
+    /// little.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
 
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -972,7 +1020,7 @@ impl Device {
             }
             self.reschedule(id);
         }
-        self.debug_check();
+        self.after_operation();
     }
 
     fn on_timer(&mut self, now: Now, id: PeerId, event: TimerEvent) {
@@ -983,6 +1031,7 @@ impl Device {
             TimerEvent::RetransmitHandshake => {
                 if peer.timers.handshake_attempts > MAX_TIMER_HANDSHAKES {
                     peer.timers.handshake_gave_up(now.mono);
+                    self.events.push_back(Event::HandshakeGaveUp { peer: id });
                     peer.staged.clear();
                 } else {
                     peer.timers.handshake_attempts += 1;
@@ -1001,6 +1050,7 @@ impl Device {
                 self.send_initiation(now, id, false);
             }
             TimerEvent::ZeroKeyMaterial => {
+                self.events.push_back(Event::KeysZeroed { peer: id });
                 for index in peer.keypairs.clear() {
                     self.indices.remove(index);
                 }
@@ -1053,8 +1103,12 @@ impl Device {
         }
     }
 
-    #[inline]
-    fn debug_check(&self) {
+    /// Bounds the event queue and, with `debug-checks`, checks invariants.
+    fn after_operation(&mut self) {
+        if self.events.len() > MAX_EVENTS {
+            let excess = self.events.len() - MAX_EVENTS;
+            self.events.drain(..excess);
+        }
         #[cfg(feature = "debug-checks")]
         self.check_invariants();
     }

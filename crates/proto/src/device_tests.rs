@@ -521,3 +521,25 @@ fn invariants_hold_through_a_session_and_a_broken_one_is_caught() {
         .unwrap();
     assert!(text.contains("index table holds indices no peer owns"), "{text}");
 }
+
+#[test]
+fn events_tell_what_happened() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let a_events: Vec<Event> = std::iter::from_fn(|| net.a.poll_event()).collect();
+    assert_eq!(
+        a_events,
+        vec![
+            Event::HandshakeInitiated { peer: net.a_peer, retry: false },
+            Event::HandshakeCompleted { peer: net.a_peer },
+        ]
+    );
+    let b_events: Vec<Event> = std::iter::from_fn(|| net.b.poll_event()).collect();
+    assert_eq!(
+        b_events,
+        vec![
+            Event::HandshakeAnswered { peer: net.b_peer },
+            Event::HandshakeCompleted { peer: net.b_peer },
+        ]
+    );
+}
