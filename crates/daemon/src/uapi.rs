@@ -1,1 +1,0 @@
-//! (uapi: to be written)
