@@ -340,6 +340,37 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"someone else");
     }
 
+    /// Answers `get` with a fixed listen port and accepts every `set`.
+    struct FixedHandler;
+
+    impl super::super::UapiHandler for FixedHandler {
+        fn get(&mut self) -> super::super::DeviceSnapshot {
+            super::super::DeviceSnapshot {
+                listen_port: 4242,
+                ..Default::default()
+            }
+        }
+        fn set(&mut self, _: super::super::SetRequest) -> Result<(), super::super::Errno> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn serves_a_real_connection() {
+        let temp = TempDir::new("serve");
+        let listener = UapiListener::bind_in(&temp.0, "wg5").unwrap();
+        let mut client = UnixStream::connect(listener.path()).unwrap();
+        let server = listener.accept().unwrap();
+        let serving =
+            std::thread::spawn(move || super::super::serve_connection(server, &mut FixedHandler));
+        client.write_all(b"set=1\nfwmark=0\n\nget=1\n\n").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "errno=0\n\nlisten_port=4242\nerrno=0\n\n");
+        assert!(serving.join().unwrap().is_ok());
+    }
+
     #[test]
     fn bad_interface_names_are_refused() {
         let temp = TempDir::new("names");
