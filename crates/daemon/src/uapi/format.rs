@@ -1,0 +1,380 @@
+//! Writing the answer to a `get` request.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+
+use zeroize::Zeroizing;
+
+use super::{DeviceSnapshot, PeerSnapshot};
+
+/// Bytes gathered before they are written to the output. Large enough that
+/// a big answer costs few system calls.
+const FLUSH_THRESHOLD: usize = 64 * 1024;
+
+/// Writes the whole answer to a `get` request, `errno=0` and the final blank
+/// line included, then flushes `out`.
+///
+/// Order (wireguard-go's; `wg(8)` only needs device keys before the first
+/// `public_key`): `private_key` (only if set and not all zeros, lowercase
+/// hex), `listen_port` (if non-zero), `fwmark` (if non-zero), then for every
+/// peer in the snapshot's order: `public_key`, `preshared_key` (zeros when
+/// none), `protocol_version=1`, `endpoint` (if known; IPv6 as
+/// `[addr%scope]:port`, the scope id only when non-zero, which `wg(8)`'s
+/// `getaddrinfo` accepts), `last_handshake_time_sec`,
+/// `last_handshake_time_nsec` (0 and 0 if never), `tx_bytes`, `rx_bytes`,
+/// `persistent_keepalive_interval`, and one `allowed_ip` per prefix, printed
+/// as given.
+///
+/// The output is gathered in a buffer of its own (written out every 64 KiB)
+/// that is wiped when done, since it holds the private and preshared keys.
+pub fn write_get(snapshot: &DeviceSnapshot, out: &mut impl Write) -> io::Result<()> {
+    let mut answer = AnswerBuffer::new(out);
+    if let Some(private_key) = &snapshot.private_key {
+        if private_key.iter().any(|&byte| byte != 0) {
+            answer.hex_line(b"private_key", private_key)?;
+        }
+    }
+    if snapshot.listen_port != 0 {
+        answer.number_line(b"listen_port", u64::from(snapshot.listen_port))?;
+    }
+    if snapshot.fwmark != 0 {
+        answer.number_line(b"fwmark", u64::from(snapshot.fwmark))?;
+    }
+    for peer in &snapshot.peers {
+        write_peer(&mut answer, peer)?;
+    }
+    answer.raw(b"errno=0\n\n")?;
+    answer.finish()
+}
+
+fn write_peer<W: Write>(answer: &mut AnswerBuffer<'_, W>, peer: &PeerSnapshot) -> io::Result<()> {
+    answer.hex_line(b"public_key", &peer.public_key)?;
+    answer.hex_line(b"preshared_key", &peer.preshared_key)?;
+    answer.raw(b"protocol_version=1\n")?;
+    if let Some(endpoint) = peer.endpoint {
+        answer.display_line(b"endpoint", endpoint)?;
+    }
+    let (seconds, nanoseconds) = peer.last_handshake.map_or((0, 0), |since_epoch| {
+        (since_epoch.as_secs(), since_epoch.subsec_nanos())
+    });
+    answer.number_line(b"last_handshake_time_sec", seconds)?;
+    answer.number_line(b"last_handshake_time_nsec", u64::from(nanoseconds))?;
+    answer.number_line(b"tx_bytes", peer.tx_bytes)?;
+    answer.number_line(b"rx_bytes", peer.rx_bytes)?;
+    let keepalive = u64::from(peer.persistent_keepalive);
+    answer.number_line(b"persistent_keepalive_interval", keepalive)?;
+    for &(address, cidr) in &peer.allowed_ips {
+        answer.allowed_ip_line(address, cidr)?;
+    }
+    Ok(())
+}
+
+/// A write buffer that is wiped on drop, written out in large chunks.
+struct AnswerBuffer<'a, W: Write> {
+    pending: Zeroizing<Vec<u8>>,
+    out: &'a mut W,
+}
+
+impl<'a, W: Write> AnswerBuffer<'a, W> {
+    fn new(out: &'a mut W) -> Self {
+        AnswerBuffer {
+            pending: Zeroizing::new(Vec::with_capacity(FLUSH_THRESHOLD + 256)),
+            out,
+        }
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.pending.extend_from_slice(bytes);
+        self.line_done()
+    }
+
+    fn hex_line(&mut self, key: &[u8], value: &[u8; 32]) -> io::Result<()> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        self.start_line(key);
+        for &byte in value {
+            let high = DIGITS[usize::from(byte >> 4)];
+            let low = DIGITS[usize::from(byte & 0x0f)];
+            self.pending.extend_from_slice(&[high, low]);
+        }
+        self.end_line()
+    }
+
+    fn number_line(&mut self, key: &[u8], value: u64) -> io::Result<()> {
+        self.start_line(key);
+        push_decimal(&mut self.pending, value);
+        self.end_line()
+    }
+
+    fn display_line(&mut self, key: &[u8], value: impl std::fmt::Display) -> io::Result<()> {
+        self.start_line(key);
+        // Writing to a Vec cannot fail.
+        write!(&mut *self.pending, "{value}")?;
+        self.end_line()
+    }
+
+    fn allowed_ip_line(&mut self, address: IpAddr, cidr: u8) -> io::Result<()> {
+        self.start_line(b"allowed_ip");
+        write!(&mut *self.pending, "{address}")?;
+        self.pending.push(b'/');
+        push_decimal(&mut self.pending, u64::from(cidr));
+        self.end_line()
+    }
+
+    fn start_line(&mut self, key: &[u8]) {
+        self.pending.extend_from_slice(key);
+        self.pending.push(b'=');
+    }
+
+    fn end_line(&mut self) -> io::Result<()> {
+        self.pending.push(b'\n');
+        self.line_done()
+    }
+
+    fn line_done(&mut self) -> io::Result<()> {
+        if self.pending.len() >= FLUSH_THRESHOLD {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    fn write_pending(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.write_pending()?;
+        self.out.flush()
+    }
+}
+
+/// Appends `value` in decimal.
+fn push_decimal(buffer: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    buffer.extend_from_slice(&digits[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+    use std::time::{Duration, Instant};
+
+    fn hex(byte: u8) -> String {
+        format!("{byte:02x}").repeat(32)
+    }
+
+    fn sample_snapshot() -> DeviceSnapshot {
+        DeviceSnapshot {
+            private_key: Some(Zeroizing::new([0xe8; 32])),
+            listen_port: 12912,
+            fwmark: 7,
+            peers: vec![
+                PeerSnapshot {
+                    public_key: [0xb8; 32],
+                    preshared_key: Zeroizing::new([0x18; 32]),
+                    endpoint: Some(SocketAddr::V6(SocketAddrV6::new(
+                        "abcd:23::33".parse().unwrap(),
+                        51820,
+                        0,
+                        2,
+                    ))),
+                    last_handshake: Some(Duration::new(1_590_459_201, 283_546_000)),
+                    tx_bytes: 38333,
+                    rx_bytes: u64::MAX,
+                    persistent_keepalive: 25,
+                    allowed_ips: vec![
+                        (IpAddr::V4(Ipv4Addr::new(192, 168, 4, 4)), 32),
+                        ("fd00::".parse().unwrap(), 64),
+                    ],
+                },
+                PeerSnapshot {
+                    public_key: [0x58; 32],
+                    preshared_key: Zeroizing::new([0; 32]),
+                    endpoint: Some("182.122.22.19:3233".parse().unwrap()),
+                    last_handshake: None,
+                    tx_bytes: 0,
+                    rx_bytes: 2224,
+                    persistent_keepalive: 0,
+                    allowed_ips: vec![],
+                },
+                PeerSnapshot {
+                    public_key: [0x66; 32],
+                    preshared_key: Zeroizing::new([0; 32]),
+                    endpoint: None,
+                    last_handshake: None,
+                    tx_bytes: 1,
+                    rx_bytes: 2,
+                    persistent_keepalive: 65535,
+                    allowed_ips: vec![(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)],
+                },
+            ],
+        }
+    }
+
+    fn render(snapshot: &DeviceSnapshot) -> String {
+        let mut out = Vec::new();
+        write_get(snapshot, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn get_answer_matches_golden_text() {
+        let expected = [
+            format!("private_key={}", hex(0xe8)),
+            "listen_port=12912".to_string(),
+            "fwmark=7".to_string(),
+            format!("public_key={}", hex(0xb8)),
+            format!("preshared_key={}", hex(0x18)),
+            "protocol_version=1".to_string(),
+            "endpoint=[abcd:23::33%2]:51820".to_string(),
+            "last_handshake_time_sec=1590459201".to_string(),
+            "last_handshake_time_nsec=283546000".to_string(),
+            "tx_bytes=38333".to_string(),
+            "rx_bytes=18446744073709551615".to_string(),
+            "persistent_keepalive_interval=25".to_string(),
+            "allowed_ip=192.168.4.4/32".to_string(),
+            "allowed_ip=fd00::/64".to_string(),
+            format!("public_key={}", hex(0x58)),
+            format!("preshared_key={}", hex(0)),
+            "protocol_version=1".to_string(),
+            "endpoint=182.122.22.19:3233".to_string(),
+            "last_handshake_time_sec=0".to_string(),
+            "last_handshake_time_nsec=0".to_string(),
+            "tx_bytes=0".to_string(),
+            "rx_bytes=2224".to_string(),
+            "persistent_keepalive_interval=0".to_string(),
+            format!("public_key={}", hex(0x66)),
+            format!("preshared_key={}", hex(0)),
+            "protocol_version=1".to_string(),
+            "last_handshake_time_sec=0".to_string(),
+            "last_handshake_time_nsec=0".to_string(),
+            "tx_bytes=1".to_string(),
+            "rx_bytes=2".to_string(),
+            "persistent_keepalive_interval=65535".to_string(),
+            "allowed_ip=::/0".to_string(),
+            "errno=0".to_string(),
+        ]
+        .join("\n")
+            + "\n\n";
+        assert_eq!(render(&sample_snapshot()), expected);
+    }
+
+    #[test]
+    fn unset_device_values_are_omitted() {
+        let empty = DeviceSnapshot::default();
+        assert_eq!(render(&empty), "errno=0\n\n");
+        let zero_key = DeviceSnapshot {
+            private_key: Some(Zeroizing::new([0; 32])),
+            ..DeviceSnapshot::default()
+        };
+        assert_eq!(render(&zero_key), "errno=0\n\n");
+    }
+
+    #[test]
+    fn scope_id_is_printed_only_when_set() {
+        let mut snapshot = sample_snapshot();
+        snapshot.peers.truncate(1);
+        snapshot.peers[0].endpoint = Some("[fe80::1]:1".parse().unwrap());
+        assert!(render(&snapshot).contains("\nendpoint=[fe80::1]:1\n"));
+    }
+
+    #[test]
+    fn decimal_formatting_covers_the_extremes() {
+        for value in [0, 1, 9, 10, 99, 100, 12912, u64::from(u32::MAX), u64::MAX] {
+            let mut buffer = Vec::new();
+            push_decimal(&mut buffer, value);
+            assert_eq!(buffer, value.to_string().into_bytes());
+        }
+    }
+
+    /// A writer that accepts at most a few bytes per call, to check that
+    /// partial writes are completed.
+    struct Trickle(Vec<u8>);
+
+    impl Write for Trickle {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let taken = bytes.len().min(7);
+            self.0.extend_from_slice(&bytes[..taken]);
+            Ok(taken)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_are_completed() {
+        let mut trickle = Trickle(Vec::new());
+        write_get(&sample_snapshot(), &mut trickle).unwrap();
+        assert_eq!(
+            String::from_utf8(trickle.0).unwrap(),
+            render(&sample_snapshot())
+        );
+    }
+
+    fn large_snapshot(peer_count: usize, allowed_ips_on_first: usize) -> DeviceSnapshot {
+        let peer = |index: usize| PeerSnapshot {
+            public_key: [(index % 251) as u8; 32],
+            preshared_key: Zeroizing::new([0; 32]),
+            endpoint: Some(SocketAddr::from(([10, 0, 0, 1], 51820))),
+            last_handshake: Some(Duration::new(1_700_000_000, 5)),
+            tx_bytes: index as u64 * 1000,
+            rx_bytes: index as u64 * 999,
+            persistent_keepalive: 25,
+            allowed_ips: vec![(IpAddr::V4(Ipv4Addr::from(index as u32)), 32)],
+        };
+        let mut peers: Vec<PeerSnapshot> = (0..peer_count).map(peer).collect();
+        if let Some(first) = peers.first_mut() {
+            first.allowed_ips = (0..allowed_ips_on_first)
+                .map(|index| {
+                    let address = Ipv6Addr::from(0xfd00_u128 << 112 | index as u128);
+                    (IpAddr::V6(address), 128)
+                })
+                .collect();
+        }
+        DeviceSnapshot {
+            private_key: Some(Zeroizing::new([1; 32])),
+            listen_port: 51820,
+            fwmark: 0,
+            peers,
+        }
+    }
+
+    /// Debug builds are several times slower, hence their looser budget; the
+    /// figure that matters is the release one (`--release --nocapture`).
+    #[test]
+    fn large_answer_formats_quickly() {
+        let snapshot = large_snapshot(100_000, 130_561);
+        let mut out = io::sink();
+        let started = Instant::now();
+        write_get(&snapshot, &mut out).unwrap();
+        let elapsed = started.elapsed();
+        let budget = if cfg!(debug_assertions) {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_millis(500)
+        };
+        assert!(elapsed < budget, "formatting took {elapsed:?}");
+        let mut counted = Vec::new();
+        write_get(&snapshot, &mut counted).unwrap();
+        let lines = counted.iter().filter(|&&byte| byte == b'\n').count();
+        // 9 lines per peer plus its allowed IPs, 2 device lines, errno and
+        // the blank line.
+        assert_eq!(lines, 100_000 * 9 + 99_999 + 130_561 + 2 + 2);
+        eprintln!(
+            "write_get: 100000 peers + 130561 allowed IPs, {} bytes in {elapsed:?}",
+            counted.len()
+        );
+    }
+}
