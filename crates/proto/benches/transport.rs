@@ -14,9 +14,18 @@ const SIZES: [usize; 3] = [64, 1420, 65535 - 32];
 
 fn keypairs() -> (Keypair, Keypair) {
     let now = Instant::now();
-    let a = SessionKeys { send: SymmetricKey([1; 32]), receive: SymmetricKey([2; 32]) };
-    let b = SessionKeys { send: SymmetricKey([2; 32]), receive: SymmetricKey([1; 32]) };
-    (Keypair::new(&a, 1, 2, now, true), Keypair::new(&b, 2, 1, now, false))
+    let a = SessionKeys {
+        send: SymmetricKey([1; 32]),
+        receive: SymmetricKey([2; 32]),
+    };
+    let b = SessionKeys {
+        send: SymmetricKey([2; 32]),
+        receive: SymmetricKey([1; 32]),
+    };
+    (
+        Keypair::new(&a, 1, 2, now, true),
+        Keypair::new(&b, 2, 1, now, false),
+    )
 }
 
 fn seal_open(c: &mut Criterion) {
@@ -61,7 +70,10 @@ fn seal_open(c: &mut Criterion) {
 /// ephemeral), and the initiator's (initiation with 2 DH and an ephemeral,
 /// then the response with 2 DH).
 fn handshakes(c: &mut Criterion) {
-    let (ki, kr) = (SecretKey::from_bytes([1; 32]), SecretKey::from_bytes([2; 32]));
+    let (ki, kr) = (
+        SecretKey::from_bytes([1; 32]),
+        SecretKey::from_bytes([2; 32]),
+    );
     let (pi, pr) = (ki.public_key(), kr.public_key());
     let ss_i = ki.dh(&pr).unwrap();
     let ss_r = kr.dh(&pi).unwrap();
@@ -71,7 +83,11 @@ fn handshakes(c: &mut Criterion) {
     let ts = Tai64n::default();
     c.bench_function("handshake/responder", |b| {
         b.iter_batched(
-            || noise::create_initiation(&pi, &pr, &ss_i, &mut setup_rng, ts, 1).unwrap().0,
+            || {
+                noise::create_initiation(&pi, &pr, &ss_i, &mut setup_rng, ts, 1)
+                    .unwrap()
+                    .0
+            },
             |init| {
                 let progress = noise::open_initiation_static(&kr, &pr, &init).unwrap();
                 let consumed = noise::finish_initiation(progress, &ss_r, &init).unwrap();

@@ -226,8 +226,8 @@ pub fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; KEY_LEN] {
 
 /// MAC(key, data): keyed BLAKE2s with a 16-byte output.
 pub fn mac(key: &[u8; KEY_LEN], data: &[&[u8]]) -> [u8; MAC_LEN] {
-    let mut m = <Blake2sMac<U16> as KeyInit>::new_from_slice(key)
-        .expect("a 32-byte BLAKE2s key is valid");
+    let mut m =
+        <Blake2sMac<U16> as KeyInit>::new_from_slice(key).expect("a 32-byte BLAKE2s key is valid");
     for part in data {
         m.update(part);
     }
@@ -254,10 +254,7 @@ pub fn kdf2(key: &[u8; KEY_LEN], input: &[u8]) -> ([u8; KEY_LEN], [u8; KEY_LEN])
 }
 
 /// KDF3(key, input) → (τ1, τ2, τ3).
-pub fn kdf3(
-    key: &[u8; KEY_LEN],
-    input: &[u8],
-) -> ([u8; KEY_LEN], [u8; KEY_LEN], [u8; KEY_LEN]) {
+pub fn kdf3(key: &[u8; KEY_LEN], input: &[u8]) -> ([u8; KEY_LEN], [u8; KEY_LEN], [u8; KEY_LEN]) {
     let prk = Zeroizing::new(hmac(key, &[input]));
     let t1 = hmac(prk.as_ref(), &[&[1]]);
     let t2 = hmac(prk.as_ref(), &[&t1, &[2]]);
@@ -379,8 +376,8 @@ pub fn xaead_open(
     let cipher = XChaCha20Poly1305::new(key.into());
     let mut cookie = [0u8; MAC_LEN];
     cookie.copy_from_slice(&sealed[..MAC_LEN]);
-    let tag = chacha20poly1305::Tag::try_from(&sealed[MAC_LEN..])
-        .map_err(|_| CryptoError::Length)?;
+    let tag =
+        chacha20poly1305::Tag::try_from(&sealed[MAC_LEN..]).map_err(|_| CryptoError::Length)?;
     cipher
         .decrypt_inout_detached(nonce.into(), ad, (&mut cookie[..]).into(), &tag)
         .map_err(|_| CryptoError::Authentication)?;
@@ -473,10 +470,16 @@ mod tests {
         let ba = b.dh(&a.public_key()).unwrap();
         assert_eq!(ab.as_bytes(), ba.as_bytes());
         // The identity (0) and the point of order 1 (1) give all-zero outputs.
-        assert_eq!(a.dh(&PublicKey([0; 32])).unwrap_err(), CryptoError::LowOrderPoint);
+        assert_eq!(
+            a.dh(&PublicKey([0; 32])).unwrap_err(),
+            CryptoError::LowOrderPoint
+        );
         let mut one = [0u8; 32];
         one[0] = 1;
-        assert_eq!(a.dh(&PublicKey(one)).unwrap_err(), CryptoError::LowOrderPoint);
+        assert_eq!(
+            a.dh(&PublicKey(one)).unwrap_err(),
+            CryptoError::LowOrderPoint
+        );
     }
 
     #[test]
@@ -516,7 +519,10 @@ mod tests {
             aead_open(&key, 9, &out, b"ad", &mut plain),
             Err(CryptoError::Authentication)
         );
-        assert_eq!(plain, [0; 5], "failed open must not leak a partial plaintext");
+        assert_eq!(
+            plain, [0; 5],
+            "failed open must not leak a partial plaintext"
+        );
     }
 
     #[test]
@@ -524,7 +530,10 @@ mod tests {
         let key = [4u8; 32];
         let nonce = [5u8; 24];
         let sealed = xaead_seal(&key, &nonce, &[6u8; 16], b"mac1");
-        assert_eq!(xaead_open(&key, &nonce, &sealed, b"mac1").unwrap(), [6u8; 16]);
+        assert_eq!(
+            xaead_open(&key, &nonce, &sealed, b"mac1").unwrap(),
+            [6u8; 16]
+        );
         assert!(xaead_open(&key, &nonce, &sealed, b"mac2").is_err());
     }
 

@@ -26,7 +26,7 @@ use crate::messages::{
     self, Message, COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_HEADER_LEN,
 };
 use crate::noise;
-use crate::peer::{Endpoint, HandshakeState, Peer, PeerId, Slot};
+use crate::peer::{Endpoint, HandshakeState, Peer, PeerId, Slot, StaticStatic};
 use crate::peerlookup::IndexTable;
 use crate::ratelimiter::{LoadDetector, RateLimiter, DEFAULT_MAX_ENTRIES};
 use crate::tai64n::Tai64n;
@@ -324,9 +324,8 @@ impl Device {
         self.cookie_checker.set_public_key(public.as_ref());
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
-            let static_static = self.static_static_for(&self.peers[&id].public_key);
             let peer = self.peers.get_mut(&id).expect("id from the map");
-            peer.static_static = static_static;
+            peer.static_static = StaticStatic::Pending;
             for keypair in [&mut peer.keypairs.current, &mut peer.keypairs.next]
                 .into_iter()
                 .flatten()
@@ -336,10 +335,6 @@ impl Device {
             peer.last_sent_handshake = None;
             self.clear_handshake(id);
         }
-    }
-
-    fn static_static_for(&self, peer: &PublicKey) -> Option<crate::crypto::SharedSecret> {
-        self.identity.as_ref()?.secret.dh(peer).ok()
     }
 
     /// Adds a peer (or finds the existing one). Returns None, and adds
@@ -353,7 +348,7 @@ impl Device {
         }
         let id = PeerId(self.next_peer_id);
         self.next_peer_id += 1;
-        let peer = Peer::new(public_key, self.static_static_for(&public_key));
+        let peer = Peer::new(public_key);
         self.peers.insert(id, peer);
         self.by_public_key.insert(public_key, id);
         Some(id)
@@ -623,12 +618,15 @@ impl Device {
         let too_soon = peer
             .last_sent_handshake
             .is_some_and(|last| now.mono.saturating_duration_since(last) < REKEY_TIMEOUT);
-        let (Some(static_static), Some(endpoint)) = (&peer.static_static, peer.endpoint) else {
+        let Some(endpoint) = peer.endpoint else {
             return;
         };
-        if too_soon {
+        if too_soon || peer.static_static(&identity.secret).is_none() {
             return;
         }
+        let StaticStatic::Ready(static_static) = &peer.static_static else {
+            return;
+        };
         if let Some(old) = peer.handshake_index() {
             self.indices.remove(old);
         }
@@ -649,7 +647,10 @@ impl Device {
         let mut bytes = message.to_bytes();
         peer.cookie.add_macs(now.mono, &mut bytes);
         peer.handshake = HandshakeState::InitiationSent(state);
-        self.events.push_back(Event::HandshakeInitiated { peer: id, retry: is_retry });
+        self.events.push_back(Event::HandshakeInitiated {
+            peer: id,
+            retry: is_retry,
+        });
         peer.last_sent_handshake = Some(now.mono);
         peer.tx_bytes += bytes.len() as u64;
         peer.timers.any_authenticated_packet_traversal(now.mono);
@@ -715,11 +716,13 @@ impl Device {
             .keypairs
             .by_index_mut(receiver)
             .ok_or(DropReason::UnknownIndex)?;
-        let padded_len = keypair.open(now.mono, counter, datagram).map_err(|e| match e {
-            TransportError::Replay => DropReason::Replay,
-            TransportError::KeypairExpired => DropReason::KeypairExpired,
-            _ => DropReason::Decryption,
-        })?;
+        let padded_len = keypair
+            .open(now.mono, counter, datagram)
+            .map_err(|e| match e {
+                TransportError::Replay => DropReason::Replay,
+                TransportError::KeypairExpired => DropReason::KeypairExpired,
+                _ => DropReason::Decryption,
+            })?;
         // Authenticated: roam to where it came from, before any other check
         // (the kernel's order, which its crypto-RP filter test relies on).
         peer.endpoint = Some(from);
@@ -729,7 +732,8 @@ impl Device {
             }
             peer.timers.handshake_complete();
             peer.last_handshake = Some(now.wall);
-            self.events.push_back(Event::HandshakeCompleted { peer: id });
+            self.events
+                .push_back(Event::HandshakeCompleted { peer: id });
             self.flush_staged(now, id);
         }
         self.keep_key_fresh_on_receive(now, id);
@@ -771,7 +775,10 @@ impl Device {
         reply: messages::CookieReply,
         datagram: &[u8],
     ) -> Result<ReceiveOutcome, DropReason> {
-        let id = self.indices.get(reply.receiver).ok_or(DropReason::UnknownIndex)?;
+        let id = self
+            .indices
+            .get(reply.receiver)
+            .ok_or(DropReason::UnknownIndex)?;
         let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
         let bytes: &[u8; COOKIE_REPLY_LEN] =
             datagram.try_into().map_err(|_| DropReason::Malformed)?;
@@ -858,12 +865,14 @@ impl Device {
             .ok_or(DropReason::UnknownPeer)?;
         let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownPeer)?;
         let static_static = peer
-            .static_static
-            .as_ref()
+            .static_static(&identity.secret)
             .ok_or(DropReason::HandshakeFailed)?;
         let consumed = noise::finish_initiation(progress, static_static, init)
             .map_err(|_| DropReason::HandshakeFailed)?;
-        if peer.latest_timestamp.is_some_and(|t| consumed.timestamp <= t) {
+        if peer
+            .latest_timestamp
+            .is_some_and(|t| consumed.timestamp <= t)
+        {
             return Err(DropReason::TimestampReplay);
         }
         let flood = peer.last_initiation_consumed.is_some_and(|last| {
@@ -941,7 +950,8 @@ impl Device {
         peer.endpoint = Some(from);
         peer.rx_bytes += RESPONSE_LEN as u64;
         peer.last_handshake = Some(now.wall);
-        self.events.push_back(Event::HandshakeCompleted { peer: id });
+        self.events
+            .push_back(Event::HandshakeCompleted { peer: id });
         peer.timers.session_derived(now.mono);
         peer.timers.handshake_complete();
         peer.timers.any_authenticated_packet_received();
@@ -1097,7 +1107,11 @@ impl Device {
             self.indices.len(),
             "invariant: the index table holds indices no peer owns"
         );
-        assert_eq!(self.by_public_key.len(), self.peers.len(), "invariant: key table size");
+        assert_eq!(
+            self.by_public_key.len(),
+            self.peers.len(),
+            "invariant: key table size"
+        );
         for id in self.peers.keys() {
             let _ = self.allowed_ips.prefixes_of(*id).count();
         }

@@ -159,7 +159,11 @@ fn handshake_then_data_both_ways() {
     let mut net = Net::new([0; 32]);
     let packet = ipv4(A_TUN, B_TUN, 84);
     assert_eq!(net.ping_a_to_b(84), SendOutcome::Queued(net.a_peer));
-    assert_eq!(net.delivered_b, vec![packet.clone()], "staged packet flushed");
+    assert_eq!(
+        net.delivered_b,
+        vec![packet.clone()],
+        "staged packet flushed"
+    );
     // Now a session exists: the fast path encrypts straight into the buffer.
     assert!(matches!(net.ping_a_to_b(84), SendOutcome::Sent { .. }));
     let reply = ipv4(B_TUN, A_TUN, 84);
@@ -195,7 +199,10 @@ fn responder_confirms_with_first_data_packet_only() {
     net.send(false, &ipv4(B_TUN, A_TUN, 60));
     // A responded; its new keypair waits in `next` until data arrives.
     let pa = net.a.peer(net.a_peer).unwrap();
-    assert!(pa.keypairs.current.is_some(), "confirmed by B's staged packet");
+    assert!(
+        pa.keypairs.current.is_some(),
+        "confirmed by B's staged packet"
+    );
     assert_eq!(net.delivered_a.len(), 1);
 }
 
@@ -219,7 +226,12 @@ fn every_replayed_message_is_rejected() {
             2 => DropReason::UnknownIndex,
             _ => DropReason::Replay,
         };
-        assert_eq!(outcome, ReceiveOutcome::Dropped(expected), "type {}", data[0]);
+        assert_eq!(
+            outcome,
+            ReceiveOutcome::Dropped(expected),
+            "type {}",
+            data[0]
+        );
     }
 }
 
@@ -229,8 +241,7 @@ fn tampered_datagrams_are_dropped_and_change_nothing() {
     net.ping_a_to_b(100);
     let mut out = vec![0u8; 200];
     let now = net.now;
-    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 100), &mut out)
-    else {
+    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 100), &mut out) else {
         panic!("session expected")
     };
     let good = out[..len].to_vec();
@@ -244,7 +255,11 @@ fn tampered_datagrams_are_dropped_and_change_nothing() {
         assert!(matches!(outcome, ReceiveOutcome::Dropped(_)), "byte {i}");
         let pb = net.b.peer(net.b_peer).unwrap();
         assert_eq!(pb.rx_bytes, before);
-        assert_eq!(pb.endpoint.unwrap().addr, sock(A_ADDR), "no roaming on forgeries");
+        assert_eq!(
+            pb.endpoint.unwrap().addr,
+            sock(A_ADDR),
+            "no roaming on forgeries"
+        );
     }
     let mut good = good;
     assert!(matches!(
@@ -259,14 +274,16 @@ fn roaming_follows_the_latest_authenticated_packet() {
     net.ping_a_to_b(84);
     let mut out = vec![0u8; 200];
     let now = net.now;
-    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 84), &mut out)
-    else {
+    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 84), &mut out) else {
         panic!()
     };
     let roamed = sock("198.51.100.7:4000");
     let outcome = net.b.receive(now, Endpoint::from(roamed), &mut out[..len]);
     assert!(matches!(outcome, ReceiveOutcome::Deliver { .. }));
-    assert_eq!(net.b.peer(net.b_peer).unwrap().endpoint.unwrap().addr, roamed);
+    assert_eq!(
+        net.b.peer(net.b_peer).unwrap().endpoint.unwrap().addr,
+        roamed
+    );
 }
 
 #[test]
@@ -289,12 +306,17 @@ fn no_route_and_no_endpoint() {
         SendOutcome::NoRoute
     );
     let c = net.a.add_peer(PublicKey([5; 32])).unwrap();
-    net.a.add_allowed_ip(c, "10.0.0.0".parse().unwrap(), 8).unwrap();
+    net.a
+        .add_allowed_ip(c, "10.0.0.0".parse().unwrap(), 8)
+        .unwrap();
     assert_eq!(
         net.a.send(now, &ipv4(A_TUN, [10, 0, 0, 1], 40), &mut out),
         SendOutcome::NoEndpoint(c)
     );
-    assert_eq!(net.a.send(now, &[0x45, 0, 0], &mut out), SendOutcome::Invalid);
+    assert_eq!(
+        net.a.send(now, &[0x45, 0, 0], &mut out),
+        SendOutcome::Invalid
+    );
 }
 
 #[test]
@@ -306,7 +328,8 @@ fn low_order_peer_keys_never_send_anything() {
     for key in [[0u8; 32], one] {
         let id = d.add_peer(PublicKey(key)).unwrap();
         d.set_endpoint(id, sock("127.0.0.1:1111"));
-        d.add_allowed_ip(id, "10.0.0.1".parse().unwrap(), 32).unwrap();
+        d.add_allowed_ip(id, "10.0.0.1".parse().unwrap(), 32)
+            .unwrap();
         d.set_persistent_keepalive(Now::system(), id, 1);
         let mut out = [0u8; 200];
         d.send(Now::system(), &ipv4(A_TUN, [10, 0, 0, 1], 40), &mut out);
@@ -353,7 +376,14 @@ fn rekey_after_time_is_done_by_the_initiator_on_send() {
     let before = net.count_wire(true, 1);
     net.ping_a_to_b(84);
     assert_eq!(net.count_wire(true, 1), before + 1, "a new initiation");
-    let current = net.a.peer(net.a_peer).unwrap().keypairs.current.as_ref().unwrap();
+    let current = net
+        .a
+        .peer(net.a_peer)
+        .unwrap()
+        .keypairs
+        .current
+        .as_ref()
+        .unwrap();
     assert_eq!(current.created, net.now.mono, "the new session is current");
     assert!(net.delivered_b.len() >= 2);
 }
@@ -377,12 +407,13 @@ fn expired_keys_are_refused() {
     net.ping_a_to_b(84);
     let mut out = vec![0u8; 200];
     let now = net.now;
-    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 84), &mut out)
-    else {
+    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 84), &mut out) else {
         panic!()
     };
     let later = now.advance(REJECT_AFTER_TIME);
-    let outcome = net.b.receive(later, Endpoint::from(sock(A_ADDR)), &mut out[..len]);
+    let outcome = net
+        .b
+        .receive(later, Endpoint::from(sock(A_ADDR)), &mut out[..len]);
     assert_eq!(outcome, ReceiveOutcome::Dropped(DropReason::KeypairExpired));
 }
 
@@ -472,20 +503,39 @@ fn initiation_flood_guard_and_timestamp_order() {
     net.ping_a_to_b(84);
     // A second initiation within 20 ms is refused even with a newer
     // timestamp (17 ms > one 2^24 ns whitening step).
-    net.a.peers.get_mut(&net.a_peer).unwrap().last_sent_handshake = None;
+    net.a
+        .peers
+        .get_mut(&net.a_peer)
+        .unwrap()
+        .last_sent_handshake = None;
     net.now = net.now.advance(Duration::from_millis(17));
     let (now, id) = (net.now, net.a_peer);
     net.a.send_initiation(now, id, false);
     net.pump();
     assert_eq!(net.b.drop_count(DropReason::InitiationFlood), 1);
     // The first (accepted) initiation replayed later is refused by its timestamp.
-    let replay = net.wire.iter().find(|(a, d)| *a && d[0] == 1).unwrap().1.clone();
+    let replay = net
+        .wire
+        .iter()
+        .find(|(a, d)| *a && d[0] == 1)
+        .unwrap()
+        .1
+        .clone();
     net.now = net.now.advance(Duration::from_millis(50));
     let mut copy = replay.clone();
-    let outcome = net.b.receive(net.now, Endpoint::from(sock(A_ADDR)), &mut copy);
-    assert_eq!(outcome, ReceiveOutcome::Dropped(DropReason::TimestampReplay));
+    let outcome = net
+        .b
+        .receive(net.now, Endpoint::from(sock(A_ADDR)), &mut copy);
+    assert_eq!(
+        outcome,
+        ReceiveOutcome::Dropped(DropReason::TimestampReplay)
+    );
     // A fresh one after 20 ms is accepted.
-    net.a.peers.get_mut(&net.a_peer).unwrap().last_sent_handshake = None;
+    net.a
+        .peers
+        .get_mut(&net.a_peer)
+        .unwrap()
+        .last_sent_handshake = None;
     let (now, id) = (net.now, net.a_peer);
     net.a.send_initiation(now, id, false);
     let before = net.count_wire(false, 2);
@@ -497,9 +547,15 @@ fn initiation_flood_guard_and_timestamp_order() {
 fn private_key_change_retires_sessions() {
     let mut net = Net::new([0; 32]);
     net.ping_a_to_b(84);
-    net.a.set_private_key(Some(SecretKey::from_bytes([0x33; 32])));
+    net.a
+        .set_private_key(Some(SecretKey::from_bytes([0x33; 32])));
     let peer = net.a.peer(net.a_peer).unwrap();
-    assert!(!peer.keypairs.current.as_ref().unwrap().can_send(net.now.mono));
+    assert!(!peer
+        .keypairs
+        .current
+        .as_ref()
+        .unwrap()
+        .can_send(net.now.mono));
     assert!(peer.last_sent_handshake.is_none());
 }
 
@@ -512,14 +568,18 @@ fn invariants_hold_through_a_session_and_a_broken_one_is_caught() {
     net.b.check_invariants();
     // Test-only sabotage: an index that no peer owns.
     net.a.indices.allocate(&mut net.a.rng, net.a_peer);
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| net.a.check_invariants()));
+    let caught =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| net.a.check_invariants()));
     let message = caught.unwrap_err();
     let text = message
         .downcast_ref::<String>()
         .cloned()
         .or_else(|| message.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap();
-    assert!(text.contains("index table holds indices no peer owns"), "{text}");
+    assert!(
+        text.contains("index table holds indices no peer owns"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -530,7 +590,10 @@ fn events_tell_what_happened() {
     assert_eq!(
         a_events,
         vec![
-            Event::HandshakeInitiated { peer: net.a_peer, retry: false },
+            Event::HandshakeInitiated {
+                peer: net.a_peer,
+                retry: false
+            },
             Event::HandshakeCompleted { peer: net.a_peer },
         ]
     );

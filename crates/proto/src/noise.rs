@@ -12,8 +12,8 @@
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{
-    aead_open, aead_seal, hash, kdf1, kdf2, kdf3, CryptoError, PublicKey, SecretKey,
-    SharedSecret, SymmetricKey, KEY_LEN, TAG_LEN,
+    aead_open, aead_seal, hash, kdf1, kdf2, kdf3, CryptoError, PublicKey, SecretKey, SharedSecret,
+    SymmetricKey, KEY_LEN, TAG_LEN,
 };
 use crate::messages::{Initiation, Response};
 use crate::tai64n::{Tai64n, TAI64N_LEN};
@@ -347,8 +347,7 @@ mod tests {
         let (i, r) = (party(1), party(2));
         let ss = i.secret.dh(&r.public).unwrap();
         let ts = Tai64n::from_unix(std::time::Duration::from_secs(1000));
-        let (init, state) =
-            create_initiation(&i.public, &r.public, &ss, &mut rng, ts, 42)?;
+        let (init, state) = create_initiation(&i.public, &r.public, &ss, &mut rng, ts, 42)?;
         let progress = open_initiation_static(&r.secret, &r.public, &init)?;
         assert_eq!(progress.peer_public, i.public);
         let consumed = finish_initiation(progress, &r.secret.dh(&i.public).unwrap(), &init)?;
@@ -381,8 +380,7 @@ mod tests {
         let (i, r) = (party(1), party(2));
         let ss = i.secret.dh(&r.public).unwrap();
         let ts = Tai64n::default();
-        let (init, _) =
-            create_initiation(&i.public, &r.public, &ss, &mut rng, ts, 1).unwrap();
+        let (init, _) = create_initiation(&i.public, &r.public, &ss, &mut rng, ts, 1).unwrap();
         for byte in [8usize, 40, 87, 88, 115] {
             let mut bytes = init.to_bytes();
             bytes[byte] ^= 0x20;

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::constants::MAX_STAGED_PACKETS;
 use crate::cookie::CookieGenerator;
-use crate::crypto::{PublicKey, SharedSecret, SymmetricKey};
+use crate::crypto::{PublicKey, SecretKey, SharedSecret, SymmetricKey};
 use crate::noise::InitiatorState;
 use crate::tai64n::Tai64n;
 use crate::timers::Timers;
@@ -129,6 +129,18 @@ pub enum Slot {
     Next,
 }
 
+/// The cached static-static Diffie-Hellman result of a peer.
+#[derive(Debug, Default)]
+pub enum StaticStatic {
+    /// Not computed yet (new peer, or our private key changed).
+    #[default]
+    Pending,
+    /// Computed.
+    Ready(SharedSecret),
+    /// The result was zero: a low-order or invalid peer key.
+    Unusable,
+}
+
 /// A handshake in progress, from our side.
 #[derive(Debug, Default)]
 pub enum HandshakeState {
@@ -145,9 +157,9 @@ pub struct Peer {
     pub public_key: PublicKey,
     /// The preshared key (all zeros when unset).
     pub preshared_key: SymmetricKey,
-    /// DH(our static, peer static), or None when we have no private key or
-    /// the peer's key is of low order (then no handshake is ever attempted).
-    pub static_static: Option<SharedSecret>,
+    /// DH(our static, peer static), computed on first use (so configuring
+    /// 100 000 peers costs no Diffie-Hellman at all).
+    pub static_static: StaticStatic,
     /// Where to send, if known.
     pub endpoint: Option<Endpoint>,
     /// Handshake in flight.
@@ -189,11 +201,11 @@ impl core::fmt::Debug for Peer {
 
 impl Peer {
     /// A new peer with no session.
-    pub fn new(public_key: PublicKey, static_static: Option<SharedSecret>) -> Self {
+    pub fn new(public_key: PublicKey) -> Self {
         Peer {
             public_key,
             preshared_key: SymmetricKey::default(),
-            static_static,
+            static_static: StaticStatic::Pending,
             endpoint: None,
             handshake: HandshakeState::None,
             keypairs: Keypairs::default(),
@@ -219,6 +231,22 @@ impl Peer {
         }
         self.staged.push_back(packet);
         full
+    }
+
+    /// DH(our static, this peer's static), computing it on first use. None
+    /// without a private key, or for a low-order peer key: then no
+    /// handshake is ever attempted with the peer.
+    pub fn static_static(&mut self, ours: &SecretKey) -> Option<&SharedSecret> {
+        if matches!(self.static_static, StaticStatic::Pending) {
+            self.static_static = match ours.dh(&self.public_key) {
+                Ok(shared) => StaticStatic::Ready(shared),
+                Err(_) => StaticStatic::Unusable,
+            };
+        }
+        match &self.static_static {
+            StaticStatic::Ready(shared) => Some(shared),
+            _ => None,
+        }
     }
 
     /// The local index of the handshake in flight, if any.
@@ -285,7 +313,7 @@ mod tests {
 
     #[test]
     fn staging_drops_oldest() {
-        let mut p = Peer::new(PublicKey([9; 32]), None);
+        let mut p = Peer::new(PublicKey([9; 32]));
         for i in 0..MAX_STAGED_PACKETS {
             assert!(!p.stage(vec![i as u8]));
         }

@@ -135,7 +135,11 @@ fn check_mac1() -> Result<(), String> {
     let public = [0x42u8; KEY_LEN];
     let key = hash(&[b"mac1----", &public]);
     let message: Vec<u8> = (0..116u8).collect();
-    expect_eq("mac1", &mac(&key, &[&message]), "5f482220eac57889e922c176d202190b")
+    expect_eq(
+        "mac1",
+        &mac(&key, &[&message]),
+        "5f482220eac57889e922c176d202190b",
+    )
 }
 
 /// Two engines with fixed keys complete a handshake and exchange a packet
@@ -145,13 +149,22 @@ fn check_handshake() -> Result<(), String> {
         mono: Instant::now(),
         wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
     };
-    let (ka, kb) = (SecretKey::from_bytes([1; 32]), SecretKey::from_bytes([2; 32]));
+    let (ka, kb) = (
+        SecretKey::from_bytes([1; 32]),
+        SecretKey::from_bytes([2; 32]),
+    );
     let (pa, pb) = (ka.public_key(), kb.public_key());
     let (mut a, mut b) = (Device::new([3; 32]), Device::new([4; 32]));
     a.set_private_key(Some(ka));
     b.set_private_key(Some(kb));
-    let ea: Endpoint = "127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap().into();
-    let eb: Endpoint = "127.0.0.1:2".parse::<std::net::SocketAddr>().unwrap().into();
+    let ea: Endpoint = "127.0.0.1:1"
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .into();
+    let eb: Endpoint = "127.0.0.1:2"
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .into();
     let (ia, ib) = wire_peer(&mut a, pb, eb, [10, 0, 0, 2])
         .zip(wire_peer(&mut b, pa, ea, [10, 0, 0, 1]))
         .ok_or("peers could not be added")?;
@@ -182,7 +195,10 @@ fn check_handshake() -> Result<(), String> {
     };
     let mut forged = out;
     forged[len - 1] ^= 1;
-    if !matches!(a.receive(now, eb, &mut forged[..len]), ReceiveOutcome::Dropped(_)) {
+    if !matches!(
+        a.receive(now, eb, &mut forged[..len]),
+        ReceiveOutcome::Dropped(_)
+    ) {
         return Err("a forged transport message was accepted".into());
     }
     match a.receive(now, eb, &mut out[..len]) {

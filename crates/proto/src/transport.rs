@@ -210,7 +210,10 @@ mod tests {
             send: SymmetricKey([2; 32]),
             receive: SymmetricKey([1; 32]),
         };
-        (Keypair::new(&a, 10, 20, now, true), Keypair::new(&b, 20, 10, now, false))
+        (
+            Keypair::new(&a, 10, 20, now, true),
+            Keypair::new(&b, 20, 10, now, false),
+        )
     }
 
     #[test]
@@ -221,7 +224,11 @@ mod tests {
         assert_eq!(padded_len(1419, 1420), 1420);
         assert_eq!(padded_len(1420, 1420), 1420);
         assert_eq!(padded_len(1415, 1418), 1418, "never beyond the MTU");
-        assert_eq!(padded_len(1500, 1420), 1500, "1500 % 1420 = 80 is already aligned");
+        assert_eq!(
+            padded_len(1500, 1420),
+            1500,
+            "1500 % 1420 = 80 is already aligned"
+        );
         assert_eq!(padded_len(1501, 1420), 1501 + 15);
         assert_eq!(padded_len(5, 0), 16);
     }
@@ -253,7 +260,10 @@ mod tests {
         let n2 = a.seal(now, b"again", 1420, &mut second).unwrap();
         let mut forged = second;
         forged[20] ^= 1;
-        assert_eq!(b.open(now, 1, &mut forged[..n2]), Err(TransportError::Decryption));
+        assert_eq!(
+            b.open(now, 1, &mut forged[..n2]),
+            Err(TransportError::Decryption)
+        );
         // The forged copy did not burn counter 1.
         assert!(b.open(now, 1, &mut second[..n2]).is_ok());
     }
@@ -264,11 +274,20 @@ mod tests {
         let (mut a, mut b) = pair(now);
         let later = now + REJECT_AFTER_TIME;
         let mut buf = [0u8; 64];
-        assert_eq!(a.seal(later, b"x", 1420, &mut buf), Err(TransportError::KeypairExpired));
+        assert_eq!(
+            a.seal(later, b"x", 1420, &mut buf),
+            Err(TransportError::KeypairExpired)
+        );
         let n = a.seal(now, b"x", 1420, &mut buf).unwrap();
-        assert_eq!(b.open(later, 0, &mut buf[..n]), Err(TransportError::KeypairExpired));
+        assert_eq!(
+            b.open(later, 0, &mut buf[..n]),
+            Err(TransportError::KeypairExpired)
+        );
         a.retire_for_sending();
-        assert_eq!(a.seal(now, b"x", 1420, &mut buf), Err(TransportError::KeypairExpired));
+        assert_eq!(
+            a.seal(now, b"x", 1420, &mut buf),
+            Err(TransportError::KeypairExpired)
+        );
     }
 
     #[test]
@@ -276,7 +295,13 @@ mod tests {
         let now = Instant::now();
         let (mut a, mut b) = pair(now);
         let mut small = [0u8; 40];
-        assert_eq!(a.seal(now, &[0; 30], 1420, &mut small), Err(TransportError::BufferTooSmall));
-        assert_eq!(b.open(now, 0, &mut small[..31]), Err(TransportError::Truncated));
+        assert_eq!(
+            a.seal(now, &[0; 30], 1420, &mut small),
+            Err(TransportError::BufferTooSmall)
+        );
+        assert_eq!(
+            b.open(now, 0, &mut small[..31]),
+            Err(TransportError::Truncated)
+        );
     }
 }

@@ -24,10 +24,7 @@ fn keys(seed: u8) -> (SecretKey, PublicKey) {
     (secret, public)
 }
 
-fn snow_builder<'a>(
-    private: &'a [u8; 32],
-    psk: &'a [u8; 32],
-) -> snow::Builder<'a> {
+fn snow_builder<'a>(private: &'a [u8; 32], psk: &'a [u8; 32]) -> snow::Builder<'a> {
     snow::Builder::new(PATTERN.parse().unwrap())
         .local_private_key(private)
         .unwrap()
@@ -50,13 +47,17 @@ fn check_keys_agree(ours: &mut Keypair, mut theirs: snow::TransportState) {
     let mut ciphertext = vec![0u8; 64];
     let n = theirs.write_message(b"from snow", &mut ciphertext).unwrap();
     let mut datagram = transport_message(ours.local_index, 0, &ciphertext[..n]);
-    let len = ours.open(now, 0, &mut datagram).expect("snow's message opens");
+    let len = ours
+        .open(now, 0, &mut datagram)
+        .expect("snow's message opens");
     assert_eq!(&datagram[16..16 + len], b"from snow");
     // us → snow (our padding is part of the plaintext snow sees).
     let mut out = vec![0u8; 128];
     let n = ours.seal(now, b"from ferroguard", 1420, &mut out).unwrap();
     let mut plain = vec![0u8; 128];
-    let m = theirs.read_message(&out[16..n], &mut plain).expect("ours opens in snow");
+    let m = theirs
+        .read_message(&out[16..n], &mut plain)
+        .expect("ours opens in snow");
     assert_eq!(&plain[..15], b"from ferroguard");
     assert!(plain[15..m].iter().all(|&b| b == 0));
 }
@@ -89,8 +90,7 @@ fn snow_initiator_against_our_responder() {
     let consumed = finish_initiation(progress, &static_static, &initiation).unwrap();
     assert_eq!(consumed.timestamp, timestamp);
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
-    let (response, session) =
-        create_response(&consumed, &SymmetricKey(psk), &mut rng, 99).unwrap();
+    let (response, session) = create_response(&consumed, &SymmetricKey(psk), &mut rng, 99).unwrap();
     let wire = [&response.ephemeral[..], &response.encrypted_nothing[..]].concat();
     let mut empty = [0u8; 0];
     assert_eq!(snow_i.read_message(&wire, &mut empty).unwrap(), 0);
