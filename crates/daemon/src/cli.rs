@@ -203,7 +203,13 @@ mod tests {
             panic!()
         };
         assert_eq!(o.verbosity, Verbosity::Debug);
-        assert!(!matches!(run(&["wg1"], &[]), Ok(Command::Run(Options { foreground: true, .. }))));
+        assert!(!matches!(
+            run(&["wg1"], &[]),
+            Ok(Command::Run(Options {
+                foreground: true,
+                ..
+            }))
+        ));
     }
 
     #[test]
@@ -220,6 +226,9 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((o.selftest, o.verbosity), (SelftestMode::Skip, Verbosity::Trace));
+        assert_eq!(
+            (o.selftest, o.verbosity),
+            (SelftestMode::Skip, Verbosity::Trace)
+        );
     }
 }

@@ -46,8 +46,7 @@ impl std::fmt::Display for SetupError {
 
 fn random_seed() -> Result<[u8; 32], SetupError> {
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed)
-        .map_err(|e| SetupError(format!("no system randomness: {e}")))?;
+    getrandom::fill(&mut seed).map_err(|e| SetupError(format!("no system randomness: {e}")))?;
     Ok(seed)
 }
 
@@ -56,8 +55,11 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
     let name = &options.interface;
     let tun = Tun::create(name)
         .map_err(|e| SetupError(format!("failed to create TUN device '{name}': {e}")))?;
-    let listener = UapiListener::bind(name)
-        .map_err(|e| SetupError(format!("failed to open the configuration socket for '{name}': {e}")))?;
+    let listener = UapiListener::bind(name).map_err(|e| {
+        SetupError(format!(
+            "failed to open the configuration socket for '{name}': {e}"
+        ))
+    })?;
     let sockets = UdpSockets::bind(0, 0)
         .map_err(|e| SetupError(format!("failed to bind UDP sockets: {e}")))?;
     let child = if options.foreground {

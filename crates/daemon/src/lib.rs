@@ -22,6 +22,10 @@ pub fn version_string() -> String {
     format!(
         "ferroguard {} (userspace WireGuard; features: {})",
         env!("CARGO_PKG_VERSION"),
-        if features.is_empty() { "none".to_string() } else { features.join(", ") }
+        if features.is_empty() {
+            "none".to_string()
+        } else {
+            features.join(", ")
+        }
     )
 }

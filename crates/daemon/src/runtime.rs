@@ -104,7 +104,10 @@ impl Shared {
 
     /// The current sockets.
     pub fn sockets(&self) -> Arc<UdpSockets> {
-        self.sockets.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.sockets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The TUN device.
@@ -232,10 +235,14 @@ pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
             (outcome, pending)
         };
         match outcome {
-            SendOutcome::Sent { len, endpoint, peer } => {
-                shared.send_datagram(&shared.sockets(), &out[..len], endpoint, Some(peer))
+            SendOutcome::Sent {
+                len,
+                endpoint,
+                peer,
+            } => shared.send_datagram(&shared.sockets(), &out[..len], endpoint, Some(peer)),
+            SendOutcome::NoRoute | SendOutcome::NoEndpoint(_) => {
+                answer_unreachable(&shared, packet)
             }
-            SendOutcome::NoRoute | SendOutcome::NoEndpoint(_) => answer_unreachable(&shared, packet),
             SendOutcome::Queued(_) | SendOutcome::Invalid => {}
         }
         shared.send_all(pending);
