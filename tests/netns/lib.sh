@@ -10,6 +10,8 @@
 #   interfaces   fgt<id><suffix>              (the UAPI socket /var/run/wireguard/<ifname>.sock is global,
 #                                              so interface names must be unique on the whole machine)
 
+# Inner time bounds use "timeout --foreground" so that every process stays in the scenario's process
+# group, which run.sh signals as a whole.
 FGT_PREFIX=fgt
 FGT_SOCK_DIR=/var/run/wireguard
 export LANG=C LC_ALL=C WG_HIDE_KEYS=never
@@ -193,8 +195,12 @@ unsupported_reason() { # KIND FEATURE
 	case "$1:$2" in
 	wireguard-go:icmp_unreachable)
 		echo "wireguard-go drops packets without a peer silently (no ICMP unreachable)" ;;
-	wireguard-go:low_order)
-		echo "Debian's wireguard-go 0.0.20220316 predates the all-zero ECDH check (upstream c7b76d3, 2023)" ;;
+	wireguard-go:peer_order)
+		echo "wireguard-go keeps its peers in a Go map: UAPI get lists them in random order" ;;
+	wireguard-go:keeps_port_on_bind_error)
+		echo "wireguard-go 0.0.20220316 is left without a bound port when a new listen-port is refused" ;;
+	wireguard-go:sticky_v4_source_gone)
+		echo "when its sticky IPv4 source address is deleted, Linux 6.x answers sendmsg with ENETUNREACH; Debian's wireguard-go 0.0.20220316 only drops the source on EINVAL, so it never sends again" ;;
 	wireguard-go:exact_counters)
 		echo "exact byte figures are checked for ferroguard only; wireguard-go gets the ranges of its own netns.sh" ;;
 	esac
@@ -378,7 +384,8 @@ sweep_leftovers() {
 	while read -r ns _; do
 		[[ $ns =~ ^$FGT_PREFIX-([0-9]+)-([0-9a-f]+)-[0-9]+$ ]] || continue
 		owner=${BASH_REMATCH[1]}
-		if owner_alive "$owner"; then
+		# A scenario outlives its run.sh if that was SIGKILLed; it ends itself within its time bound.
+		if owner_alive "$owner" || pgrep -f -- "netns\.sh [a-z_0-9]+ ${BASH_REMATCH[2]}\$" >/dev/null; then
 			live_ids+=("${BASH_REMATCH[2]}")
 		else
 			fgt_log "removing leftover namespace $ns"
@@ -459,7 +466,7 @@ in_ns() { local ns=$1; shift; fgt_log "$ns: $*"; ip netns exec "$ns" "$@"; }
 ping_all() {
 	local ns=$1 dest=$2 count=$3 out
 	shift 3
-	out=$(in_ns "$ns" timeout 20 ping -n -q -f -c "$count" -W 1 "$@" "$dest" 2>&1)
+	out=$(in_ns "$ns" timeout --foreground 20 ping -n -q -f -c "$count" -W 1 "$@" "$dest" 2>&1)
 	fgt_log "$out"
 	[[ $out =~ (^|[[:space:]])$count\ packets\ transmitted,\ $count\ received, ]]
 }
@@ -467,7 +474,7 @@ ping_all() {
 # ping_once NS DEST: one ping, one second to answer (the kernel's "ping -W 1 -c 1").
 ping_once() {
 	local out
-	out=$(in_ns "$1" timeout 10 ping -n -c 1 -W 1 "$2" 2>&1)
+	out=$(in_ns "$1" timeout --foreground 10 ping -n -c 1 -W 1 "$2" 2>&1)
 	fgt_log "$out"
 	[[ $out =~ (^|[[:space:]])1\ packets\ transmitted,\ 1\ received, ]]
 }
@@ -532,7 +539,7 @@ iperf_pair() {
 	spid=$!
 	FGT_PIDS+=("$spid")
 	wait_listening "$sns" t "$port" || { kill_pids "$spid"; return 1; }
-	in_ns "$cns" timeout $((FGT_IPERF_TIME + 25)) iperf3 -Z -J -c "$addr" -p "$port" -t "$FGT_IPERF_TIME" "$@" \
+	in_ns "$cns" timeout --foreground $((FGT_IPERF_TIME + 25)) iperf3 -Z -J -c "$addr" -p "$port" -t "$FGT_IPERF_TIME" "$@" \
 		>"$json" 2>>"$FGT_LOGDIR/iperf-client.log"
 	rc=$?
 	wait_pid_exit "$spid" 5 || kill_pids "$spid"
@@ -568,7 +575,7 @@ iperf_parallel() {
 		wait_listening "$sns" t $((5200 + i)) || ok=0
 	done
 	for ((i = 0; i < streams; i++)); do
-		in_ns "$cns" timeout $((FGT_IPERF_TIME + 25)) iperf3 -Z -J -c "$addr" -p $((5200 + i)) \
+		in_ns "$cns" timeout --foreground $((FGT_IPERF_TIME + 25)) iperf3 -Z -J -c "$addr" -p $((5200 + i)) \
 			-t "$FGT_IPERF_TIME" >"$FGT_LOGDIR/iperf-par-$i.json" 2>>"$FGT_LOGDIR/iperf-client.log" &
 		cpids+=($!)
 	done
@@ -658,7 +665,7 @@ udp_listen_start() {
 	local ns=$1 ready i
 	ready=$(mktemp -u "$FGT_LOGDIR/udp-ready-XXXXXX")
 	UDP_LISTENER_OUT=$(mktemp "$FGT_LOGDIR/udp-count-XXXXXX")
-	in_ns "$ns" timeout 30 python3 -c "$FGT_UDP_PY" listen "$2" "$3" "$4" "$ready" "$5" >"$UDP_LISTENER_OUT" &
+	in_ns "$ns" timeout --foreground 30 python3 -c "$FGT_UDP_PY" listen "$2" "$3" "$4" "$ready" "$5" >"$UDP_LISTENER_OUT" &
 	UDP_LISTENER_PID=$!
 	FGT_PIDS+=("$UDP_LISTENER_PID")
 	for ((i = 0; i < 100; i++)); do

@@ -25,7 +25,7 @@ source "$HERE/lib.sh"
 
 # Cheap and most important first.
 ALL_SCENARIOS=(counters lifetime traffic roaming crypto_rp uapi keys key_change low_order nat_keepalive
-	policy_routing icmp_unreachable sticky reply_to_sender wg_over_wg big_mtu split_responses)
+	policy_routing icmp_unreachable sticky reply_to_sender route_change wg_over_wg big_mtu split_responses)
 QUICK_SCENARIOS=(traffic counters roaming crypto_rp lifetime)
 # Scenarios that test one daemon at a time (each implementation once per run, not once per pair).
 SINGLE_SCENARIOS=" lifetime uapi keys low_order split_responses "
@@ -136,8 +136,15 @@ summary() {
 on_signal() {
 	trap - INT TERM HUP
 	if [[ -n $child ]]; then
-		kill -TERM "$child" 2>/dev/null
-		wait_pid_exit "$child" 15 || kill -KILL "$child" 2>/dev/null
+		# timeout(1) leads its own process group: the scenario, its daemons and its tools.
+		kill -TERM -- "-$child" 2>/dev/null
+		local i
+		for ((i = 0; i < 100; i++)); do
+			kill -0 -- "-$child" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL -- "-$child" 2>/dev/null
+		wait "$child" 2>/dev/null
 	fi
 	[[ -n $id ]] && sweep_run "$$" "$id"
 	emit "not ok - run interrupted by a signal"
@@ -188,7 +195,7 @@ for pair in "${pairs[@]}"; do
 		scenario_start=$SECONDS
 		WG_IMPL1=$impl1 WG_IMPL2=$impl2 FGT_OWNER=$$ FGT_ID=$id FGT_RESULTS=$base.results \
 			FGT_LOGDIR=$base.d FGT_SINGLE_TARGETS=${targets% } FGT_LABEL="[$label] " \
-			timeout -k 10 "$limit" bash "$HERE/netns.sh" "$scenario" >"$base.log" 2>&1 &
+			timeout -k 10 "$limit" bash "$HERE/netns.sh" "$scenario" "$id" >"$base.log" 2>&1 &
 		child=$!
 		wait "$child"
 		rc=$?
