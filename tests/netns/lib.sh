@@ -290,6 +290,26 @@ stop_daemon() {
 	daemon_exited "$1" 5 && wait_gone "$1" 3
 }
 
+# daemons_running: true if a daemon of the scenario still runs.
+daemons_running() {
+	local ifname
+	for ifname in "${!FGT_DAEMON_PID[@]}"; do
+		pid_running "${FGT_DAEMON_PID[$ifname]}" && return 0
+	done
+	return 1
+}
+
+# stop_all_daemons: SIGTERM every daemon of the scenario that still runs; true if each one exits within 5 s
+# and removes its socket and interface.
+stop_all_daemons() {
+	local ifname ok=0
+	for ifname in "${!FGT_DAEMON_PID[@]}"; do
+		pid_running "${FGT_DAEMON_PID[$ifname]}" || continue
+		stop_daemon "$ifname" || ok=1
+	done
+	return $ok
+}
+
 # ---------------------------------------------------------------------------------------------------------
 # Clean-up
 # ---------------------------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ counter_check() {
 	local side=$1 n=$2 rx=$3 tx=$4 want_rx=$5 want_tx=$6 name
 	name="counters: $side: wg show transfer"
 	if [[ $(impl_kind "$n") == ferroguard ]]; then
-		name+=" rx $want_rx, tx $want_tx (exact)"
+		name+=" rx ${want_rx//|/ or }, tx ${want_tx//|/ or } (exact)"
 		if [[ " ${want_rx//|/ } " == *" $rx "* && " ${want_tx//|/ } " == *" $tx "* ]]; then
 			pass "$name"
 		else
@@ -887,6 +887,10 @@ main() {
 	fgt_log "scenario $scenario: impl1='$WG_IMPL1' impl2='$WG_IMPL2' id $FGT_ID logs $FGT_LOGDIR"
 	make_keys || fgt_abort "wg genkey/pubkey failed"
 	"scenario_$scenario"
+	# Every scenario ends the way a user would: SIGTERM, after which nothing may be left.
+	if daemons_running; then
+		check "${scenario//_/ }: daemons exit on SIGTERM, removing their sockets and interfaces" stop_all_daemons
+	fi
 	exit "$FGT_FAILED"
 }
 
