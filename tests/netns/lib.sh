@@ -314,17 +314,20 @@ stop_all_daemons() {
 # Clean-up
 # ---------------------------------------------------------------------------------------------------------
 
+# netns_exists NAME
+netns_exists() { ip netns list 2>/dev/null | awk '{ print $1 }' | grep -qxF -- "$1"; }
+
 # delete_namespaces NAME...: stop every process inside, then delete the namespace (interfaces go with it).
 delete_namespaces() {
 	local ns pids=()
 	for ns in "$@"; do
-		ip netns list | grep -qw -- "$ns" || continue
+		netns_exists "$ns" || continue
 		# shellcheck disable=SC2207
 		pids+=($(ip netns pids "$ns" 2>/dev/null))
 	done
 	kill_pids "${pids[@]}"
 	for ns in "$@"; do
-		ip netns list | grep -qw -- "$ns" && ip netns del "$ns" 2>/dev/null
+		netns_exists "$ns" && ip netns del "$ns" 2>/dev/null
 	done
 	return 0
 }
@@ -375,21 +378,14 @@ fgt_cleanup() {
 	fi
 }
 
-# sweep_run OWNER ID: remove everything a finished or killed scenario left behind.
+# sweep_run OWNER ID: remove everything a finished or killed scenario left behind. Its daemons live in its
+# namespaces (every daemon is started inside one), so stopping what runs there stops them too.
 sweep_run() {
-	local owner=$1 id=$2 ns names=() pids=() sock
+	local owner=$1 id=$2 ns names=()
 	while read -r ns _; do
 		[[ $ns == "$FGT_PREFIX-$owner-$id-"* ]] && names+=("$ns")
 	done < <(ip netns list 2>/dev/null)
 	((${#names[@]})) && delete_namespaces "${names[@]}"
-	# A daemon whose namespace name is already gone may still serve its socket: find it by the socket.
-	for sock in "$FGT_SOCK_DIR/$FGT_PREFIX$id"*.sock; do
-		[[ -S $sock ]] || continue
-		# shellcheck disable=SC2207
-		pids=($(ss -xlpnH src "$sock" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u))
-		((${#pids[@]})) && fgt_log "stopping leftover daemon(s) ${pids[*]} of $sock"
-		kill_pids "${pids[@]}"
-	done
 	remove_stale_sockets "$id"
 }
 
@@ -400,31 +396,18 @@ owner_alive() {
 
 # sweep_leftovers: remove what earlier runs, killed before they could clean up, left behind.
 sweep_leftovers() {
-	local ns owner live_ids=() sock id pids
+	local ns owner
 	while read -r ns _; do
 		[[ $ns =~ ^$FGT_PREFIX-([0-9]+)-([0-9a-f]+)-[0-9]+$ ]] || continue
 		owner=${BASH_REMATCH[1]}
 		# A scenario outlives its run.sh if that was SIGKILLed; it ends itself within its time bound.
-		if owner_alive "$owner" || pgrep -f -- "netns\.sh [a-z_0-9]+ ${BASH_REMATCH[2]}\$" >/dev/null; then
-			live_ids+=("${BASH_REMATCH[2]}")
-		else
+		if ! owner_alive "$owner" && ! pgrep -f -- "netns\.sh [a-z_0-9]+ ${BASH_REMATCH[2]}\$" >/dev/null; then
 			fgt_log "removing leftover namespace $ns"
 			delete_namespaces "$ns"
 		fi
 	done < <(ip netns list 2>/dev/null)
-	for sock in "$FGT_SOCK_DIR/$FGT_PREFIX"*.sock; do
-		[[ -S $sock ]] || continue
-		id=${sock##*/}
-		id=${id:${#FGT_PREFIX}:6}
-		[[ " ${live_ids[*]} " == *" $id "* ]] && continue
-		if socket_connectable "$sock"; then
-			# shellcheck disable=SC2207
-			pids=($(ss -xlpnH src "$sock" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u))
-			fgt_log "stopping leftover daemon(s) ${pids[*]} of $sock"
-			kill_pids "${pids[@]}"
-		fi
-		socket_connectable "$sock" || rm -f -- "$sock"
-	done
+	# Sockets nobody serves any more (wg(8) would also unlink them on the next "wg show").
+	remove_stale_sockets '[0-9a-f]{6}'
 }
 
 # ---------------------------------------------------------------------------------------------------------
