@@ -444,6 +444,8 @@ uapi_for() {
 			"$(wg_field "$a" listen-port)" 51822
 	fi
 	check "$p: unknown interface: wg show fails" eval '! wg show "$(ifname nx)" &>/dev/null'
+	# Stopped here, so that the next implementation's daemons can use the same ports.
+	check "$p: daemons exit on SIGTERM, removing their sockets and interfaces" stop_all_daemons
 }
 
 scenario_uapi() {
@@ -492,6 +494,8 @@ keys_for() {
 		"$pub2"$'\t'"192.95.5.64/27 abcd::/100"
 	must wgc set "$a" peer "$pub2" remove
 	check "$p: peer removed" equals peers "$(wg_field "$a" peers)" ""
+	# Stopped here, so that the next implementation's daemons can use the same ports.
+	check "$p: daemons exit on SIGTERM, removing their sockets and interfaces" stop_all_daemons
 }
 
 scenario_keys() {
@@ -538,6 +542,8 @@ low_order_for() {
 	must wgc set "$a" peer "$pub2" persistent-keepalive 1 endpoint 127.0.0.1:1111
 	udp_listen_result
 	check "$p: control: an ordinary peer with the same settings gets a handshake" equals datagrams "$UDP_RECEIVED" 1
+	# Stopped here, so that the next implementation's daemons can use the same ports.
+	check "$p: daemons exit on SIGTERM, removing their sockets and interfaces" stop_all_daemons
 }
 
 scenario_low_order() {
@@ -833,6 +839,8 @@ split_for() {
 	if supported peer_order "$p: peers listed in insertion order" "$n"; then
 		check "$p: peers listed in insertion order" equals order "$(cut -f1 <<<"$listing")" "$pub1"$'\n'"$pub2"
 	fi
+	# Stopped here, so that the next implementation's daemons can use the same ports.
+	check "$p: daemons exit on SIGTERM, removing their sockets and interfaces" stop_all_daemons
 }
 
 scenario_split_responses() {
