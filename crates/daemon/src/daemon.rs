@@ -113,6 +113,16 @@ fn spawn_threads(shared: &Arc<Shared>, listener: UapiListener, stop: mpsc::Sende
         .name("timers".into())
         .spawn(move || runtime::timer_loop(s))
         .expect("spawn timer thread");
+    match crate::sys::netlink::RouteMonitor::new() {
+        Ok(monitor) => {
+            let s = shared.clone();
+            thread::Builder::new()
+                .name("routes".into())
+                .spawn(move || route_loop(s, monitor))
+                .expect("spawn route thread");
+        }
+        Err(e) => log::info!("no route change notifications ({e}); sticky sources kept"),
+    }
     let s = shared.clone();
     thread::Builder::new()
         .name("uapi".into())
@@ -138,6 +148,15 @@ fn uapi_loop(shared: Arc<Shared>, listener: UapiListener) {
                 thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+}
+
+/// Forgets every peer's sticky source address when routes or addresses
+/// change, so that replies follow the new routing.
+fn route_loop(shared: Arc<Shared>, monitor: crate::sys::netlink::RouteMonitor) {
+    while monitor.wait().is_ok() {
+        shared.engine().device.clear_sticky_sources();
+        log::trace!("routes or addresses changed: sticky sources cleared");
     }
 }
 

@@ -250,11 +250,12 @@ pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
 }
 
 /// Writes an ICMP unreachable into the tunnel, as the kernel does for a
-/// packet with no peer or a peer without endpoint.
+/// packet with no peer or a peer without endpoint. The error claims to come
+/// from the unreachable destination itself: the interface's own address
+/// would be a martian source on arrival (the error travels to that very
+/// address when the host itself sent the packet) and be dropped.
 fn answer_unreachable(shared: &Shared, packet: &[u8]) {
-    let source = shared.tun().ipv4_address().map(std::net::IpAddr::V4);
-    let source = source.filter(|_| packet.first().is_some_and(|b| b >> 4 == 4));
-    if let Some(reply) = icmp::unreachable_for(packet, source) {
+    if let Some(reply) = icmp::unreachable_for(packet, None) {
         let _ = shared.tun().write(&reply);
     }
 }

@@ -18,6 +18,7 @@
 //! reported ready. Sends block while the socket's send buffer is full, which
 //! is the back-pressure the sender wants.
 
+pub mod netlink;
 pub mod process;
 pub mod tun;
 pub mod udp;
