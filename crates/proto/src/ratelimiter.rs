@@ -273,6 +273,50 @@ impl LoadDetector {
     }
 }
 
+/// The timing script: `(wait, expect allowed, what)` steps.
+#[cfg(any(test, feature = "selftest"))]
+pub(crate) fn timing_script() -> Vec<(Duration, bool, &'static str)> {
+    let interval = Duration::from_nanos(1_000_000_000 / PACKETS_PER_SECOND);
+    let mut script: Vec<(Duration, bool, &str)> = (0..PACKETS_BURSTABLE)
+        .map(|_| (Duration::ZERO, true, "initial burst"))
+        .collect();
+    script.extend([
+        (Duration::ZERO, false, "after burst"),
+        (interval, true, "refilled for one packet"),
+        (Duration::ZERO, false, "not refilled enough"),
+        (2 * interval, true, "refilled for two packets"),
+        (Duration::ZERO, true, "second of two"),
+        (Duration::ZERO, false, "after the two"),
+    ]);
+    script
+}
+
+/// The kernel's and wireguard-go's rate limiter timing script with an
+/// injected clock: the burst of 5 passes, the 6th is refused; after one
+/// packet interval (50 ms) one more passes; after two, two more. At every
+/// step `stranger(i)`, a source never seen before, must pass. Shared by the
+/// unit tests and the start-up self-tests.
+#[cfg(any(test, feature = "selftest"))]
+pub(crate) fn timing_script_result(
+    scripted: &dyn Fn(usize) -> IpAddr,
+    stranger: &dyn Fn(usize) -> IpAddr,
+) -> Result<(), String> {
+    let mut limiter = RateLimiter::new(DEFAULT_MAX_ENTRIES);
+    let mut now = Instant::now();
+    for (index, (wait, allowed, what)) in timing_script().into_iter().enumerate() {
+        now += wait;
+        let source = scripted(index);
+        if limiter.allow(now, source) != allowed {
+            return Err(format!("step {index} ({what}) for {source}"));
+        }
+        let other = stranger(index);
+        if !limiter.allow(now, other) {
+            return Err(format!("step {index}: fresh source {other} refused"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,51 +324,9 @@ mod tests {
 
     const PACKET_INTERVAL: Duration = Duration::from_nanos(1_000_000_000 / PACKETS_PER_SECOND);
 
-    /// One line of the kernel/wireguard-go timing script: advance the clock
-    /// by `wait`, then expect `allowed`.
-    struct ScriptStep {
-        wait: Duration,
-        allowed: bool,
-        what: &'static str,
-    }
-
-    fn timing_script() -> Vec<ScriptStep> {
-        let step = |wait, allowed, what| ScriptStep {
-            wait,
-            allowed,
-            what,
-        };
-        let mut script: Vec<ScriptStep> = (0..PACKETS_BURSTABLE)
-            .map(|_| step(Duration::ZERO, true, "initial burst"))
-            .collect();
-        script.extend([
-            step(Duration::ZERO, false, "after burst"),
-            step(PACKET_INTERVAL, true, "refilled for one packet"),
-            step(Duration::ZERO, false, "not refilled enough"),
-            step(2 * PACKET_INTERVAL, true, "refilled for two packets"),
-            step(Duration::ZERO, true, "second of two"),
-            step(Duration::ZERO, false, "after the two"),
-        ]);
-        script
-    }
-
-    /// Runs the script with `scripted(i)` as the source of step `i` (all of
-    /// them must share one bucket) and, at each step, `stranger(i)`, a fresh
-    /// source that must always be allowed.
     fn run_timing_script(scripted: impl Fn(usize) -> IpAddr, stranger: impl Fn(usize) -> IpAddr) {
-        let mut limiter = RateLimiter::new(DEFAULT_MAX_ENTRIES);
-        let mut now = Instant::now();
-        for (index, step) in timing_script().iter().enumerate() {
-            now += step.wait;
-            let source = scripted(index);
-            assert_eq!(
-                limiter.allow(now, source),
-                step.allowed,
-                "step {index} ({}) for {source}",
-                step.what
-            );
-            let other = stranger(index);
-            assert!(limiter.allow(now, other), "step {index}: fresh {other}");
+        if let Err(e) = timing_script_result(&scripted, &stranger) {
+            panic!("{e}");
         }
     }
 
@@ -380,12 +382,12 @@ mod tests {
         .collect();
         let mut limiter = RateLimiter::new(DEFAULT_MAX_ENTRIES);
         let mut now = Instant::now();
-        for (index, step) in timing_script().iter().enumerate() {
-            now += step.wait;
+        for (index, (wait, allowed, _)) in timing_script().into_iter().enumerate() {
+            now += wait;
             for &source in &sources {
                 assert_eq!(
                     limiter.allow(now, source),
-                    step.allowed,
+                    allowed,
                     "step {index} for {source}"
                 );
             }

@@ -199,6 +199,79 @@ impl ReplayWindow {
     }
 }
 
+#[cfg(any(test, feature = "selftest"))]
+/// The kernel's `selftest/counter.c` script (also wireguard-go's
+/// `replay_test.go`): 34 `(counter, accepted)` cases on one window, around
+/// the window's edge (`T_LIM = WINDOW_SIZE + 1`) and REJECT_AFTER_MESSAGES.
+/// Shared by the unit tests and the start-up self-tests.
+pub(crate) fn kernel_selftest_cases() -> [(u64, bool); 34] {
+    const T_LIM: u64 = WINDOW_SIZE + 1;
+    const REJECT: u64 = REJECT_AFTER_MESSAGES;
+    [
+        (0, true),
+        (1, true),
+        (1, false),
+        (9, true),
+        (8, true),
+        (7, true),
+        (7, false),
+        (T_LIM, true),
+        (T_LIM - 1, true),
+        (T_LIM - 1, false),
+        (T_LIM - 2, true),
+        (2, true),
+        (2, false),
+        (T_LIM + 16, true),
+        (3, false),
+        (T_LIM + 16, false),
+        (T_LIM * 4, true),
+        (T_LIM * 4 - (T_LIM - 1), true),
+        (10, false),
+        (T_LIM * 4 - T_LIM, false),
+        (T_LIM * 4 - (T_LIM + 1), false),
+        (T_LIM * 4 - (T_LIM - 2), true),
+        (T_LIM * 4 + 1 - T_LIM, false),
+        (0, false),
+        (REJECT, false),
+        (REJECT - 1, true),
+        (REJECT, false),
+        (REJECT - 1, false),
+        (REJECT - 2, true),
+        (REJECT + 1, false),
+        (REJECT + 2, false),
+        (REJECT - 2, false),
+        (REJECT - 3, true),
+        (0, false),
+    ]
+}
+
+#[cfg(any(test, feature = "selftest"))]
+/// Runs `(counter, expected)` cases against one window; the error names the
+/// first failing case by its 1-based number, like the kernel selftest.
+pub(crate) fn run_cases(window: &mut ReplayWindow, cases: &[(u64, bool)]) -> Result<(), String> {
+    for (number, &(counter, expected)) in cases.iter().enumerate() {
+        if window.check(counter) != expected || window.update(counter) != expected {
+            return Err(format!(
+                "case {} (counter {counter}): expected {}",
+                number + 1,
+                if expected { "accept" } else { "reject" }
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(any(test, feature = "selftest"))]
+/// The kernel's counter script on a fresh window.
+pub(crate) fn run_kernel_selftest() -> Result<(), String> {
+    let mut window = ReplayWindow::new();
+    run_cases(&mut window, &kernel_selftest_cases())?;
+    if window.highest() != Some(REJECT_AFTER_MESSAGES - 1) {
+        return Err("highest counter after the script is wrong".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,68 +286,16 @@ mod tests {
         assert_eq!(u128::from(REJECT), (1u128 << 64) - (1 << 13) - 1);
     }
 
-    /// Runs `(counter, expected)` cases against one window, naming the first
-    /// failing case by its 1-based number like the kernel selftest does.
     fn run_script(window: &mut ReplayWindow, cases: &[(u64, bool)]) {
-        for (number, &(counter, expected)) in cases.iter().enumerate() {
-            assert_eq!(
-                window.check(counter),
-                expected,
-                "check of case {} (counter {counter})",
-                number + 1
-            );
-            assert_eq!(
-                window.update(counter),
-                expected,
-                "case {} (counter {counter})",
-                number + 1
-            );
+        if let Err(e) = run_cases(window, cases) {
+            panic!("{e}");
         }
     }
 
     #[test]
     fn kernel_selftest_table() {
-        const T_LIM: u64 = WINDOW_SIZE + 1;
-        let cases = [
-            (0, true),
-            (1, true),
-            (1, false),
-            (9, true),
-            (8, true),
-            (7, true),
-            (7, false),
-            (T_LIM, true),
-            (T_LIM - 1, true),
-            (T_LIM - 1, false),
-            (T_LIM - 2, true),
-            (2, true),
-            (2, false),
-            (T_LIM + 16, true),
-            (3, false),
-            (T_LIM + 16, false),
-            (T_LIM * 4, true),
-            (T_LIM * 4 - (T_LIM - 1), true),
-            (10, false),
-            (T_LIM * 4 - T_LIM, false),
-            (T_LIM * 4 - (T_LIM + 1), false),
-            (T_LIM * 4 - (T_LIM - 2), true),
-            (T_LIM * 4 + 1 - T_LIM, false),
-            (0, false),
-            (REJECT, false),
-            (REJECT - 1, true),
-            (REJECT, false),
-            (REJECT - 1, false),
-            (REJECT - 2, true),
-            (REJECT + 1, false),
-            (REJECT + 2, false),
-            (REJECT - 2, false),
-            (REJECT - 3, true),
-            (0, false),
-        ];
-        assert_eq!(cases.len(), 34);
-        let mut window = ReplayWindow::new();
-        run_script(&mut window, &cases);
-        assert_eq!(window.highest(), Some(REJECT - 1));
+        assert_eq!(kernel_selftest_cases().len(), 34);
+        assert_eq!(run_kernel_selftest(), Ok(()));
     }
 
     /// `counters` are all expected to be accepted, then `tail` is run.

@@ -60,6 +60,8 @@ pub const CHECKS: &[Check] = &[
     ("hkdf", check_kdf),
     ("mac1", check_mac1),
     ("handshake", check_handshake),
+    ("replay-window", crate::replay::run_kernel_selftest),
+    ("ratelimiter", check_ratelimiter),
 ];
 
 /// Runs every self-test; stops at the first failure.
@@ -139,6 +141,19 @@ fn check_mac1() -> Result<(), String> {
         "mac1",
         &mac(&key, &[&message]),
         "5f482220eac57889e922c176d202190b",
+    )
+}
+
+/// The kernel's timing script for an IPv4 and an IPv6 source (the IPv6
+/// source changes its host part at every step: one /64, one bucket).
+fn check_ratelimiter() -> Result<(), String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    crate::ratelimiter::timing_script_result(&|_| IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), &|i| {
+        IpAddr::V4(Ipv4Addr::new(198, 51, 100, i as u8))
+    })?;
+    crate::ratelimiter::timing_script_result(
+        &|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i as u16)),
+        &|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 2 + i as u16, 0, 0, 0, 1)),
     )
 }
 
