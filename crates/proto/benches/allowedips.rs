@@ -133,7 +133,7 @@ fn bench_lookup(c: &mut Criterion) {
         hosts.insert(v6, 128, peer).expect("valid prefix");
     }
     let host_addrs: Vec<[u8; 4]> = (0..LOOKUP_POOL)
-        .map(|_| (0x0a00_0000 | rng.next_u32() % PREFIXES).to_be_bytes())
+        .map(|_| (0x0a00_0000 | (rng.next_u32() % PREFIXES)).to_be_bytes())
         .collect();
     group.bench_function("v4_100k_host_routes", |b| {
         b.iter(|| {
