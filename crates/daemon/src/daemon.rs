@@ -65,7 +65,10 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
     let child = if options.foreground {
         None
     } else {
-        Some(process::daemonize().map_err(|e| SetupError(format!("failed to detach: {e}")))?)
+        let child =
+            process::daemonize().map_err(|e| SetupError(format!("failed to detach: {e}")))?;
+        crate::logging::use_syslog();
+        Some(child)
     };
     let socket_path = listener.path().to_path_buf();
     let socket_inode = fs::metadata(&socket_path).map(|m| m.ino()).ok();

@@ -20,6 +20,7 @@
 
 pub mod netlink;
 pub mod process;
+pub mod syslog;
 pub mod tun;
 pub mod udp;
 
