@@ -308,10 +308,12 @@ fn handle_batch(shared: &Shared, bufs: &mut [Vec<u8>], meta: &[RecvMeta]) {
                 }),
             };
             let len = meta.len.min(buf.len());
-            if let ReceiveOutcome::Deliver { len, .. } =
-                engine.device.receive(now, endpoint, &mut buf[..len])
-            {
-                deliveries.push((i, len));
+            match engine.device.receive(now, endpoint, &mut buf[..len]) {
+                ReceiveOutcome::Deliver { len, .. } => deliveries.push((i, len)),
+                ReceiveOutcome::Dropped(reason) => {
+                    log::trace!("dropped a datagram from {}: {}", src, reason.name())
+                }
+                ReceiveOutcome::Handled => {}
             }
         }
         let pending = drain(&mut engine.device);
