@@ -8,7 +8,10 @@ mod common;
 
 use common::*;
 use ferroguard::sys::poll_readable;
-use ferroguard::sys::tun::{Tun, DEFAULT_MTU};
+use ferroguard::sys::tun::{
+    Tun, TunOffloads, TunOptions, VnetHeader, DEFAULT_MTU, MAX_OFFLOAD_READ, VNET_GSO_NONE,
+    VNET_GSO_TCPV4, VNET_GSO_UDP_L4, VNET_HDR_LEN,
+};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -279,4 +282,280 @@ fn deleting_the_namespace_deletes_the_interface() {
         "blocked read after namespace deletion: {err:?}"
     );
     assert_gone_everywhere(&tun);
+}
+
+/// Reads (header, packet) pairs from a header-mode TUN until `wanted`
+/// accepts one or `WAIT` passes; returns every accepted pair once `done`
+/// says the collection is complete.
+fn read_vnet_until(
+    tun: &Tun,
+    wanted: impl Fn(&VnetHeader, &[u8]) -> bool,
+    done: impl Fn(&[(VnetHeader, Vec<u8>)]) -> bool,
+) -> Vec<(VnetHeader, Vec<u8>)> {
+    let deadline = Instant::now() + WAIT;
+    let mut buf = vec![0u8; MAX_OFFLOAD_READ];
+    let mut accepted = Vec::new();
+    while !done(&accepted) {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        if poll_readable(&[tun.as_raw_fd()], Some(left)).unwrap() != [true] {
+            break;
+        }
+        let n = tun.read(&mut buf).expect("read from TUN");
+        let header = VnetHeader::parse(&buf[..n]).expect("a virtio-net header");
+        let packet = &buf[VNET_HDR_LEN..n];
+        if wanted(&header, packet) {
+            accepted.push((header, packet.to_vec()));
+        }
+    }
+    accepted
+}
+
+/// Whether `packet` is IPv4 (no options) with protocol `proto` to `dst`.
+fn is_ipv4_to(packet: &[u8], proto: u8, dst: [u8; 4]) -> bool {
+    packet.len() >= 20 && packet[0] == 0x45 && packet[9] == proto && packet[16..20] == dst
+}
+
+/// A header-mode TUN (with offloads if `offloads`), moved into `ns` with
+/// 192.0.2.1/24.
+fn vnet_tun_in(ns: &TestNetns, offloads: bool) -> (Tun, String) {
+    let name = unique_name("fgo");
+    let options = TunOptions {
+        vnet_hdr: true,
+        offloads,
+    };
+    let tun = Tun::create_with(&name, options).unwrap();
+    ip(&["link", "set", &name, "netns", &ns.name]);
+    ns.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", &name]);
+    ns.exec(&["ip", "link", "set", &name, "up"]);
+    (tun, name)
+}
+
+#[test]
+fn offload_tun_reports_its_mode() {
+    if !root_or_skip("offload_tun_reports_its_mode") {
+        return;
+    }
+    let plain = Tun::create(&unique_name("fgt")).unwrap();
+    assert_eq!(plain.offloads(), TunOffloads::default());
+    assert_eq!(plain.header_len(), 0);
+    let header_only = TunOptions {
+        vnet_hdr: true,
+        offloads: false,
+    };
+    let tun = Tun::create_with(&unique_name("fgt"), header_only).unwrap();
+    let expected = TunOffloads {
+        vnet_hdr: true,
+        tso: false,
+        uso: false,
+    };
+    assert_eq!(tun.offloads(), expected);
+    assert_eq!(tun.header_len(), VNET_HDR_LEN);
+    let all = TunOptions {
+        vnet_hdr: true,
+        offloads: true,
+    };
+    let tun = Tun::create_with(&unique_name("fgt"), all).unwrap();
+    let offloads = tun.offloads();
+    assert!(offloads.vnet_hdr && offloads.tso, "{offloads:?}");
+    // USO exists since Linux 6.2; the test machines run newer kernels.
+    assert!(offloads.uso, "{offloads:?}");
+    assert_eq!(tun.mtu().unwrap(), DEFAULT_MTU);
+}
+
+#[test]
+fn udp_gso_send_arrives_as_one_super_packet() {
+    if !root_or_skip("udp_gso_send_arrives_as_one_super_packet") {
+        return;
+    }
+    udp_gso_send_into_vnet_tun(true);
+}
+
+#[test]
+fn udp_gso_send_without_offloads_arrives_as_datagrams() {
+    if !root_or_skip("udp_gso_send_without_offloads_arrives_as_datagrams") {
+        return;
+    }
+    udp_gso_send_into_vnet_tun(false);
+}
+
+/// Sends 10 × 1200 bytes with UDP GSO from inside a namespace into a
+/// header-mode TUN and checks how they come out: one read with
+/// `VNET_GSO_UDP_L4` when USO is on, else ten plain reads.
+fn udp_gso_send_into_vnet_tun(offloads: bool) {
+    let ns = TestNetns::create();
+    let (tun, _name) = vnet_tun_in(&ns, offloads);
+    let uso = tun.offloads().uso;
+    assert_eq!(
+        uso, offloads,
+        "USO is on exactly when offloads are asked for"
+    );
+    ns.exec(&[
+        "python3",
+        "-c",
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(17, 103, 1200)  # SOL_UDP, UDP_SEGMENT\n\
+         s.sendto(bytes(range(200)) * 60, ('192.0.2.2', 9))",
+    ]);
+    let expected_reads = if uso { 1 } else { 10 };
+    let reads = read_vnet_until(
+        &tun,
+        |_, packet| is_ipv4_to(packet, 17, [192, 0, 2, 2]),
+        |got| got.len() >= expected_reads,
+    );
+    assert_eq!(reads.len(), expected_reads, "USO {uso}");
+    let payload: Vec<u8> = reads.iter().flat_map(|(_, p)| p[28..].to_vec()).collect();
+    let sent: Vec<u8> = (0..200u8).cycle().take(12_000).collect();
+    assert_eq!(payload, sent);
+    let (header, packet) = &reads[0];
+    println!("USO {uso}: first read {header:?}, {} bytes", packet.len());
+    if uso {
+        assert_eq!(header.gso_type, VNET_GSO_UDP_L4);
+        assert_eq!(header.gso_size, 1200);
+        assert_eq!(packet.len(), 28 + 12_000);
+    } else {
+        assert!(reads
+            .iter()
+            .all(|(h, p)| h.gso_type == VNET_GSO_NONE && p.len() == 1228));
+    }
+}
+
+/// The IPv4 TCP SYN-ACK answering `syn` (addresses and ports swapped, our
+/// sequence number 1000, MSS option 1380), checksums computed.
+fn syn_ack(syn: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0u8; 44];
+    packet[0] = 0x45;
+    packet[2..4].copy_from_slice(&44u16.to_be_bytes());
+    packet[6] = 0x40; // don't fragment
+    packet[8] = 64;
+    packet[9] = 6;
+    packet[12..16].copy_from_slice(&syn[16..20]);
+    packet[16..20].copy_from_slice(&syn[12..16]);
+    let header_sum = internet_checksum(&packet[..20]);
+    packet[10..12].copy_from_slice(&header_sum.to_be_bytes());
+    let client_seq = u32::from_be_bytes(syn[24..28].try_into().unwrap());
+    let tcp = &mut packet[20..];
+    tcp[0..2].copy_from_slice(&syn[22..24]);
+    tcp[2..4].copy_from_slice(&syn[20..22]);
+    tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&client_seq.wrapping_add(1).to_be_bytes());
+    tcp[12] = 6 << 4; // 24-byte header
+    tcp[13] = 0x12; // SYN, ACK
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    tcp[20..24].copy_from_slice(&[2, 4, 0x05, 0x64]); // MSS 1380
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&syn[16..20]);
+    pseudo.extend_from_slice(&syn[12..16]);
+    pseudo.extend_from_slice(&[0, 6, 0, 24]);
+    pseudo.extend_from_slice(&packet[20..]);
+    let tcp_sum = internet_checksum(&pseudo);
+    packet[36..38].copy_from_slice(&tcp_sum.to_be_bytes());
+    packet
+}
+
+#[test]
+fn tcp_through_an_offload_tun_arrives_as_super_packets() {
+    if !root_or_skip("tcp_through_an_offload_tun_arrives_as_super_packets") {
+        return;
+    }
+    let ns = TestNetns::create();
+    let (tun, _name) = vnet_tun_in(&ns, true);
+    let mut client = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c"])
+        .arg(
+            "import socket\n\
+             s = socket.create_connection(('192.0.2.2', 5001), timeout=5)\n\
+             s.sendall(b'z' * 100000)",
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let is_tcp = |packet: &[u8]| is_ipv4_to(packet, 6, [192, 0, 2, 2]) && packet.len() >= 40;
+    let syns = read_vnet_until(
+        &tun,
+        |_, packet| is_tcp(packet) && packet[33] & 0x12 == 0x02,
+        |got| !got.is_empty(),
+    );
+    let Some((_, syn)) = syns.first() else {
+        let _ = client.kill();
+        let _ = client.wait();
+        panic!("no SYN came out of the TUN");
+    };
+    let answer = syn_ack(syn);
+    assert_eq!(tun.write_packet(&answer).unwrap(), answer.len());
+    // The client may send up to its initial window (10 segments) at once:
+    // with TSO that is one super-packet larger than the MTU.
+    let data = read_vnet_until(
+        &tun,
+        |header, packet| is_tcp(packet) && header.gso_type & 0x7f == VNET_GSO_TCPV4,
+        |got| !got.is_empty(),
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+    let (header, packet) = data
+        .first()
+        .expect("no TCP super-packet came out of the TUN");
+    println!("TCP super-packet: {header:?}, {} bytes", packet.len());
+    assert!(header.gso_size > 0 && header.gso_size <= 1380);
+    assert!(packet.len() > DEFAULT_MTU as usize);
+    let payload = &packet[40..];
+    assert!(payload.len() > usize::from(header.gso_size));
+    assert!(payload.iter().all(|&b| b == b'z'));
+}
+
+#[test]
+fn ping_through_a_header_mode_tun() {
+    if !root_or_skip("ping_through_a_header_mode_tun") {
+        return;
+    }
+    let ns = TestNetns::create();
+    let (tun, _name) = vnet_tun_in(&ns, true);
+    for use_write_packet in [false, true] {
+        let mut ping = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "ping",
+                "-n",
+                "-c",
+                "1",
+                "-W",
+                "5",
+                "192.0.2.2",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let requests = read_vnet_until(
+            &tun,
+            |_, packet| is_icmp_echo_request(packet),
+            |got| !got.is_empty(),
+        );
+        let Some((header, request)) = requests.first() else {
+            let _ = ping.kill();
+            let _ = ping.wait();
+            panic!("no ICMP echo request came out of the TUN");
+        };
+        assert_eq!(header.gso_type, VNET_GSO_NONE);
+        let reply = echo_reply(request);
+        if use_write_packet {
+            assert_eq!(tun.write_packet(&reply).unwrap(), reply.len());
+        } else {
+            // An all-zero header: an ordinary packet with its checksums done.
+            let mut framed = vec![0u8; VNET_HDR_LEN];
+            framed.extend_from_slice(&reply);
+            assert_eq!(tun.write(&framed).unwrap(), framed.len());
+        }
+        assert!(
+            wait_bounded(&mut ping, WAIT),
+            "ping did not see the reply (write_packet: {use_write_packet})"
+        );
+    }
 }

@@ -3,8 +3,10 @@
 //! Every `unsafe` block is small and carries a `// SAFETY:` comment. The rest
 //! of the daemon sees safe types only:
 //!
-//! - [`tun::Tun`]: the TUN device (packets in and out of the host's IP stack);
-//! - [`udp::UdpSockets`]: the device's IPv4 and IPv6 UDP sockets;
+//! - [`tun::Tun`]: the TUN device (packets in and out of the host's IP stack),
+//!   plain or with the virtio-net header and segmentation offloads;
+//! - [`udp::UdpSockets`]: the device's IPv4 and IPv6 UDP sockets, with UDP
+//!   GSO on send and GRO on receive where the kernel has them;
 //! - [`process`]: daemonizing and interface-name helpers;
 //! - here: [`poll_readable`] and [`EventFd`], the means to wait on several
 //!   descriptors and to wake a waiting thread for shutdown.
@@ -60,7 +62,6 @@ fn set_int_option(
 }
 
 /// Reads an integer socket option.
-#[cfg(test)]
 fn get_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;

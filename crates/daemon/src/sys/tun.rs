@@ -5,6 +5,24 @@
 //! packet, without the 4-byte protocol header). The interface lives as long
 //! as the [`Tun`]: it is not persistent, so dropping the `Tun` deletes it.
 //!
+//! # Offloads: the virtio-net header
+//!
+//! [`Tun::create_with`] can open the device with `IFF_VNET_HDR`: every read
+//! and write then starts with a 10-byte [`VnetHeader`] (`virtio_net_hdr`, in
+//! the host's byte order) before the IP packet. With
+//! [`TunOptions::offloads`] the device also announces checksum and TCP
+//! segmentation offload (`TUNSETOFFLOAD` with `TUN_F_CSUM | TUN_F_TSO4 |
+//! TUN_F_TSO6`), and UDP segmentation offload (`TUN_F_USO4 | TUN_F_USO6`)
+//! where the kernel accepts it (Linux 6.2 and later). The host's stack then
+//! hands over "super-packets" of up to 64 KiB: one IP/TCP (or UDP) header
+//! followed by many segments' payload, described by the header's
+//! `gso_type`/`gso_size`, and possibly with the transport checksum left for
+//! the reader to complete (`VNET_FLAG_NEEDS_CSUM`, `csum_start`,
+//! `csum_offset`). Cutting such a packet into MTU-sized ones (and, for
+//! writes, coalescing) is the data path's job; this module moves the bytes.
+//! [`Tun::offloads`] reports the mode that is active: if the kernel refuses
+//! the required offloads the device is reopened without a header.
+//!
 //! # Interface queries across network namespaces
 //!
 //! The interface may be moved into another network namespace
@@ -48,13 +66,112 @@ pub const DEFAULT_MTU: u32 = 1420;
 /// The longest interface name: `IFNAMSIZ` minus the terminating NUL.
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 
-/// How the device is opened. Only the plain mode exists today; offloads
-/// (`IFF_VNET_HDR` with `TUNSETOFFLOAD`) will be switched on here.
-#[derive(Clone, Copy, Debug, Default)]
-struct TunOptions {
-    /// Prefix each packet with a `virtio_net_hdr` (for GSO/GRO).
-    vnet_hdr: bool,
+/// The length of the virtio-net header ([`VnetHeader`]) that starts every
+/// read and write in header mode.
+pub const VNET_HDR_LEN: usize = 10;
+
+/// The largest read in offload mode: a 64 KiB super-packet plus the header.
+/// Smaller read buffers truncate super-packets.
+pub const MAX_OFFLOAD_READ: usize = 65535 + VNET_HDR_LEN;
+
+/// [`VnetHeader::gso_type`]: not a GSO packet.
+pub const VNET_GSO_NONE: u8 = 0;
+/// [`VnetHeader::gso_type`]: TCP over IPv4, to be cut at `gso_size`.
+pub const VNET_GSO_TCPV4: u8 = 1;
+/// [`VnetHeader::gso_type`]: UDP fragmentation offload (obsolete).
+pub const VNET_GSO_UDP: u8 = 3;
+/// [`VnetHeader::gso_type`]: TCP over IPv6, to be cut at `gso_size`.
+pub const VNET_GSO_TCPV6: u8 = 4;
+/// [`VnetHeader::gso_type`]: UDP datagrams (IPv4 or IPv6) laid end to end,
+/// each `gso_size` bytes of payload.
+pub const VNET_GSO_UDP_L4: u8 = 5;
+/// [`VnetHeader::gso_type`] bit: the TCP segments carry ECN (CWR set).
+pub const VNET_GSO_ECN: u8 = 0x80;
+/// [`VnetHeader::flags`]: the transport checksum is partial; the reader
+/// must complete it (sum from `csum_start`, store at `csum_start +
+/// csum_offset`).
+pub const VNET_FLAG_NEEDS_CSUM: u8 = 1;
+/// [`VnetHeader::flags`]: the checksum is known to be valid.
+pub const VNET_FLAG_DATA_VALID: u8 = 2;
+
+/// The virtio-net header (`struct virtio_net_hdr`) before each packet in
+/// header mode. Its 16-bit fields are in the host's byte order (the
+/// kernel's default for TUN on a little-endian host, and the legacy virtio
+/// rule on any host).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VnetHeader {
+    /// `VNET_FLAG_*` bits.
+    pub flags: u8,
+    /// `VNET_GSO_*`: how the packet is to be segmented.
+    pub gso_type: u8,
+    /// Length of the headers to copy into every segment (a hint the kernel
+    /// may get wrong on forwarded packets; recompute it before use).
+    pub hdr_len: u16,
+    /// Payload bytes per segment.
+    pub gso_size: u16,
+    /// Where checksumming starts, from the start of the IP packet.
+    pub csum_start: u16,
+    /// Where the checksum goes, from `csum_start`.
+    pub csum_offset: u16,
 }
+
+impl VnetHeader {
+    /// The header at the start of `bytes` (`None` if shorter than
+    /// [`VNET_HDR_LEN`]).
+    pub fn parse(bytes: &[u8]) -> Option<VnetHeader> {
+        let bytes: &[u8; VNET_HDR_LEN] = bytes.get(..VNET_HDR_LEN)?.try_into().ok()?;
+        let field = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+        Some(VnetHeader {
+            flags: bytes[0],
+            gso_type: bytes[1],
+            hdr_len: field(2),
+            gso_size: field(4),
+            csum_start: field(6),
+            csum_offset: field(8),
+        })
+    }
+
+    /// The header as it goes on the wire.
+    pub fn to_bytes(&self) -> [u8; VNET_HDR_LEN] {
+        let mut bytes = [0u8; VNET_HDR_LEN];
+        bytes[0] = self.flags;
+        bytes[1] = self.gso_type;
+        bytes[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        bytes[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        bytes[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        bytes[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        bytes
+    }
+}
+
+/// How [`Tun::create_with`] opens the device.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TunOptions {
+    /// Prefix each packet with a [`VnetHeader`] (`IFF_VNET_HDR`).
+    pub vnet_hdr: bool,
+    /// Ask for checksum, TCP and (where available) UDP segmentation
+    /// offload; needs `vnet_hdr`.
+    pub offloads: bool,
+}
+
+/// The mode a [`Tun`] runs in (see [`Tun::offloads`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunOffloads {
+    /// Reads and writes carry a [`VnetHeader`].
+    pub vnet_hdr: bool,
+    /// Checksum offload and TCP segmentation offload (IPv4 and IPv6) are on:
+    /// reads may be TCP super-packets with partial checksums.
+    pub tso: bool,
+    /// UDP segmentation offload (IPv4 and IPv6) is on as well: reads may be
+    /// UDP super-packets (`VNET_GSO_UDP_L4`).
+    pub uso: bool,
+}
+
+/// The offloads every header-mode device with offloads asks for (supported
+/// since Linux 2.6).
+const REQUIRED_OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+/// UDP segmentation offload, added when accepted (Linux 6.2 and later).
+const UDP_OFFLOADS: libc::c_uint = libc::TUN_F_USO4 | libc::TUN_F_USO6;
 
 impl TunOptions {
     /// The `ifr_flags` value for `TUNSETIFF`.
@@ -73,6 +190,7 @@ impl TunOptions {
 pub struct Tun {
     file: OwnedFd,
     name: String,
+    offloads: TunOffloads,
     /// A socket in the namespace the interface was last seen in.
     control: Mutex<Option<ControlSocket>>,
 }
@@ -97,22 +215,84 @@ impl Tun {
     /// `:`, NUL or whitespace); an error naming the interface when it exists
     /// but is not a TUN interface, or is already attached by another owner;
     /// `PermissionDenied` without `CAP_NET_ADMIN`.
+    ///
+    /// This is the plain mode: no packet header, no offloads (see
+    /// [`create_with`](Self::create_with)).
     pub fn create(name: &str) -> io::Result<Tun> {
         Tun::create_with(name, TunOptions::default())
     }
 
-    fn create_with(name: &str, options: TunOptions) -> io::Result<Tun> {
+    /// Like [`create`](Self::create), in the mode `options` asks for (see
+    /// the module documentation): with `vnet_hdr`, reads and writes carry a
+    /// [`VnetHeader`] (`TUNSETVNETHDRSZ` = 10); with `offloads` as well,
+    /// checksum and TCP segmentation offload are required and UDP
+    /// segmentation offload is added when the kernel accepts it. When the
+    /// kernel refuses the header or the required offloads, the device is
+    /// reopened in the plain mode; [`offloads`](Self::offloads) tells which
+    /// mode is active, and the caller must follow it.
+    ///
+    /// Errors: those of `create`, and `InvalidInput` for `offloads` without
+    /// `vnet_hdr`.
+    pub fn create_with(name: &str, options: TunOptions) -> io::Result<Tun> {
+        Tun::create_configured(name, options, false)
+    }
+
+    /// [`create_with`](Self::create_with); `refuse_offloads` makes it act as
+    /// if the kernel refused the header mode (for tests of the fallback).
+    fn create_configured(
+        name: &str,
+        options: TunOptions,
+        refuse_offloads: bool,
+    ) -> io::Result<Tun> {
         validate_name(name)?;
-        let file = open_clone_device()?;
-        let request = name_request(name, options.interface_flags());
-        let name = attach(file.as_fd(), request).map_err(|e| explain_attach_error(name, e))?;
+        if options.offloads && !options.vnet_hdr {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TUN offloads need the virtio-net header",
+            ));
+        }
+        let (mut file, name) = open_attached(name, options.vnet_hdr)?;
+        let mut offloads = TunOffloads::default();
+        if options.vnet_hdr {
+            let configured = if refuse_offloads {
+                Err(io::Error::from_raw_os_error(libc::EINVAL))
+            } else {
+                configure_vnet(file.as_fd(), options.offloads)
+            };
+            match configured {
+                Ok(active) => offloads = active,
+                Err(_) => {
+                    // Closing the descriptor deletes the interface (it is not
+                    // persistent); the plain device takes the same name.
+                    drop(file);
+                    file = open_attached(&name, false)?.0;
+                }
+            }
+        }
         let tun = Tun {
             file,
             name,
+            offloads,
             control: Mutex::new(None),
         };
         tun.set_mtu(DEFAULT_MTU)?;
         Ok(tun)
+    }
+
+    /// The mode the device runs in: whether reads and writes carry a
+    /// [`VnetHeader`], and which segmentation offloads are on.
+    pub fn offloads(&self) -> TunOffloads {
+        self.offloads
+    }
+
+    /// The length of the header before each packet: [`VNET_HDR_LEN`] in
+    /// header mode, else 0.
+    pub fn header_len(&self) -> usize {
+        if self.offloads.vnet_hdr {
+            VNET_HDR_LEN
+        } else {
+            0
+        }
     }
 
     /// The interface name given by the kernel at creation. (Queries use the
@@ -123,6 +303,10 @@ impl Tun {
 
     /// Reads one IP packet, blocking until one is queued. A packet longer
     /// than `buf` is truncated. Interrupted reads are retried.
+    ///
+    /// In header mode ([`TunOffloads::vnet_hdr`]) the buffer receives the
+    /// [`VnetHeader`] and then the packet, which with offloads can be a
+    /// super-packet of up to 64 KiB: use buffers of [`MAX_OFFLOAD_READ`].
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             // SAFETY: `buf` is a valid exclusive buffer of `buf.len()` bytes;
@@ -137,7 +321,13 @@ impl Tun {
     }
 
     /// Writes one IP packet (IPv4 or IPv6, told apart by the kernel from the
-    /// version nibble) to the host's stack.
+    /// version nibble) to the host's stack, exactly as given.
+    ///
+    /// In header mode the bytes must start with a [`VnetHeader`]: an
+    /// all-zero one for an ordinary packet with a complete checksum, or one
+    /// describing a super-packet (GRO on the write side). The returned count
+    /// includes the header. [`write_packet`](Self::write_packet) adds the
+    /// header when it is needed.
     pub fn write(&self, packet: &[u8]) -> io::Result<usize> {
         loop {
             // SAFETY: `packet` is a valid buffer of `packet.len()` bytes that
@@ -149,6 +339,31 @@ impl Tun {
                 result => return result,
             }
         }
+    }
+
+    /// Writes one complete IP packet (checksums done, no segmentation) in
+    /// either mode: in header mode an all-zero [`VnetHeader`] goes before
+    /// it in the same `writev`. Returns the packet's length.
+    pub fn write_packet(&self, packet: &[u8]) -> io::Result<usize> {
+        if !self.offloads.vnet_hdr {
+            return self.write(packet);
+        }
+        self.write_with_header(&VnetHeader::default(), packet)
+    }
+
+    /// Writes `header` and then `packet` as one packet (`writev`, no copy).
+    /// Returns the packet's length (without the header). `InvalidInput` when
+    /// the device is not in header mode.
+    pub fn write_with_header(&self, header: &VnetHeader, packet: &[u8]) -> io::Result<usize> {
+        if !self.offloads.vnet_hdr {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the TUN device has no virtio-net header",
+            ));
+        }
+        let header = header.to_bytes();
+        let written = write_two(self.file.as_fd(), &header, packet)?;
+        Ok(written.saturating_sub(VNET_HDR_LEN))
     }
 
     /// The interface's current MTU, wherever the interface now lives (see the
@@ -262,6 +477,73 @@ fn validate_name(name: &str) -> io::Result<()> {
         return invalid("contains '/', ':', NUL or whitespace");
     }
     Ok(())
+}
+
+/// Opens the clone device and attaches it to interface `name`, with the
+/// virtio-net header if `vnet_hdr`; returns it and the kernel's name.
+fn open_attached(name: &str, vnet_hdr: bool) -> io::Result<(OwnedFd, String)> {
+    let file = open_clone_device()?;
+    let options = TunOptions {
+        vnet_hdr,
+        offloads: false,
+    };
+    let request = name_request(name, options.interface_flags());
+    let name = attach(file.as_fd(), request).map_err(|e| explain_attach_error(name, e))?;
+    Ok((file, name))
+}
+
+/// Sets the header size and, with `offloads`, the offloads; returns what is
+/// active. Fails when the header size or the required offloads are refused.
+fn configure_vnet(tun: BorrowedFd<'_>, offloads: bool) -> io::Result<TunOffloads> {
+    let header_len = VNET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which
+    // points to the live local `header_len`.
+    check(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETVNETHDRSZ, &header_len) })?;
+    let mut active = TunOffloads {
+        vnet_hdr: true,
+        ..TunOffloads::default()
+    };
+    if offloads {
+        set_offload(tun, REQUIRED_OFFLOADS)?;
+        active.tso = true;
+        // A kernel that does not know the USO bits refuses the whole call
+        // and keeps the previous setting.
+        active.uso = set_offload(tun, REQUIRED_OFFLOADS | UDP_OFFLOADS).is_ok();
+    }
+    Ok(active)
+}
+
+/// `TUNSETOFFLOAD`: the offloads the reader can take (`TUN_F_*` bits).
+fn set_offload(tun: BorrowedFd<'_>, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value, not as a pointer;
+    // no memory is passed.
+    check(unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(flags),
+        )
+    })
+    .map(drop)
+}
+
+/// Writes `first` then `second` as one packet with `writev`, retrying
+/// interrupted calls; returns the bytes written.
+fn write_two(fd: BorrowedFd<'_>, first: &[u8], second: &[u8]) -> io::Result<usize> {
+    let iovecs = [first, second].map(|part| libc::iovec {
+        // The kernel only reads from a write buffer; the cast is for the type.
+        iov_base: part.as_ptr().cast_mut().cast(),
+        iov_len: part.len(),
+    });
+    loop {
+        // SAFETY: both iovecs describe live, borrowed buffers of the stated
+        // lengths, which writev only reads.
+        let ret = unsafe { libc::writev(fd.as_raw_fd(), iovecs.as_ptr(), 2) };
+        match check_len(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
+    }
 }
 
 /// Opens the TUN clone device. The `File` is close-on-exec.
@@ -410,8 +692,85 @@ mod tests {
     fn plain_and_vnet_flags() {
         let plain = TunOptions::default().interface_flags() as libc::c_int;
         assert_eq!(plain, libc::IFF_TUN | libc::IFF_NO_PI);
-        let vnet = TunOptions { vnet_hdr: true }.interface_flags() as libc::c_int;
+        let options = TunOptions {
+            vnet_hdr: true,
+            offloads: true,
+        };
+        let vnet = options.interface_flags() as libc::c_int;
         assert_eq!(vnet, libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR);
+    }
+
+    #[test]
+    fn vnet_header_round_trips() {
+        let header = VnetHeader {
+            flags: VNET_FLAG_NEEDS_CSUM,
+            gso_type: VNET_GSO_TCPV4,
+            hdr_len: 0x0102,
+            gso_size: 1380,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        let bytes = header.to_bytes();
+        assert_eq!(bytes[0], 1);
+        assert_eq!(bytes[1], 1);
+        assert_eq!(VnetHeader::parse(&bytes), Some(header));
+        let mut longer = bytes.to_vec();
+        longer.extend_from_slice(&[0x45, 0]);
+        assert_eq!(VnetHeader::parse(&longer), Some(header));
+        assert_eq!(VnetHeader::parse(&bytes[..9]), None);
+        assert_eq!(VnetHeader::parse(&[0; 10]), Some(VnetHeader::default()));
+    }
+
+    #[test]
+    fn offloads_without_header_are_refused() {
+        let options = TunOptions {
+            vnet_hdr: false,
+            offloads: true,
+        };
+        let err = Tun::create_with("fgnever0", options).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// Needs root (skipped otherwise): a refused header mode falls back to
+    /// the plain mode under the same name, and says so.
+    #[test]
+    fn refused_offloads_fall_back_to_the_plain_mode() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipping: needs root");
+            return;
+        }
+        let name = format!("fgf{}", std::process::id() % 1_000_000);
+        let options = TunOptions {
+            vnet_hdr: true,
+            offloads: true,
+        };
+        let with_header = Tun::create_configured(&name, options, false).unwrap();
+        assert!(with_header.offloads().vnet_hdr);
+        assert_ne!(device_flags(&with_header) & libc::IFF_VNET_HDR, 0);
+        drop(with_header);
+
+        let tun = Tun::create_configured(&name, options, true).unwrap();
+        assert_eq!(tun.offloads(), TunOffloads::default());
+        assert_eq!(tun.header_len(), 0);
+        assert_eq!(tun.name(), name);
+        assert_eq!(tun.mtu().unwrap(), DEFAULT_MTU);
+        let flags = device_flags(&tun);
+        assert_eq!(flags & libc::IFF_VNET_HDR, 0, "reopened without the header");
+        assert_ne!(flags & libc::IFF_TUN, 0);
+        let err = tun
+            .write_with_header(&VnetHeader::default(), &[0x45])
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// The device's `TUNGETIFF` flags.
+    fn device_flags(tun: &Tun) -> libc::c_int {
+        let mut request = name_request("", 0);
+        // SAFETY: TUNGETIFF writes one `ifreq` into the live local `request`.
+        check(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNGETIFF, &mut request) }).unwrap();
+        // SAFETY: TUNGETIFF stores the flags in the union's flags member.
+        libc::c_int::from(unsafe { request.ifr_ifru.ifru_flags })
     }
 
     #[test]

@@ -35,24 +35,56 @@
 //! source are reported as [`SendError::SourceUnusable`], so the caller
 //! clears its sticky source and sends again without one.
 //!
-//! # Later: UDP GSO/GRO
+//! # Offloads: UDP GSO and GRO
 //!
-//! [`UdpSockets::send_batch`] sends many datagrams to one destination, the
-//! unit UDP GSO needs (equal-sized datagrams concatenated with a
-//! `UDP_SEGMENT` control message). [`UdpSockets::recv_batch`] fills caller
-//! buffers of any size (with GRO a buffer receives up to 64 KiB of
-//! coalesced datagrams) and reserves control space for a `UDP_GRO` message.
+//! With *generic segmentation offload* one `sendmsg` carries many datagrams
+//! to one destination: equal-sized datagrams (the last may be shorter) laid
+//! end to end, with a `UDP_SEGMENT` control message giving the size; the
+//! kernel (or the NIC) cuts them apart late, so the stack is traversed once
+//! per run instead of once per datagram. [`UdpSockets::send_segments`] and
+//! [`UdpSockets::send_segment_runs`] do this when the socket supports it
+//! (probed with `getsockopt(UDP_SEGMENT)` at bind) and fall back to one
+//! datagram per segment with `sendmmsg` otherwise. When a GSO send fails with
+//! `EIO`, GSO is switched off for that socket for good and the same data is
+//! sent without it. Before Linux 6.11 the kernel answers `EIO` when the
+//! egress device cannot checksum on the way out; since then it checksums in
+//! software (measured on 6.18: a GSO send into a TUN device with transmit
+//! checksumming switched off succeeds), and `EIO` remains for routes through
+//! IPsec (xfrm).
+//!
+//! With *generic receive offload* (`UDP_GRO`, enabled at bind where the
+//! kernel supports it, Linux 5.12 and later as wireguard-go requires) the
+//! kernel hands over several datagrams of one flow as one buffer: they lie
+//! back to back, each [`RecvMeta::segment_size`] bytes long except a shorter
+//! last one; [`RecvMeta::datagrams`] splits them. A buffer must then hold up
+//! to [`GRO_BUFFER_BYTES`]; a [`UdpSockets::recv_batch`] call given any
+//! smaller buffer switches GRO off for that socket for good (a coalesced
+//! buffer would be cut), so callers with small buffers keep getting one
+//! datagram per buffer.
 
-use super::{check, set_int_option};
+use super::{check, get_int_option, set_int_option};
 use socket2::{Domain, SockAddr, SockAddrStorage, Socket, Type};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The most datagrams one `recvmmsg`/`sendmmsg` call handles (as
 /// wireguard-go's `IdealBatchSize`); larger batches take several calls.
 pub const MAX_BATCH: usize = 128;
+
+/// The most datagrams one GSO send carries (as wireguard-go; the kernel's
+/// own limit, `UDP_MAX_SEGMENTS`, is 64 on older kernels and 128 on newer).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+
+/// The most bytes one GSO send carries: the largest UDP payload of an IPv4
+/// datagram (65535 minus the UDP and IPv4 headers).
+pub const MAX_GSO_BYTES: usize = 65535 - 8 - 20;
+
+/// The buffer size [`UdpSockets::recv_batch`] needs in every buffer to keep
+/// GRO on: the largest coalesced payload the kernel hands over.
+pub const GRO_BUFFER_BYTES: usize = 65535;
 
 /// Socket buffer size, as wireguard-go: 7 MiB.
 const SOCKET_BUFFER_BYTES: libc::c_int = 7 << 20;
@@ -62,7 +94,7 @@ const SOCKET_BUFFER_BYTES: libc::c_int = 7 << 20;
 const PORT_ATTEMPTS: usize = 10;
 
 /// Control-message space per datagram: a pktinfo message (at most 40 bytes
-/// with its header) plus room for a later `UDP_GRO`/`UDP_SEGMENT` message.
+/// with its header) plus a `UDP_GRO` (24) or `UDP_SEGMENT` (24) message.
 const CONTROL_BYTES: usize = 96;
 
 /// An IP family.
@@ -74,7 +106,8 @@ pub enum Family {
     V6,
 }
 
-/// What was learnt about one received datagram.
+/// What was learnt about one received datagram (or, with GRO, one buffer
+/// of coalesced datagrams from the same sender).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RecvMeta {
     /// Bytes received into the matching buffer (a longer datagram was cut).
@@ -83,6 +116,37 @@ pub struct RecvMeta {
     pub src: Option<SocketAddr>,
     /// The local address and interface the datagram arrived on.
     pub local: Option<LocalSource>,
+    /// With GRO: the size of each coalesced datagram in the buffer (the
+    /// last may be shorter). `None`: the buffer holds one datagram.
+    pub segment_size: Option<usize>,
+}
+
+impl RecvMeta {
+    /// The datagrams in `buf`, the buffer this metadata was received into:
+    /// its first [`len`](Self::len) bytes cut into pieces of
+    /// [`segment_size`](Self::segment_size) (a shorter last one), or those
+    /// bytes as one datagram without GRO. A `len` beyond `buf` is clipped.
+    pub fn datagrams<'b>(&self, buf: &'b [u8]) -> impl Iterator<Item = &'b [u8]> + 'b {
+        let data = buf.get(..self.len).unwrap_or(buf);
+        let step = match self.segment_size {
+            Some(size) if size > 0 => size,
+            _ => data.len().max(1),
+        };
+        // `chunks` yields nothing for an empty buffer, yet an empty UDP
+        // datagram is still one datagram.
+        let empty = data.is_empty().then_some(data);
+        empty.into_iter().chain(data.chunks(step))
+    }
+}
+
+/// A run of datagrams for [`UdpSockets::send_segment_runs`]: `data` holds
+/// consecutive datagrams of `segment_size` bytes, the last may be shorter.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentRun<'a> {
+    /// The datagrams, end to end.
+    pub data: &'a [u8],
+    /// The size of every datagram but the last.
+    pub segment_size: usize,
 }
 
 /// A local address to send from, with the interface it was seen on (from
@@ -135,9 +199,67 @@ impl From<SendError> for io::Error {
 /// family is open; a host without IPv6 (or IPv4) runs with the other alone.
 #[derive(Debug)]
 pub struct UdpSockets {
-    v4: Option<Socket>,
-    v6: Option<Socket>,
+    v4: Option<FamilySocket>,
+    v6: Option<FamilySocket>,
     port: u16,
+}
+
+/// One family's socket and its offload state.
+#[derive(Debug)]
+struct FamilySocket {
+    socket: Socket,
+    /// `UDP_SEGMENT` may be used: probed at bind, cleared for good after an
+    /// `EIO` or by [`UdpSockets::disable_gso`].
+    gso: AtomicBool,
+    /// `UDP_GRO` is on: set at bind where supported, cleared for good when a
+    /// receive has buffers too small for it or by [`UdpSockets::disable_gro`].
+    gro: AtomicBool,
+    /// Tests only: make the next GSO send fail with `EIO` before sending.
+    #[cfg(test)]
+    simulate_eio: AtomicBool,
+}
+
+impl FamilySocket {
+    /// Wraps a bound socket, probing GSO and enabling GRO where supported.
+    fn new(socket: Socket) -> FamilySocket {
+        let gso = probe_gso(&socket);
+        let gro = enable_gro(&socket);
+        FamilySocket {
+            socket,
+            gso: AtomicBool::new(gso),
+            gro: AtomicBool::new(gro),
+            #[cfg(test)]
+            simulate_eio: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends `pieces` as GSO messages (see [`send_gso_pieces`]).
+    fn send_gso(
+        &self,
+        target: &SendTarget,
+        pieces: &[SegmentRun<'_>],
+    ) -> Result<(), (usize, io::Error)> {
+        #[cfg(test)]
+        if self.simulate_eio.swap(false, Ordering::Relaxed) {
+            return Err((0, io::Error::from_raw_os_error(libc::EIO)));
+        }
+        send_gso_pieces(target, pieces)
+    }
+
+    /// Turns GRO off for good (best effort: the flag is cleared even if the
+    /// kernel refuses, and coalesced buffers are still reported as such).
+    fn disable_gro(&self) -> io::Result<()> {
+        if self.gro.swap(false, Ordering::Relaxed) {
+            set_int_option(self.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 0)?;
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for FamilySocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
 }
 
 impl UdpSockets {
@@ -196,11 +318,58 @@ impl UdpSockets {
         Ok(first)
     }
 
+    /// Whether GSO sends are in use on every open socket (see the module
+    /// documentation); without it [`send_segments`](Self::send_segments)
+    /// sends one datagram per segment.
+    pub fn gso_supported(&self) -> bool {
+        self.family_sockets()
+            .all(|socket| socket.gso.load(Ordering::Relaxed))
+    }
+
+    /// Whether GSO sends are in use on the `family` socket (false when that
+    /// family is not open).
+    pub fn gso_enabled(&self, family: Family) -> bool {
+        self.socket(family)
+            .is_ok_and(|socket| socket.gso.load(Ordering::Relaxed))
+    }
+
+    /// Stops using GSO on both sockets, for good: later segment sends go out
+    /// as one datagram per segment.
+    pub fn disable_gso(&self) {
+        for socket in self.family_sockets() {
+            socket.gso.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether GRO is on for the `family` socket (false when that family is
+    /// not open).
+    pub fn gro_enabled(&self, family: Family) -> bool {
+        self.socket(family)
+            .is_ok_and(|socket| socket.gro.load(Ordering::Relaxed))
+    }
+
+    /// Turns GRO off on both sockets, for good: each received buffer holds
+    /// one datagram again. A coalesced buffer queued before the call may
+    /// still arrive; its [`RecvMeta::segment_size`] says so.
+    pub fn disable_gro(&self) -> io::Result<()> {
+        self.family_sockets()
+            .try_for_each(FamilySocket::disable_gro)
+    }
+
     /// Receives up to `min(bufs.len(), meta.len(), MAX_BATCH)` datagrams from
     /// the `family` socket without blocking (`recvmmsg`): datagram `i` goes
     /// to `bufs[i]` (its whole `len()` is usable) and its details to
     /// `meta[i]`. Returns how many arrived; `WouldBlock` when none was
     /// queued; `EAFNOSUPPORT` when that family is not open.
+    ///
+    /// With GRO on, a buffer may hold several datagrams of one sender (see
+    /// [`RecvMeta::datagrams`]); that needs every buffer to be at least
+    /// [`GRO_BUFFER_BYTES`] long, and a call with a shorter one first turns
+    /// GRO off for this socket for good. (A few large buffers per call are
+    /// enough then: each holds up to 64 datagrams.) Only a host that raised
+    /// `gro_ipv4_max_size`/`gro_max_size` above 64 KiB (BIG TCP) could
+    /// coalesce more than that; the excess is cut, the cut datagram then
+    /// looks like a short last one and fails authentication upstream.
     pub fn recv_batch(
         &self,
         family: Family,
@@ -212,7 +381,13 @@ impl UdpSockets {
         if count == 0 {
             return Ok(0);
         }
-        let mut batch = RecvBatch::new(&mut bufs[..count]);
+        let bufs = &mut bufs[..count];
+        if socket.gro.load(Ordering::Relaxed) && bufs.iter().any(|b| b.len() < GRO_BUFFER_BYTES) {
+            // Best effort: a refusal leaves GRO on, and coalesced buffers
+            // are still reported with their segment size.
+            let _ = socket.disable_gro();
+        }
+        let mut batch = RecvBatch::new(bufs);
         let received = batch.receive(socket.as_raw_fd())?;
         for (slot, i) in meta.iter_mut().zip(0..received) {
             *slot = batch.meta(i);
@@ -264,6 +439,82 @@ impl UdpSockets {
         Ok(sent)
     }
 
+    /// Sends `data`, consecutive datagrams of `segment_size` bytes (the last
+    /// may be shorter), to `dst`, from `src` when given.
+    ///
+    /// With GSO ([`gso_supported`](Self::gso_supported)) each run of up to
+    /// [`MAX_GSO_SEGMENTS`] datagrams and [`MAX_GSO_BYTES`] bytes is one
+    /// message with a `UDP_SEGMENT` control message (longer input takes
+    /// several, sent together with `sendmmsg`); every datagram plus its
+    /// headers must then fit the route's MTU, or the kernel refuses the send
+    /// (`EINVAL`). Without GSO, or after the kernel answered `EIO` (which
+    /// turns GSO off for this socket for good), each datagram is sent alone
+    /// (`sendmmsg`). Empty `data` sends nothing.
+    ///
+    /// Errors are those of [`send_batch`](Self::send_batch), plus
+    /// `InvalidInput` for a zero `segment_size`. An error may come after
+    /// the datagrams before the failing one went out.
+    pub fn send_segments(
+        &self,
+        data: &[u8],
+        segment_size: usize,
+        dst: SocketAddr,
+        src: Option<&LocalSource>,
+    ) -> Result<(), SendError> {
+        self.send_segment_runs(&[SegmentRun { data, segment_size }], dst, src)
+    }
+
+    /// Sends several runs as [`send_segments`](Self::send_segments) does,
+    /// all to `dst`, in as few `sendmmsg` calls as possible (up to
+    /// [`MAX_BATCH`] GSO messages each). Runs may have different segment
+    /// sizes; each is cut into GSO messages on its own.
+    pub fn send_segment_runs(
+        &self,
+        runs: &[SegmentRun<'_>],
+        dst: SocketAddr,
+        src: Option<&LocalSource>,
+    ) -> Result<(), SendError> {
+        if runs
+            .iter()
+            .any(|run| run.segment_size == 0 && !run.data.is_empty())
+        {
+            return Err(SendError::Other(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "segment size 0",
+            )));
+        }
+        let dst = normalize(dst);
+        let socket = self
+            .socket(family_of(&dst.ip()))
+            .map_err(SendError::Other)?;
+        let target = SendTarget {
+            fd: socket.as_raw_fd(),
+            name: SockAddr::from(dst),
+            pktinfo: match src {
+                Some(src) => Some(source_control(src, &dst)?),
+                None => None,
+            },
+        };
+        let pieces: Vec<SegmentRun<'_>> = runs.iter().flat_map(gso_pieces).collect();
+        let mut unsent = pieces.as_slice();
+        if socket.gso.load(Ordering::Relaxed) {
+            match socket.send_gso(&target, unsent) {
+                Ok(()) => return Ok(()),
+                Err((sent, e)) if e.raw_os_error() == Some(libc::EIO) => {
+                    // No GSO on this route (see the module documentation).
+                    socket.gso.store(false, Ordering::Relaxed);
+                    unsent = unsent.get(sent..).unwrap_or(&[]);
+                }
+                Err((_, e)) => return Err(classify_send_error(e, src.is_some())),
+            }
+        }
+        let datagrams: Vec<&[u8]> = unsent
+            .iter()
+            .flat_map(|piece| piece.data.chunks(piece.segment_size.max(1)))
+            .collect();
+        send_all_datagrams(&target, &datagrams).map_err(|e| classify_send_error(e, src.is_some()))
+    }
+
     /// The descriptors of the IPv4 and IPv6 sockets (`None`: not open).
     pub fn raw_fds(&self) -> (Option<RawFd>, Option<RawFd>) {
         (
@@ -273,7 +524,7 @@ impl UdpSockets {
     }
 
     /// The socket of `family`, or `EAFNOSUPPORT` when it is not open.
-    fn socket(&self, family: Family) -> io::Result<&Socket> {
+    fn socket(&self, family: Family) -> io::Result<&FamilySocket> {
         let socket = match family {
             Family::V4 => self.v4.as_ref(),
             Family::V6 => self.v6.as_ref(),
@@ -283,6 +534,11 @@ impl UdpSockets {
 
     /// The open sockets.
     fn sockets(&self) -> impl Iterator<Item = &Socket> {
+        self.family_sockets().map(|socket| &socket.socket)
+    }
+
+    /// The open sockets with their offload state.
+    fn family_sockets(&self) -> impl Iterator<Item = &FamilySocket> {
         self.v4.iter().chain(self.v6.iter())
     }
 }
@@ -305,7 +561,11 @@ fn bind_pair(port: u16) -> io::Result<UdpSockets> {
             ))
         }
     };
-    Ok(UdpSockets { v4, v6, port })
+    Ok(UdpSockets {
+        v4: v4.map(FamilySocket::new),
+        v6: v6.map(FamilySocket::new),
+        port,
+    })
 }
 
 /// A configured UDP socket of `family` bound to the wildcard address and
@@ -336,6 +596,28 @@ fn enable_pktinfo(socket: &Socket, family: Family) -> io::Result<()> {
         Family::V6 => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
     };
     set_int_option(socket.as_raw_fd(), level, name, 1)
+}
+
+/// Whether the kernel knows `UDP_SEGMENT` (Linux 4.18 and later): reading
+/// the option fails with `ENOPROTOOPT` where it does not.
+fn probe_gso(socket: &Socket) -> bool {
+    get_int_option(socket.as_raw_fd(), libc::SOL_UDP, libc::UDP_SEGMENT).is_ok()
+}
+
+/// Turns `UDP_GRO` on; returns whether it is on. Kernels without it refuse
+/// with `ENOPROTOOPT`. As wireguard-go, GRO counts as on only when it can be
+/// read back (Linux 5.12 and later; older kernels have no `getsockopt` for
+/// it and are left without GRO).
+fn enable_gro(socket: &Socket) -> bool {
+    let fd = socket.as_raw_fd();
+    if set_int_option(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_err() {
+        return false;
+    }
+    let on = get_int_option(fd, libc::SOL_UDP, libc::UDP_GRO).is_ok_and(|value| value == 1);
+    if !on {
+        let _ = set_int_option(fd, libc::SOL_UDP, libc::UDP_GRO, 0);
+    }
+    on
 }
 
 /// Best effort 7 MiB buffers: the `*FORCE` options ignore the sysctl caps
@@ -493,6 +775,20 @@ fn parse_pktinfo(level: libc::c_int, kind: libc::c_int, data: &[u8]) -> Option<L
     }
 }
 
+/// The segment size in a `UDP_GRO` control message, if `level`/`kind` is
+/// one (the kernel sends an `int`; a 2-byte form is read as `u16`).
+fn parse_gro(level: libc::c_int, kind: libc::c_int, data: &[u8]) -> Option<usize> {
+    if (level, kind) != (libc::SOL_UDP, libc::UDP_GRO) {
+        return None;
+    }
+    let size = match data {
+        [a, b, c, d, ..] => usize::try_from(libc::c_int::from_ne_bytes([*a, *b, *c, *d])).ok()?,
+        [a, b] => usize::from(u16::from_ne_bytes([*a, *b])),
+        _ => return None,
+    };
+    (size > 0).then_some(size)
+}
+
 /// The pktinfo control message that makes a send to `dst` leave from `src`.
 fn source_control(src: &LocalSource, dst: &SocketAddr) -> Result<ControlBuffer, SendError> {
     let mut control = ControlBuffer::empty();
@@ -532,13 +828,36 @@ fn empty_msghdr() -> libc::msghdr {
     unsafe { std::mem::zeroed() }
 }
 
-/// One `sendmmsg` call for at most `MAX_BATCH` packets; returns how many
-/// were sent. Interrupted calls are retried.
+/// One `sendmmsg` call for at most `MAX_BATCH` packets, all with the same
+/// control messages; returns how many were sent.
 fn send_chunk(
     fd: RawFd,
     packets: &[&[u8]],
     name: &SockAddr,
     control: Option<&ControlBuffer>,
+) -> io::Result<usize> {
+    send_messages_with(fd, packets, name, |_| control)
+}
+
+/// One `sendmmsg` call for at most `MAX_BATCH` packets, packet `i` with the
+/// control messages `controls[i]`; returns how many were sent.
+fn send_messages(
+    fd: RawFd,
+    packets: &[&[u8]],
+    name: &SockAddr,
+    controls: &[ControlBuffer],
+) -> io::Result<usize> {
+    send_messages_with(fd, packets, name, |i| controls.get(i))
+}
+
+/// One `sendmmsg` call, packet `i` with the control messages
+/// `control_of(i)` (none when `None` or empty); returns how many were sent.
+/// Interrupted calls are retried.
+fn send_messages_with<'c>(
+    fd: RawFd,
+    packets: &[&[u8]],
+    name: &SockAddr,
+    control_of: impl Fn(usize) -> Option<&'c ControlBuffer>,
 ) -> io::Result<usize> {
     let mut iovecs: Vec<libc::iovec> = packets
         .iter()
@@ -550,13 +869,14 @@ fn send_chunk(
         .collect();
     let mut headers: Vec<libc::mmsghdr> = iovecs
         .iter_mut()
-        .map(|iov| {
+        .enumerate()
+        .map(|(i, iov)| {
             let mut header = empty_msghdr();
             header.msg_name = name.as_ptr().cast_mut().cast();
             header.msg_namelen = name.len();
             header.msg_iov = iov;
             header.msg_iovlen = 1;
-            if let Some(control) = control {
+            if let Some(control) = control_of(i).filter(|control| control.len > 0) {
                 header.msg_control = control.bytes.as_ptr().cast_mut().cast();
                 header.msg_controllen = control.len;
             }
@@ -578,6 +898,79 @@ fn send_chunk(
             result => return result.map(|n| n as usize),
         }
     }
+}
+
+/// Where a segment send goes: the socket, the destination and the pktinfo
+/// control message for a sticky source.
+struct SendTarget {
+    fd: RawFd,
+    name: SockAddr,
+    pktinfo: Option<ControlBuffer>,
+}
+
+/// `run` cut into pieces that one GSO message can carry: at most
+/// [`MAX_GSO_SEGMENTS`] segments and [`MAX_GSO_BYTES`] bytes (a segment
+/// larger than that is a piece of its own, for the kernel to refuse).
+fn gso_pieces<'a>(run: &SegmentRun<'a>) -> impl Iterator<Item = SegmentRun<'a>> {
+    let segment_size = run.segment_size.max(1);
+    let segments_per_piece = (MAX_GSO_BYTES / segment_size).clamp(1, MAX_GSO_SEGMENTS);
+    let piece_bytes = segments_per_piece.saturating_mul(segment_size);
+    run.data
+        .chunks(piece_bytes)
+        .map(move |data| SegmentRun { data, segment_size })
+}
+
+/// The control messages of one GSO piece: the pktinfo if any, then
+/// `UDP_SEGMENT` when the piece holds more than one datagram.
+fn gso_control(target: &SendTarget, piece: &SegmentRun<'_>) -> io::Result<ControlBuffer> {
+    let mut control = target.pktinfo.unwrap_or_else(ControlBuffer::empty);
+    if piece.data.len() > piece.segment_size {
+        // More than one segment means at most MAX_GSO_BYTES / 2 per segment.
+        let size = u16::try_from(piece.segment_size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+        control
+            .push(libc::SOL_UDP, libc::UDP_SEGMENT, &size.to_ne_bytes())
+            .ok_or_else(|| io::Error::other("control buffer too small"))?;
+    }
+    Ok(control)
+}
+
+/// Sends every piece as one GSO message, [`MAX_BATCH`] per `sendmmsg`.
+/// On failure, returns how many pieces went out before the error.
+fn send_gso_pieces(
+    target: &SendTarget,
+    pieces: &[SegmentRun<'_>],
+) -> Result<(), (usize, io::Error)> {
+    let mut sent = 0;
+    while let Some(rest) = pieces.get(sent..).filter(|rest| !rest.is_empty()) {
+        let chunk = &rest[..rest.len().min(MAX_BATCH)];
+        let controls = chunk
+            .iter()
+            .map(|piece| gso_control(target, piece))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| (sent, e))?;
+        let payloads: Vec<&[u8]> = chunk.iter().map(|piece| piece.data).collect();
+        match send_messages(target.fd, &payloads, &target.name, &controls) {
+            Ok(0) => return Err((sent, io::Error::from(io::ErrorKind::WriteZero))),
+            Ok(n) => sent += n,
+            Err(e) => return Err((sent, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Sends every datagram (several `sendmmsg` calls when needed); fails with
+/// the first error, after the datagrams before it went out.
+fn send_all_datagrams(target: &SendTarget, datagrams: &[&[u8]]) -> io::Result<()> {
+    let mut sent = 0;
+    while let Some(rest) = datagrams.get(sent..).filter(|rest| !rest.is_empty()) {
+        let chunk = &rest[..rest.len().min(MAX_BATCH)];
+        match send_chunk(target.fd, chunk, &target.name, target.pktinfo.as_ref())? {
+            0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            n => sent += n,
+        }
+    }
+    Ok(())
 }
 
 /// The buffers of one `recvmmsg` call. The headers point into the other
@@ -665,11 +1058,20 @@ impl<'a> RecvBatch<'a> {
             .map(|name| std::mem::replace(name, SockAddrStorage::zeroed()));
         let src = name.and_then(|name| sender(name, header.msg_hdr.msg_namelen));
         let control_len = header.msg_hdr.msg_controllen.min(CONTROL_BYTES);
-        let local = self.controls.get(i).and_then(|control| {
-            control_messages(&control.bytes[..control_len])
-                .find_map(|(level, kind, data)| parse_pktinfo(level, kind, data))
-        });
-        RecvMeta { len, src, local }
+        let mut local = None;
+        let mut segment_size = None;
+        if let Some(control) = self.controls.get(i) {
+            for (level, kind, data) in control_messages(&control.bytes[..control_len]) {
+                local = local.or_else(|| parse_pktinfo(level, kind, data));
+                segment_size = segment_size.or_else(|| parse_gro(level, kind, data));
+            }
+        }
+        RecvMeta {
+            len,
+            src,
+            local,
+            segment_size,
+        }
     }
 }
 
@@ -830,6 +1232,129 @@ mod tests {
             let v6only = get_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY);
             assert_eq!(v6only.unwrap(), 1);
         }
+    }
+
+    #[test]
+    fn eio_turns_gso_off_and_the_data_is_resent() {
+        let a = UdpSockets::bind(0, 0).unwrap();
+        let b = UdpSockets::bind(0, 0).unwrap();
+        let a4 = a.v4.as_ref().unwrap();
+        assert!(a4.gso.load(Ordering::Relaxed));
+        a4.simulate_eio.store(true, Ordering::Relaxed);
+        let data: Vec<u8> = (0..10u8).flat_map(|i| [i; 1200]).collect();
+        let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b.port());
+        a.send_segments(&data, 1200, dst, None).unwrap();
+        assert!(!a.gso_enabled(Family::V4), "EIO turns GSO off for good");
+        assert!(!a.gso_supported());
+        if a.v6.is_some() {
+            assert!(a.gso_enabled(Family::V6), "the other socket keeps it");
+        }
+
+        let fd = b.v4.as_ref().unwrap().as_raw_fd();
+        let mut bufs = vec![vec![0u8; GRO_BUFFER_BYTES]; 4];
+        let mut meta = vec![RecvMeta::default(); 4];
+        let mut received = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while received.len() < 10 && std::time::Instant::now() < deadline {
+            let wait = Some(std::time::Duration::from_millis(100));
+            if crate::sys::poll_readable(&[fd], wait).unwrap() != [true] {
+                continue;
+            }
+            let n = b.recv_batch(Family::V4, &mut bufs, &mut meta).unwrap_or(0);
+            for (buf, meta) in bufs.iter().zip(&meta).take(n) {
+                // Sent one by one, the datagrams are not coalesced.
+                assert_eq!(meta.segment_size, None);
+                received.extend(meta.datagrams(buf).map(<[u8]>::to_vec));
+            }
+        }
+        assert_eq!(received.len(), 10);
+        assert_eq!(received.concat(), data);
+    }
+
+    #[test]
+    fn datagrams_are_split_at_the_segment_size() {
+        let buf: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let meta = RecvMeta {
+            len: 2500,
+            segment_size: Some(1000),
+            ..RecvMeta::default()
+        };
+        let parts: Vec<&[u8]> = meta.datagrams(&buf).collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [1000, 1000, 500]
+        );
+        assert_eq!(parts.concat(), buf[..2500]);
+
+        let exact = RecvMeta { len: 2000, ..meta };
+        assert_eq!(exact.datagrams(&buf).count(), 2);
+        let plain = RecvMeta {
+            segment_size: None,
+            ..meta
+        };
+        assert_eq!(plain.datagrams(&buf).collect::<Vec<_>>(), [&buf[..2500]]);
+        let clipped = RecvMeta { len: 9999, ..plain };
+        assert_eq!(clipped.datagrams(&buf).collect::<Vec<_>>(), [&buf[..]]);
+        let empty = RecvMeta::default();
+        assert_eq!(empty.datagrams(&buf).collect::<Vec<_>>(), [&[][..]]);
+        let zero_size = RecvMeta {
+            len: 10,
+            segment_size: Some(0),
+            ..RecvMeta::default()
+        };
+        assert_eq!(zero_size.datagrams(&buf).collect::<Vec<_>>(), [&buf[..10]]);
+    }
+
+    #[test]
+    fn gso_pieces_respect_both_limits() {
+        let data = vec![0u8; 300 * 1420 + 7];
+        let run = SegmentRun {
+            data: &data,
+            segment_size: 1420,
+        };
+        let pieces: Vec<_> = gso_pieces(&run).collect();
+        assert!(pieces.iter().all(|p| p.data.len() <= MAX_GSO_BYTES));
+        assert_eq!(pieces[0].data.len(), 46 * 1420);
+        assert_eq!(
+            pieces.iter().map(|p| p.data.len()).sum::<usize>(),
+            data.len()
+        );
+        let small = vec![0u8; 100 * 100];
+        let run = SegmentRun {
+            data: &small,
+            segment_size: 100,
+        };
+        let pieces: Vec<_> = gso_pieces(&run).collect();
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].data.len(), MAX_GSO_SEGMENTS * 100);
+        let huge = vec![0u8; 70_000];
+        let run = SegmentRun {
+            data: &huge,
+            segment_size: 70_000,
+        };
+        assert_eq!(
+            gso_pieces(&run).count(),
+            1,
+            "one oversized segment stays whole"
+        );
+    }
+
+    #[test]
+    fn gro_messages_are_parsed() {
+        let int = 1380i32.to_ne_bytes();
+        assert_eq!(parse_gro(libc::SOL_UDP, libc::UDP_GRO, &int), Some(1380));
+        let short = 1200u16.to_ne_bytes();
+        assert_eq!(parse_gro(libc::SOL_UDP, libc::UDP_GRO, &short), Some(1200));
+        assert_eq!(parse_gro(libc::SOL_UDP, libc::UDP_GRO, &[1]), None);
+        assert_eq!(
+            parse_gro(libc::SOL_UDP, libc::UDP_GRO, &0i32.to_ne_bytes()),
+            None
+        );
+        assert_eq!(
+            parse_gro(libc::SOL_UDP, libc::UDP_GRO, &(-5i32).to_ne_bytes()),
+            None
+        );
+        assert_eq!(parse_gro(libc::IPPROTO_IP, libc::UDP_GRO, &int), None);
     }
 
     #[test]
