@@ -31,8 +31,9 @@ use crate::sys::EventFd;
 pub const MAX_PACKET: usize = 65536;
 /// Room for the transport header, tag and padding.
 const OVERHEAD: usize = 64;
-/// Datagrams received per system call.
-const RECV_BATCH: usize = 32;
+/// Buffers per receive system call (each up to 64 KiB: with UDP GRO one
+/// buffer holds up to 64 datagrams).
+const RECV_BATCH: usize = 16;
 
 /// The engine and the settings that live beside it.
 pub struct Engine {
@@ -143,6 +144,37 @@ impl Shared {
         }
     }
 
+    /// Sends `data`, datagrams of `segment_size` bytes back to back (the
+    /// last may be shorter), with UDP GSO where the socket has it.
+    fn send_run(
+        &self,
+        sockets: &UdpSockets,
+        data: &[u8],
+        segment_size: usize,
+        endpoint: Endpoint,
+        peer: Option<PeerId>,
+    ) {
+        let source = endpoint.local.map(|l| LocalSource {
+            addr: l.ip,
+            ifindex: l.ifindex,
+        });
+        match sockets.send_segments(data, segment_size, endpoint.addr, source.as_ref()) {
+            Ok(()) => {}
+            Err(SendError::SourceUnusable(e)) => {
+                log::debug!("source {source:?} unusable ({e}); retrying without it");
+                if let Some(peer) = peer {
+                    self.engine().device.clear_sticky_source(peer);
+                }
+                if let Err(SendError::Other(e) | SendError::SourceUnusable(e)) =
+                    sockets.send_segments(data, segment_size, endpoint.addr, None)
+                {
+                    log::debug!("send to {} failed: {e}", endpoint.addr);
+                }
+            }
+            Err(SendError::Other(e)) => log::debug!("send to {} failed: {e}", endpoint.addr),
+        }
+    }
+
     fn send_datagram(
         &self,
         sockets: &UdpSockets,
@@ -215,37 +247,125 @@ fn log_events(device: &mut Device) {
     }
 }
 
+/// Encrypted datagrams waiting to be sent, back to back in one buffer, so
+/// that a run of equal-sized datagrams to one endpoint leaves in a single
+/// UDP GSO send.
+struct TxBatch {
+    data: Vec<u8>,
+    used: usize,
+    items: Vec<TxItem>,
+}
+
+struct TxItem {
+    offset: usize,
+    len: usize,
+    endpoint: Endpoint,
+    peer: PeerId,
+}
+
+/// Room for a full GSO run of MTU-sized datagrams plus one maximal packet.
+const TX_BATCH_BYTES: usize = 64 * 2048 + MAX_PACKET + OVERHEAD;
+
+impl TxBatch {
+    fn new() -> Self {
+        TxBatch {
+            data: vec![0u8; TX_BATCH_BYTES],
+            used: 0,
+            items: Vec::with_capacity(64),
+        }
+    }
+
+    /// The free space, if it can hold the encryption of `packet_len` bytes.
+    fn space_for(&mut self, packet_len: usize) -> Option<&mut [u8]> {
+        let need = packet_len + OVERHEAD;
+        (self.data.len() - self.used >= need).then(|| &mut self.data[self.used..self.used + need])
+    }
+
+    fn push(&mut self, len: usize, endpoint: Endpoint, peer: PeerId) {
+        self.items.push(TxItem {
+            offset: self.used,
+            len,
+            endpoint,
+            peer,
+        });
+        self.used += len;
+    }
+
+    /// Sends everything: each run of datagrams to one endpoint, all of one
+    /// size but a shorter last one, goes out as one GSO send.
+    fn flush(&mut self, shared: &Shared) {
+        if self.items.is_empty() {
+            return;
+        }
+        let sockets = shared.sockets();
+        let mut i = 0;
+        while i < self.items.len() {
+            let first = &self.items[i];
+            let mut end = i + 1;
+            while end < self.items.len()
+                && end - i < crate::sys::udp::MAX_GSO_SEGMENTS
+                && self.items[end].endpoint == first.endpoint
+                && self.items[end - 1].len == first.len
+                && self.items[end].len <= first.len
+            {
+                end += 1;
+            }
+            let last = &self.items[end - 1];
+            let bytes = &self.data[first.offset..last.offset + last.len];
+            shared.send_run(&sockets, bytes, first.len, first.endpoint, Some(first.peer));
+            i = end;
+        }
+        self.items.clear();
+        self.used = 0;
+    }
+}
+
 /// Reads the TUN device forever: route, encrypt, send. Returns when the
 /// interface is gone.
 pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
-    let mut packet = vec![0u8; MAX_PACKET];
-    let mut out = vec![0u8; MAX_PACKET + OVERHEAD];
+    let mut read_buf = vec![0u8; MAX_PACKET + crate::sys::tun::VNET_HDR_LEN];
+    let mut tx = TxBatch::new();
     loop {
-        let n = match shared.tun().read(&mut packet) {
+        let n = match shared.tun().read(&mut read_buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return e,
         };
-        let packet = &packet[..n];
-        let (outcome, pending) = {
+        let packet = &read_buf[..n];
+        encrypt_and_send(&shared, &[packet], &mut tx);
+    }
+}
+
+/// Routes and encrypts `packets` under one engine lock (releasing it only
+/// when the batch buffer is full), then sends them.
+fn encrypt_and_send(shared: &Shared, packets: &[&[u8]], tx: &mut TxBatch) {
+    let mut next = 0;
+    while next < packets.len() {
+        let mut unreachable = Vec::new();
+        let pending = {
             let mut engine = shared.engine();
-            let outcome = engine.device.send(Now::system(), packet, &mut out);
+            let now = Now::system();
+            while let Some(packet) = packets.get(next) {
+                let Some(out) = tx.space_for(packet.len()) else {
+                    break;
+                };
+                match engine.device.send(now, packet, out) {
+                    SendOutcome::Sent { len, endpoint, peer } => tx.push(len, endpoint, peer),
+                    SendOutcome::NoRoute | SendOutcome::NoEndpoint(_) => unreachable.push(next),
+                    SendOutcome::Queued(_) | SendOutcome::Invalid => {}
+                }
+                next += 1;
+            }
             let pending = drain(&mut engine.device);
             shared.after_engine_change(&mut engine);
-            (outcome, pending)
+            pending
         };
-        match outcome {
-            SendOutcome::Sent {
-                len,
-                endpoint,
-                peer,
-            } => shared.send_datagram(&shared.sockets(), &out[..len], endpoint, Some(peer)),
-            SendOutcome::NoRoute | SendOutcome::NoEndpoint(_) => {
-                answer_unreachable(&shared, packet)
-            }
-            SendOutcome::Queued(_) | SendOutcome::Invalid => {}
-        }
+        tx.flush(shared);
         shared.send_all(pending);
+        for index in unreachable {
+            log::trace!("no peer or no endpoint for a packet: ICMP unreachable");
+            answer_unreachable(shared, packets[index]);
+        }
     }
 }
 
@@ -256,7 +376,7 @@ pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
 /// address when the host itself sent the packet) and be dropped.
 fn answer_unreachable(shared: &Shared, packet: &[u8]) {
     if let Some(reply) = icmp::unreachable_for(packet, None) {
-        let _ = shared.tun().write(&reply);
+        let _ = shared.tun().write_packet(&reply);
     }
 }
 
@@ -293,7 +413,11 @@ pub fn udp_loop(shared: Arc<Shared>, family: Family) {
     }
 }
 
+/// Decrypts a batch of received buffers in place, each holding one datagram
+/// or, with UDP GRO, several of `segment_size` bytes back to back; then
+/// writes the packets to the tunnel and sends any answers.
 fn handle_batch(shared: &Shared, bufs: &mut [Vec<u8>], meta: &[RecvMeta]) {
+    // (buffer, offset of the IP packet, its length)
     let mut deliveries = Vec::with_capacity(bufs.len());
     let pending = {
         let mut engine = shared.engine();
@@ -308,20 +432,26 @@ fn handle_batch(shared: &Shared, bufs: &mut [Vec<u8>], meta: &[RecvMeta]) {
                 }),
             };
             let len = meta.len.min(buf.len());
-            match engine.device.receive(now, endpoint, &mut buf[..len]) {
-                ReceiveOutcome::Deliver { len, .. } => deliveries.push((i, len)),
-                ReceiveOutcome::Dropped(reason) => {
-                    log::trace!("dropped a datagram from {}: {}", src, reason.name())
+            let step = meta.segment_size.filter(|&s| s > 0).unwrap_or(len.max(1));
+            let mut offset = 0;
+            while offset < len {
+                let end = (offset + step).min(len);
+                match engine.device.receive(now, endpoint, &mut buf[offset..end]) {
+                    ReceiveOutcome::Deliver { len, .. } => deliveries.push((i, offset + 16, len)),
+                    ReceiveOutcome::Dropped(reason) => {
+                        log::trace!("dropped a datagram from {}: {}", src, reason.name())
+                    }
+                    ReceiveOutcome::Handled => {}
                 }
-                ReceiveOutcome::Handled => {}
+                offset = end;
             }
         }
         let pending = drain(&mut engine.device);
         shared.after_engine_change(&mut engine);
         pending
     };
-    for (i, len) in deliveries {
-        let _ = shared.tun().write(&bufs[i][16..16 + len]);
+    for (i, start, len) in deliveries {
+        let _ = shared.tun().write_packet(&bufs[i][start..start + len]);
     }
     shared.send_all(pending);
 }
