@@ -1194,8 +1194,204 @@ mod invariants {
     }
 }
 
+/// A reference model for tests, fuzzing and the self-tests: a list of
+/// prefixes in insertion order, searched linearly, with masks built bit by
+/// bit. Slow and obviously right.
+#[cfg(any(test, feature = "selftest"))]
+pub(crate) mod naive {
+    use super::AllowedIpsError;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    /// A reference implementation with no cleverness: a list of prefixes in
+    /// insertion order, searched linearly.
+    #[derive(Default)]
+    pub(crate) struct NaiveTable {
+        /// (is_v6, masked address as an integer, cidr, value), oldest first.
+        pub(crate) prefixes: Vec<(bool, u128, u8, u32)>,
+    }
+
+    pub(crate) fn naive_parts(addr: IpAddr) -> (bool, u128, u8) {
+        match addr {
+            IpAddr::V4(addr) => (false, u128::from(u32::from(addr)), 32),
+            IpAddr::V6(addr) => (true, u128::from(addr), 128),
+        }
+    }
+
+    /// Mask built bit by bit, independently of the trie's shift tricks
+    /// (from a table: building it per call would dominate the test time).
+    pub(crate) fn naive_mask(width: u8, cidr: u8) -> u128 {
+        use std::sync::OnceLock;
+        static MASKS: OnceLock<[[u128; 129]; 2]> = OnceLock::new();
+        let masks = MASKS.get_or_init(|| {
+            let mut masks = [[0u128; 129]; 2];
+            for (table, width) in masks.iter_mut().zip([32u8, 128]) {
+                for cidr in 0..=width {
+                    table[usize::from(cidr)] =
+                        (0..cidr).fold(0u128, |mask, bit| mask | 1u128 << (width - 1 - bit));
+                }
+            }
+            masks
+        });
+        masks[usize::from(width == 128)][usize::from(cidr)]
+    }
+
+    impl NaiveTable {
+        pub(crate) fn key(addr: IpAddr, cidr: u8) -> Option<(bool, u128)> {
+            let (is_v6, bits, width) = naive_parts(addr);
+            (cidr <= width).then(|| (is_v6, bits & naive_mask(width, cidr)))
+        }
+
+        pub(crate) fn position(&self, is_v6: bool, key: u128, cidr: u8) -> Option<usize> {
+            self.prefixes
+                .iter()
+                .position(|&(v6, k, c, _)| v6 == is_v6 && k == key && c == cidr)
+        }
+
+        pub(crate) fn insert(
+            &mut self,
+            addr: IpAddr,
+            cidr: u8,
+            value: u32,
+        ) -> Result<(), AllowedIpsError> {
+            let (is_v6, key) = Self::key(addr, cidr).ok_or(AllowedIpsError::InvalidCidr)?;
+            if let Some(at) = self.position(is_v6, key, cidr) {
+                if self.prefixes[at].3 == value {
+                    return Ok(());
+                }
+                self.prefixes.remove(at);
+            }
+            self.prefixes.push((is_v6, key, cidr, value));
+            Ok(())
+        }
+
+        pub(crate) fn remove(
+            &mut self,
+            addr: IpAddr,
+            cidr: u8,
+            value: u32,
+        ) -> Result<bool, AllowedIpsError> {
+            let (is_v6, key) = Self::key(addr, cidr).ok_or(AllowedIpsError::InvalidCidr)?;
+            match self.position(is_v6, key, cidr) {
+                Some(at) if self.prefixes[at].3 == value => {
+                    self.prefixes.remove(at);
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        }
+
+        pub(crate) fn remove_by_value(&mut self, value: u32) {
+            self.prefixes.retain(|&(_, _, _, owner)| owner != value);
+        }
+
+        pub(crate) fn lookup(&self, addr: IpAddr) -> Option<u32> {
+            let (is_v6, bits, width) = naive_parts(addr);
+            self.prefixes
+                .iter()
+                .filter(|&&(v6, key, cidr, _)| v6 == is_v6 && bits & naive_mask(width, cidr) == key)
+                .max_by_key(|&&(_, _, cidr, _)| cidr)
+                .map(|&(_, _, _, value)| value)
+        }
+
+        #[cfg(test)]
+        pub(crate) fn prefixes_of(&self, value: u32) -> Vec<(IpAddr, u8)> {
+            self.prefixes
+                .iter()
+                .filter(|&&(_, _, _, owner)| owner == value)
+                .map(|&(is_v6, key, cidr, _)| {
+                    let addr = if is_v6 {
+                        IpAddr::V6(Ipv6Addr::from(key))
+                    } else {
+                        // The key of a v4 prefix fits in 32 bits.
+                        IpAddr::V4(Ipv4Addr::from(key as u32))
+                    };
+                    (addr, cidr)
+                })
+                .collect()
+        }
+
+        #[cfg(test)]
+        pub(crate) fn values(&self) -> Vec<u32> {
+            let mut values: Vec<u32> = self.prefixes.iter().map(|p| p.3).collect();
+            values.sort_unstable();
+            values.dedup();
+            values
+        }
+    }
+}
+
+/// Start-up self-test: masked read-back and longest-prefix cases of the
+/// kernel's selftest, then a short randomized comparison (fixed seed) of
+/// inserts, moves, removals and lookups against [`naive::NaiveTable`].
+#[cfg(any(test, feature = "selftest"))]
+pub(crate) fn selftest() -> Result<(), String> {
+    use rand_core::{RngCore, SeedableRng};
+    use std::net::{IpAddr, Ipv4Addr};
+    let mut table = AllowedIps::new();
+    let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+    let ok = |r: Result<(), AllowedIpsError>| r.map_err(|e| format!("{e:?}"));
+    ok(table.insert(v4(192, 95, 5, 93), 27, 1u32))?;
+    ok(table.insert(v4(192, 95, 5, 64), 27, 2))?;
+    ok(table.insert(v4(192, 95, 0, 0), 16, 3))?;
+    ok(table.insert(v4(0, 0, 0, 0), 0, 4))?;
+    let read_back: Vec<_> = table.prefixes_of(2).collect();
+    if read_back != [(v4(192, 95, 5, 64), 27)] || table.prefixes_of(1).count() != 0 {
+        return Err(format!("masked insert or move: {read_back:?}"));
+    }
+    for (addr, want) in [
+        (v4(192, 95, 5, 70), Some(2)),
+        (v4(192, 95, 6, 1), Some(3)),
+        (v4(10, 0, 0, 1), Some(4)),
+    ] {
+        if table.lookup(addr) != want {
+            return Err(format!(
+                "lookup {addr}: got {:?}, want {want:?}",
+                table.lookup(addr)
+            ));
+        }
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5eed);
+    let mut table = AllowedIps::new();
+    let mut model = naive::NaiveTable::default();
+    let random_addr = |rng: &mut rand_chacha::ChaCha8Rng| -> IpAddr {
+        if rng.next_u32() % 2 == 0 {
+            IpAddr::V4(Ipv4Addr::from(rng.next_u32() & 0xff00_ffff))
+        } else {
+            let high = u128::from(rng.next_u64() & 0xffff_0000_ffff_ffff) << 64;
+            IpAddr::V6((high | u128::from(rng.next_u64())).into())
+        }
+    };
+    for _ in 0..300 {
+        let addr = random_addr(&mut rng);
+        let cidr = (rng.next_u32() % if addr.is_ipv4() { 33 } else { 129 }) as u8;
+        let value = rng.next_u32() % 20;
+        match rng.next_u32() % 8 {
+            0 => {
+                let _ = table.remove(addr, cidr, value);
+                let _ = model.remove(addr, cidr, value);
+            }
+            1 => {
+                table.remove_by_value(value);
+                model.remove_by_value(value);
+            }
+            _ => {
+                ok(table.insert(addr, cidr, value))?;
+                ok(model.insert(addr, cidr, value))?;
+            }
+        }
+    }
+    for _ in 0..3000 {
+        let addr = random_addr(&mut rng);
+        if table.lookup(addr) != model.lookup(addr) {
+            return Err(format!("random lookup {addr} differs from the model"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::naive::NaiveTable;
     use super::{AllowedIps, AllowedIpsError};
     use proptest::prelude::*;
     use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -1215,111 +1411,6 @@ mod tests {
             chunk.copy_from_slice(&word.to_be_bytes());
         }
         IpAddr::V6(Ipv6Addr::from(octets))
-    }
-
-    /// A reference implementation with no cleverness: a list of prefixes in
-    /// insertion order, searched linearly.
-    #[derive(Default)]
-    struct NaiveTable {
-        /// (is_v6, masked address as an integer, cidr, value), oldest first.
-        prefixes: Vec<(bool, u128, u8, u32)>,
-    }
-
-    fn naive_parts(addr: IpAddr) -> (bool, u128, u8) {
-        match addr {
-            IpAddr::V4(addr) => (false, u128::from(u32::from(addr)), 32),
-            IpAddr::V6(addr) => (true, u128::from(addr), 128),
-        }
-    }
-
-    /// Mask built bit by bit, independently of the trie's shift tricks
-    /// (from a table: building it per call would dominate the test time).
-    fn naive_mask(width: u8, cidr: u8) -> u128 {
-        use std::sync::OnceLock;
-        static MASKS: OnceLock<[[u128; 129]; 2]> = OnceLock::new();
-        let masks = MASKS.get_or_init(|| {
-            let mut masks = [[0u128; 129]; 2];
-            for (table, width) in masks.iter_mut().zip([32u8, 128]) {
-                for cidr in 0..=width {
-                    table[usize::from(cidr)] =
-                        (0..cidr).fold(0u128, |mask, bit| mask | 1u128 << (width - 1 - bit));
-                }
-            }
-            masks
-        });
-        masks[usize::from(width == 128)][usize::from(cidr)]
-    }
-
-    impl NaiveTable {
-        fn key(addr: IpAddr, cidr: u8) -> Option<(bool, u128)> {
-            let (is_v6, bits, width) = naive_parts(addr);
-            (cidr <= width).then(|| (is_v6, bits & naive_mask(width, cidr)))
-        }
-
-        fn position(&self, is_v6: bool, key: u128, cidr: u8) -> Option<usize> {
-            self.prefixes
-                .iter()
-                .position(|&(v6, k, c, _)| v6 == is_v6 && k == key && c == cidr)
-        }
-
-        fn insert(&mut self, addr: IpAddr, cidr: u8, value: u32) -> Result<(), AllowedIpsError> {
-            let (is_v6, key) = Self::key(addr, cidr).ok_or(AllowedIpsError::InvalidCidr)?;
-            if let Some(at) = self.position(is_v6, key, cidr) {
-                if self.prefixes[at].3 == value {
-                    return Ok(());
-                }
-                self.prefixes.remove(at);
-            }
-            self.prefixes.push((is_v6, key, cidr, value));
-            Ok(())
-        }
-
-        fn remove(&mut self, addr: IpAddr, cidr: u8, value: u32) -> Result<bool, AllowedIpsError> {
-            let (is_v6, key) = Self::key(addr, cidr).ok_or(AllowedIpsError::InvalidCidr)?;
-            match self.position(is_v6, key, cidr) {
-                Some(at) if self.prefixes[at].3 == value => {
-                    self.prefixes.remove(at);
-                    Ok(true)
-                }
-                _ => Ok(false),
-            }
-        }
-
-        fn remove_by_value(&mut self, value: u32) {
-            self.prefixes.retain(|&(_, _, _, owner)| owner != value);
-        }
-
-        fn lookup(&self, addr: IpAddr) -> Option<u32> {
-            let (is_v6, bits, width) = naive_parts(addr);
-            self.prefixes
-                .iter()
-                .filter(|&&(v6, key, cidr, _)| v6 == is_v6 && bits & naive_mask(width, cidr) == key)
-                .max_by_key(|&&(_, _, cidr, _)| cidr)
-                .map(|&(_, _, _, value)| value)
-        }
-
-        fn prefixes_of(&self, value: u32) -> Vec<(IpAddr, u8)> {
-            self.prefixes
-                .iter()
-                .filter(|&&(_, _, _, owner)| owner == value)
-                .map(|&(is_v6, key, cidr, _)| {
-                    let addr = if is_v6 {
-                        IpAddr::V6(Ipv6Addr::from(key))
-                    } else {
-                        // The key of a v4 prefix fits in 32 bits.
-                        IpAddr::V4(Ipv4Addr::from(key as u32))
-                    };
-                    (addr, cidr)
-                })
-                .collect()
-        }
-
-        fn values(&self) -> Vec<u32> {
-            let mut values: Vec<u32> = self.prefixes.iter().map(|p| p.3).collect();
-            values.sort_unstable();
-            values.dedup();
-            values
-        }
     }
 
     /// Compares everything observable except lookups.
@@ -1410,6 +1501,11 @@ mod tests {
                 "{name}: {held} bytes held for {live} live"
             );
         }
+    }
+
+    #[test]
+    fn start_up_selftest_passes() {
+        assert_eq!(super::selftest(), Ok(()));
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub const CHECKS: &[Check] = &[
     ("handshake", check_handshake),
     ("replay-window", crate::replay::run_kernel_selftest),
     ("ratelimiter", check_ratelimiter),
+    ("allowed-ips", crate::allowedips::selftest),
 ];
 
 /// Runs every self-test; stops at the first failure.
