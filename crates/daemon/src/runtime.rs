@@ -350,7 +350,11 @@ fn encrypt_and_send(shared: &Shared, packets: &[&[u8]], tx: &mut TxBatch) {
                     break;
                 };
                 match engine.device.send(now, packet, out) {
-                    SendOutcome::Sent { len, endpoint, peer } => tx.push(len, endpoint, peer),
+                    SendOutcome::Sent {
+                        len,
+                        endpoint,
+                        peer,
+                    } => tx.push(len, endpoint, peer),
                     SendOutcome::NoRoute | SendOutcome::NoEndpoint(_) => unreachable.push(next),
                     SendOutcome::Queued(_) | SendOutcome::Invalid => {}
                 }

@@ -1200,7 +1200,9 @@ mod invariants {
 #[cfg(any(test, feature = "selftest"))]
 pub(crate) mod naive {
     use super::AllowedIpsError;
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::net::IpAddr;
+    #[cfg(test)]
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     /// A reference implementation with no cleverness: a list of prefixes in
     /// insertion order, searched linearly.
