@@ -44,8 +44,9 @@ step "build (release)" 1200 cargo build --release --workspace
 step "unit, property and integration tests" 1200 cargo test --workspace --release
 step "feature: proto without self-tests" 900 cargo test -p ferroguard-proto --release --no-default-features --lib
 step "feature: debug checks alone" 900 cargo test -p ferroguard-proto --release --no-default-features --features debug-checks --lib
-step "feature: daemon without self-tests" 900 cargo build -p ferroguard --release --no-default-features
 step "self-tests from the binary" 60 target/release/ferroguard --selftest
+# Built apart, so that target/release/ferroguard stays the default build.
+step "feature: daemon without self-tests" 900 scripts/check-no-selftest.sh
 if [ "$QUICK" = 0 ]; then
   step "fuzz targets (build, then 20 s each)" 1500 scripts/fuzz.sh 20
   step "network-namespace suite" 2400 tests/netns/run.sh
