@@ -46,7 +46,8 @@ const PROTO_NONE_V6: u8 = 59;
 /// IPv4 with options or fragments never merges; neither does a packet that
 /// would make the super-packet exceed [`MAX_COALESCED_LEN`] or
 /// [`MAX_COALESCED_SEGMENTS`]. Anything else passes through with an
-/// all-zero header.
+/// all-zero header. A super-packet keeps the first segment's headers (IPv4
+/// ID, TCP window), as Linux GRO does.
 #[derive(Debug, Default)]
 pub struct Coalescer {
     udp_gso: bool,
@@ -388,7 +389,8 @@ fn headers_match(item: &Item, head: &[u8], packet: &FlowPacket<'_>) -> bool {
     }
     let tcp = item.ip_header_len;
     let header_end = tcp + item.transport_header_len;
-    let ack_equal = head.get(tcp + 8..tcp + 12) == other.get(tcp + 8..tcp + 12);
+    // ACK number, then data offset with the reserved/AE bits.
+    let ack_equal = head.get(tcp + 8..tcp + 13) == other.get(tcp + 8..tcp + 13);
     let flags_equal =
         head.get(tcp + TCP_FLAGS_OFFSET).map(|f| f & !TCP_PSH) == Some(packet.tcp_flags & !TCP_PSH);
     let options_equal = head.get(tcp + TCP_MIN_HEADER_LEN..header_end)

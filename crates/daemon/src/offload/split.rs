@@ -86,15 +86,16 @@ impl SegmentBatch {
         self.bufs
             .iter()
             .zip(&self.lens)
-            .map(|(buf, &len)| &buf[HEADROOM..HEADROOM + len])
+            .map(|(buf, &len)| buf.get(HEADROOM..HEADROOM + len).unwrap_or_default())
     }
 
-    /// Segment `index`'s whole buffer and its packet length (the packet is at
-    /// `HEADROOM..HEADROOM + len`). The caller may write around the packet,
-    /// or swap the `Vec` for another one: `split` resizes buffers as needed.
-    pub fn buffer_mut(&mut self, index: usize) -> Option<(&mut Vec<u8>, usize)> {
+    /// Segment `index`'s whole buffer and its packet length: the packet is
+    /// at `HEADROOM..HEADROOM + len`, and at least [`HEADROOM`] bytes before
+    /// and [`TAILROOM`] bytes after it are free for the caller (transport
+    /// header, padding, tag), so it can encrypt in place.
+    pub fn buffer_mut(&mut self, index: usize) -> Option<(&mut [u8], usize)> {
         let len = *self.lens.get(index)?;
-        Some((self.bufs.get_mut(index)?, len))
+        Some((self.bufs.get_mut(index)?.as_mut_slice(), len))
     }
 
     /// Appends a segment of `len` bytes and returns its packet area.

@@ -284,6 +284,30 @@ fn split_places_segments_at_headroom_with_tailroom() {
 }
 
 #[test]
+fn split_keeps_ipv4_options_in_every_segment() {
+    let mut packet = vec![0x47]; // IHL 7: 8 bytes of options
+    let plain = tcp_packet(&Tcp::v4(), &payload(2500, 2));
+    packet.extend_from_slice(&plain[1..20]);
+    packet.extend_from_slice(&[0x94, 0x04, 0, 0, 1, 1, 1, 0]); // router alert, NOPs
+    packet.extend_from_slice(&plain[20..]);
+    let hdr = VirtioNetHdr {
+        csum_start: 28,
+        ..tcp_gso_header(false, 1000, 0)
+    };
+    let mut batch = SegmentBatch::new();
+    assert_eq!(split(&hdr, &packet, &mut batch), Ok(3));
+    for (i, segment) in batch.packets().enumerate() {
+        assert_eq!(&segment[20..28], &packet[20..28], "options of segment {i}");
+        assert!(naive_ipv4_header_ok(segment));
+        assert!(naive_transport_ok(segment));
+        assert_eq!(
+            &segment[48..],
+            &packet[48 + i * 1000..(48 + (i + 1) * 1000).min(packet.len())]
+        );
+    }
+}
+
+#[test]
 fn split_udp_gso_v4_and_v6() {
     for is_v6 in [false, true] {
         let data = payload(5 * 1200 + 1, 9);
@@ -582,6 +606,14 @@ fn coalesce_refuses_differing_headers() {
         |t| t.options = timestamp_option(),
         |t| t.ack += 1,
     ];
+    // The AE (accurate ECN) bit lives next to the data offset.
+    let mut packets = segments(&base, 2, 1000, 0);
+    packets[1][32] |= 0x01;
+    fill_checksums(&mut packets[1], 36);
+    assert_plain(
+        &coalesce(&packets, false),
+        &packets.iter().collect::<Vec<_>>(),
+    );
     for change in variants {
         let mut packets = segments(&base, 1, 1000, 0);
         let mut second = base.clone();
