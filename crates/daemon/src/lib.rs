@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod icmp;
 pub mod logging;
+pub mod offload;
 pub mod runtime;
 pub mod selftest;
 pub mod sys;
