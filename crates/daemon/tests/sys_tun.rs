@@ -303,7 +303,7 @@ fn read_vnet_until(
             break;
         }
         let n = tun.read(&mut buf).expect("read from TUN");
-        let header = VnetHeader::parse(&buf[..n]).expect("a virtio-net header");
+        let header = VnetHeader::decode(&buf[..n]).expect("a virtio-net header");
         let packet = &buf[VNET_HDR_LEN..n];
         if wanted(&header, packet) {
             accepted.push((header, packet.to_vec()));

@@ -66,83 +66,19 @@ pub const DEFAULT_MTU: u32 = 1420;
 /// The longest interface name: `IFNAMSIZ` minus the terminating NUL.
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 
-/// The length of the virtio-net header ([`VnetHeader`]) that starts every
-/// read and write in header mode.
-pub const VNET_HDR_LEN: usize = 10;
+/// The virtio-net header and its constants live with the code that reads
+/// and writes it ([`crate::offload::virtio`]); re-exported here for callers
+/// of [`Tun::create_with`].
+pub use crate::offload::virtio::{
+    VirtioNetHdr as VnetHeader, VIRTIO_NET_HDR_F_DATA_VALID as VNET_FLAG_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM as VNET_FLAG_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN as VNET_GSO_ECN,
+    VIRTIO_NET_HDR_GSO_NONE as VNET_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4 as VNET_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6 as VNET_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP as VNET_GSO_UDP,
+    VIRTIO_NET_HDR_GSO_UDP_L4 as VNET_GSO_UDP_L4, VIRTIO_NET_HDR_LEN as VNET_HDR_LEN,
+};
 
-/// The largest read in offload mode: a 64 KiB super-packet plus the header.
-/// Smaller read buffers truncate super-packets.
+/// The largest read in header mode: a 64 KiB super-packet and its header.
 pub const MAX_OFFLOAD_READ: usize = 65535 + VNET_HDR_LEN;
-
-/// [`VnetHeader::gso_type`]: not a GSO packet.
-pub const VNET_GSO_NONE: u8 = 0;
-/// [`VnetHeader::gso_type`]: TCP over IPv4, to be cut at `gso_size`.
-pub const VNET_GSO_TCPV4: u8 = 1;
-/// [`VnetHeader::gso_type`]: UDP fragmentation offload (obsolete).
-pub const VNET_GSO_UDP: u8 = 3;
-/// [`VnetHeader::gso_type`]: TCP over IPv6, to be cut at `gso_size`.
-pub const VNET_GSO_TCPV6: u8 = 4;
-/// [`VnetHeader::gso_type`]: UDP datagrams (IPv4 or IPv6) laid end to end,
-/// each `gso_size` bytes of payload.
-pub const VNET_GSO_UDP_L4: u8 = 5;
-/// [`VnetHeader::gso_type`] bit: the TCP segments carry ECN (CWR set).
-pub const VNET_GSO_ECN: u8 = 0x80;
-/// [`VnetHeader::flags`]: the transport checksum is partial; the reader
-/// must complete it (sum from `csum_start`, store at `csum_start +
-/// csum_offset`).
-pub const VNET_FLAG_NEEDS_CSUM: u8 = 1;
-/// [`VnetHeader::flags`]: the checksum is known to be valid.
-pub const VNET_FLAG_DATA_VALID: u8 = 2;
-
-/// The virtio-net header (`struct virtio_net_hdr`) before each packet in
-/// header mode. Its 16-bit fields are in the host's byte order (the
-/// kernel's default for TUN on a little-endian host, and the legacy virtio
-/// rule on any host).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VnetHeader {
-    /// `VNET_FLAG_*` bits.
-    pub flags: u8,
-    /// `VNET_GSO_*`: how the packet is to be segmented.
-    pub gso_type: u8,
-    /// Length of the headers to copy into every segment (a hint the kernel
-    /// may get wrong on forwarded packets; recompute it before use).
-    pub hdr_len: u16,
-    /// Payload bytes per segment.
-    pub gso_size: u16,
-    /// Where checksumming starts, from the start of the IP packet.
-    pub csum_start: u16,
-    /// Where the checksum goes, from `csum_start`.
-    pub csum_offset: u16,
-}
-
-impl VnetHeader {
-    /// The header at the start of `bytes` (`None` if shorter than
-    /// [`VNET_HDR_LEN`]).
-    pub fn parse(bytes: &[u8]) -> Option<VnetHeader> {
-        let bytes: &[u8; VNET_HDR_LEN] = bytes.get(..VNET_HDR_LEN)?.try_into().ok()?;
-        let field = |at: usize| u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
-        Some(VnetHeader {
-            flags: bytes[0],
-            gso_type: bytes[1],
-            hdr_len: field(2),
-            gso_size: field(4),
-            csum_start: field(6),
-            csum_offset: field(8),
-        })
-    }
-
-    /// The header as it goes on the wire.
-    pub fn to_bytes(&self) -> [u8; VNET_HDR_LEN] {
-        let mut bytes = [0u8; VNET_HDR_LEN];
-        bytes[0] = self.flags;
-        bytes[1] = self.gso_type;
-        bytes[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
-        bytes[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
-        bytes[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
-        bytes[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
-        bytes
-    }
-}
 
 /// How [`Tun::create_with`] opens the device.
 #[derive(Clone, Copy, Debug, Default)]
@@ -698,27 +634,6 @@ mod tests {
         };
         let vnet = options.interface_flags() as libc::c_int;
         assert_eq!(vnet, libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR);
-    }
-
-    #[test]
-    fn vnet_header_round_trips() {
-        let header = VnetHeader {
-            flags: VNET_FLAG_NEEDS_CSUM,
-            gso_type: VNET_GSO_TCPV4,
-            hdr_len: 0x0102,
-            gso_size: 1380,
-            csum_start: 20,
-            csum_offset: 16,
-        };
-        let bytes = header.to_bytes();
-        assert_eq!(bytes[0], 1);
-        assert_eq!(bytes[1], 1);
-        assert_eq!(VnetHeader::parse(&bytes), Some(header));
-        let mut longer = bytes.to_vec();
-        longer.extend_from_slice(&[0x45, 0]);
-        assert_eq!(VnetHeader::parse(&longer), Some(header));
-        assert_eq!(VnetHeader::parse(&bytes[..9]), None);
-        assert_eq!(VnetHeader::parse(&[0; 10]), Some(VnetHeader::default()));
     }
 
     #[test]
