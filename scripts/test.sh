@@ -50,6 +50,7 @@ step "feature: daemon without self-tests" 900 scripts/check-no-selftest.sh
 if [ "$QUICK" = 0 ]; then
   step "fuzz targets (build, then 20 s each)" 1500 scripts/fuzz.sh 20
   step "network-namespace suite" 2400 tests/netns/run.sh
+  step "network-namespace suite without TUN offloads (quick)" 900 env FERROGUARD_NO_OFFLOAD=1 tests/netns/run.sh --quick
 else
   step "network-namespace suite (quick)" 900 tests/netns/run.sh --quick
 fi

@@ -19,7 +19,7 @@ use crate::cli::Options;
 use crate::config::ConfigHandler;
 use crate::runtime::{self, Shared};
 use crate::sys::process;
-use crate::sys::tun::Tun;
+use crate::sys::tun::{Tun, TunOptions};
 use crate::sys::udp::{Family, UdpSockets};
 use crate::uapi::{serve_connection, UapiListener};
 
@@ -53,7 +53,7 @@ fn random_seed() -> Result<[u8; 32], SetupError> {
 /// Runs the daemon until it is told to stop. Returns after cleanup.
 pub fn run(options: &Options) -> Result<Stop, SetupError> {
     let name = &options.interface;
-    let tun = Tun::create(name)
+    let tun = create_tun(name)
         .map_err(|e| SetupError(format!("failed to create TUN device '{name}': {e}")))?;
     let listener = UapiListener::bind(name).map_err(|e| {
         SetupError(format!(
@@ -92,6 +92,22 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
     log::info!("shutting down: {stop:?}");
     cleanup(&socket_path, socket_inode);
     Ok(stop)
+}
+
+/// Opens the TUN device with the kernel's offloads (virtio-net header, TSO,
+/// USO), which falls back to a plain device where the kernel refuses them.
+/// `FERROGUARD_NO_OFFLOAD=1` asks for the plain device (tests of that path).
+fn create_tun(name: &str) -> std::io::Result<Tun> {
+    let offloads = std::env::var("FERROGUARD_NO_OFFLOAD").as_deref() != Ok("1");
+    let tun = Tun::create_with(
+        name,
+        TunOptions {
+            vnet_hdr: offloads,
+            offloads,
+        },
+    )?;
+    log::debug!("TUN offloads: {:?}", tun.offloads());
+    Ok(tun)
 }
 
 fn spawn_threads(shared: &Arc<Shared>, listener: UapiListener, stop: mpsc::Sender<Stop>) {

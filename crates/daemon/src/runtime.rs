@@ -23,6 +23,10 @@ use ferroguard_proto::device::{Device, Event, Now, ReceiveOutcome, SendOutcome, 
 use ferroguard_proto::peer::{Endpoint, LocalAddr, PeerId};
 
 use crate::icmp;
+use crate::offload::virtio::{
+    VirtioNetHdr, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_LEN as VNET_HDR_LEN,
+};
+use crate::offload::{self, Coalescer, SegmentBatch};
 use crate::sys::tun::Tun;
 use crate::sys::udp::{Family, LocalSource, RecvMeta, SendError, UdpSockets};
 use crate::sys::EventFd;
@@ -320,10 +324,12 @@ impl TxBatch {
     }
 }
 
-/// Reads the TUN device forever: route, encrypt, send. Returns when the
-/// interface is gone.
+/// Reads the TUN device forever: split super-packets, route, encrypt, send.
+/// Returns when the interface is gone.
 pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
-    let mut read_buf = vec![0u8; MAX_PACKET + crate::sys::tun::VNET_HDR_LEN];
+    let header_len = shared.tun().header_len();
+    let mut read_buf = vec![0u8; MAX_PACKET + VNET_HDR_LEN];
+    let mut segments = SegmentBatch::new();
     let mut tx = TxBatch::new();
     loop {
         let n = match shared.tun().read(&mut read_buf) {
@@ -331,8 +337,29 @@ pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return e,
         };
-        let packet = &read_buf[..n];
-        encrypt_and_send(&shared, &[packet], &mut tx);
+        let read = &read_buf[..n];
+        if header_len == 0 {
+            encrypt_and_send(&shared, &[read], &mut tx);
+            continue;
+        }
+        let Ok(header) = VirtioNetHdr::decode(read) else {
+            continue;
+        };
+        let packet = &read[VNET_HDR_LEN..];
+        if header.gso_type == VIRTIO_NET_HDR_GSO_NONE && !header.needs_csum() {
+            encrypt_and_send(&shared, &[packet], &mut tx);
+            continue;
+        }
+        match offload::split(&header, packet, &mut segments) {
+            Ok(_) => {
+                let packets: Vec<&[u8]> = segments.packets().collect();
+                encrypt_and_send(&shared, &packets, &mut tx);
+            }
+            Err(e) => log::trace!(
+                "dropped a {}-byte super-packet from the TUN: {e}",
+                packet.len()
+            ),
+        }
     }
 }
 
@@ -389,6 +416,8 @@ pub fn udp_loop(shared: Arc<Shared>, family: Family) {
     let waker = &shared.receiver_wakers[family as usize];
     let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
     let mut meta = vec![RecvMeta::default(); RECV_BATCH];
+    let offloads = shared.tun().offloads();
+    let mut coalescer = offloads.vnet_hdr.then(|| Coalescer::new(offloads.uso));
     loop {
         let sockets = shared.sockets();
         let (v4, v6) = sockets.raw_fds();
@@ -413,14 +442,19 @@ pub fn udp_loop(shared: Arc<Shared>, family: Family) {
             Ok(n) => n,
             Err(_) => continue,
         };
-        handle_batch(&shared, &mut bufs[..n], &meta[..n]);
+        handle_batch(&shared, &mut bufs[..n], &meta[..n], coalescer.as_mut());
     }
 }
 
 /// Decrypts a batch of received buffers in place, each holding one datagram
 /// or, with UDP GRO, several of `segment_size` bytes back to back; then
 /// writes the packets to the tunnel and sends any answers.
-fn handle_batch(shared: &Shared, bufs: &mut [Vec<u8>], meta: &[RecvMeta]) {
+fn handle_batch(
+    shared: &Shared,
+    bufs: &mut [Vec<u8>],
+    meta: &[RecvMeta],
+    coalescer: Option<&mut Coalescer>,
+) {
     // (buffer, offset of the IP packet, its length)
     let mut deliveries = Vec::with_capacity(bufs.len());
     let pending = {
@@ -454,10 +488,37 @@ fn handle_batch(shared: &Shared, bufs: &mut [Vec<u8>], meta: &[RecvMeta]) {
         shared.after_engine_change(&mut engine);
         pending
     };
-    for (i, start, len) in deliveries {
-        let _ = shared.tun().write_packet(&bufs[i][start..start + len]);
-    }
+    write_to_tun(shared, coalescer, bufs, &deliveries);
     shared.send_all(pending);
+}
+
+/// Writes decrypted packets to the TUN: coalesced into super-packets when
+/// the device takes virtio-net headers (GRO), else one by one.
+fn write_to_tun(
+    shared: &Shared,
+    coalescer: Option<&mut Coalescer>,
+    bufs: &[Vec<u8>],
+    deliveries: &[(usize, usize, usize)],
+) {
+    let packets = deliveries
+        .iter()
+        .map(|&(i, start, len)| &bufs[i][start..start + len]);
+    match coalescer {
+        Some(coalescer) => {
+            coalescer.clear();
+            for packet in packets {
+                coalescer.push(packet);
+            }
+            for framed in coalescer.finish() {
+                let _ = shared.tun().write(framed);
+            }
+        }
+        None => {
+            for packet in packets {
+                let _ = shared.tun().write_packet(packet);
+            }
+        }
+    }
 }
 
 /// IPv4-mapped IPv6 sources are stored as IPv4, so one peer has one form.
