@@ -17,6 +17,10 @@
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
+for extra in "$HERE"/scenarios/*.sh; do
+	# shellcheck source=/dev/null
+	[[ -e $extra ]] && source "$extra"
+done
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers used by several scenarios

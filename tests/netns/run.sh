@@ -26,6 +26,11 @@ source "$HERE/lib.sh"
 # Cheap and most important first.
 ALL_SCENARIOS=(counters lifetime traffic roaming crypto_rp uapi keys key_change low_order nat_keepalive
 	policy_routing icmp_unreachable sticky reply_to_sender route_change wg_over_wg big_mtu split_responses)
+# More scenarios, one concern per file: tests/netns/scenarios/NAME.sh defines
+# scenario_NAME (and may set SINGLE_SCENARIOS_EXTRA for one-daemon ones).
+for extra in "$(dirname "${BASH_SOURCE[0]}")"/scenarios/*.sh; do
+	[[ -e $extra ]] && ALL_SCENARIOS+=("$(basename "$extra" .sh)")
+done
 QUICK_SCENARIOS=(traffic counters roaming crypto_rp lifetime)
 # Scenarios that test one daemon at a time (each implementation once per run, not once per pair).
 SINGLE_SCENARIOS=" lifetime uapi keys low_order split_responses "
