@@ -129,6 +129,11 @@ fn spawn_threads(shared: &Arc<Shared>, listener: UapiListener, stop: mpsc::Sende
     }
     let s = shared.clone();
     thread::Builder::new()
+        .name("handshakes".into())
+        .spawn(move || runtime::handshake_loop(s))
+        .expect("spawn handshake thread");
+    let s = shared.clone();
+    thread::Builder::new()
         .name("timers".into())
         .spawn(move || runtime::timer_loop(s))
         .expect("spawn timer thread");

@@ -15,7 +15,8 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -55,8 +56,45 @@ pub struct Shared {
     /// One wake-up per receiver thread, notified when the sockets change.
     receiver_wakers: [EventFd; 2],
     timer: TimerKick,
+    handshakes: HandshakeQueue,
     /// Serialises rebinds so two configuration changes cannot interleave.
     rebind_lock: Mutex<()>,
+}
+
+/// Handshake messages wait here for the handshake thread, so that a flood
+/// of them costs the data path one copy each and never a Diffie-Hellman.
+/// Bounded: when full, new handshake messages are dropped (the sender
+/// retries after REKEY_TIMEOUT); its length is the backlog that switches the
+/// engine to cookie replies ("under load"), as the kernel's queue does.
+struct HandshakeQueue {
+    sender: SyncSender<(Endpoint, Vec<u8>)>,
+    receiver: Mutex<Option<Receiver<(Endpoint, Vec<u8>)>>>,
+    len: AtomicUsize,
+}
+
+/// Handshake messages queued at most (the kernel allows 4096; wireguard-go 1024).
+const HANDSHAKE_QUEUE: usize = 1024;
+
+impl HandshakeQueue {
+    fn new() -> Self {
+        let (sender, receiver) = sync_channel(HANDSHAKE_QUEUE);
+        HandshakeQueue {
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queues a copy of a handshake datagram; false if the queue is full.
+    fn push(&self, from: Endpoint, datagram: &[u8]) -> bool {
+        match self.sender.try_send((from, datagram.to_vec())) {
+            Ok(()) => {
+                self.len.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
 }
 
 /// Lets other threads wake the timer thread when a deadline moved earlier.
@@ -97,6 +135,7 @@ impl Shared {
                 lock: Mutex::new(false),
                 cond: Condvar::new(),
             },
+            handshakes: HandshakeQueue::new(),
             rebind_lock: Mutex::new(()),
         }))
     }
@@ -474,7 +513,15 @@ fn handle_batch(
             let mut offset = 0;
             while offset < len {
                 let end = (offset + step).min(len);
-                match engine.device.receive(now, endpoint, &mut buf[offset..end]) {
+                let datagram = &mut buf[offset..end];
+                if is_handshake(datagram) {
+                    if !shared.handshakes.push(endpoint, datagram) {
+                        log::trace!("handshake queue full: dropped a message from {src}");
+                    }
+                    offset = end;
+                    continue;
+                }
+                match engine.device.receive(now, endpoint, datagram) {
                     ReceiveOutcome::Deliver { len, .. } => deliveries.push((i, offset + 16, len)),
                     ReceiveOutcome::Dropped(reason) => {
                         log::trace!("dropped a datagram from {}: {}", src, reason.name())
@@ -518,6 +565,50 @@ fn write_to_tun(
                 let _ = shared.tun().write_packet(packet);
             }
         }
+    }
+}
+
+/// Initiations, responses and cookie replies (types 1–3): the messages
+/// that go to the handshake thread.
+fn is_handshake(datagram: &[u8]) -> bool {
+    matches!(datagram.first(), Some(1..=3))
+}
+
+/// Processes queued handshake messages forever, telling the engine the
+/// backlog so that it switches to cookie replies under load.
+pub fn handshake_loop(shared: Arc<Shared>) {
+    let receiver = shared
+        .handshakes
+        .receiver
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let Some(receiver) = receiver else {
+        return; // only one handshake thread
+    };
+    while let Ok((from, mut datagram)) = receiver.recv() {
+        let backlog = shared
+            .handshakes
+            .len
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        let pending = {
+            let mut engine = shared.engine();
+            engine.device.set_handshake_backlog(backlog);
+            if let ReceiveOutcome::Dropped(reason) =
+                engine.device.receive(Now::system(), from, &mut datagram)
+            {
+                log::trace!(
+                    "dropped a handshake message from {}: {}",
+                    from.addr,
+                    reason.name()
+                );
+            }
+            let pending = drain(&mut engine.device);
+            shared.after_engine_change(&mut engine);
+            pending
+        };
+        shared.send_all(pending);
     }
 }
 
