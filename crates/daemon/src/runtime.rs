@@ -225,26 +225,7 @@ impl Shared {
         endpoint: Endpoint,
         peer: Option<PeerId>,
     ) {
-        let source = endpoint.local.map(|l| LocalSource {
-            addr: l.ip,
-            ifindex: l.ifindex,
-        });
-        match sockets.send_to(data, endpoint.addr, source.as_ref()) {
-            Ok(()) => {}
-            Err(SendError::SourceUnusable(e)) => {
-                // "Sticky but not too sticky": forget the source and retry.
-                log::debug!("source {:?} unusable ({e}); retrying without it", source);
-                if let Some(peer) = peer {
-                    self.engine().device.clear_sticky_source(peer);
-                }
-                if let Err(SendError::Other(e) | SendError::SourceUnusable(e)) =
-                    sockets.send_to(data, endpoint.addr, None)
-                {
-                    log::debug!("send to {} failed: {e}", endpoint.addr);
-                }
-            }
-            Err(SendError::Other(e)) => log::debug!("send to {} failed: {e}", endpoint.addr),
-        }
+        self.send_run(sockets, data, data.len().max(1), endpoint, peer);
     }
 }
 

@@ -119,6 +119,18 @@ impl Net {
         outcome
     }
 
+    /// Encrypts a `len`-byte packet from A to B over the existing session
+    /// without delivering it: the transport message, for tests to tamper with.
+    fn seal_a_to_b(&mut self, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len + 64];
+        let outcome = self.a.send(self.now, &ipv4(A_TUN, B_TUN, len), &mut out);
+        let SendOutcome::Sent { len, .. } = outcome else {
+            panic!("a session was expected, got {outcome:?}")
+        };
+        out.truncate(len);
+        out
+    }
+
     fn ping_a_to_b(&mut self, len: usize) -> SendOutcome {
         self.send(true, &ipv4(A_TUN, B_TUN, len))
     }
@@ -239,12 +251,8 @@ fn every_replayed_message_is_rejected() {
 fn tampered_datagrams_are_dropped_and_change_nothing() {
     let mut net = Net::new([0; 32]);
     net.ping_a_to_b(100);
-    let mut out = vec![0u8; 200];
     let now = net.now;
-    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 100), &mut out) else {
-        panic!("session expected")
-    };
-    let good = out[..len].to_vec();
+    let good = net.seal_a_to_b(100);
     for i in 0..good.len() {
         let mut bad = good.clone();
         bad[i] ^= 0x04;
@@ -272,11 +280,9 @@ fn tampered_datagrams_are_dropped_and_change_nothing() {
 fn roaming_follows_the_latest_authenticated_packet() {
     let mut net = Net::new([0; 32]);
     net.ping_a_to_b(84);
-    let mut out = vec![0u8; 200];
     let now = net.now;
-    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 84), &mut out) else {
-        panic!()
-    };
+    let mut out = net.seal_a_to_b(84);
+    let len = out.len();
     let roamed = sock("198.51.100.7:4000");
     let outcome = net.b.receive(now, Endpoint::from(roamed), &mut out[..len]);
     assert!(matches!(outcome, ReceiveOutcome::Deliver { .. }));
@@ -405,11 +411,9 @@ fn rekey_after_messages() {
 fn expired_keys_are_refused() {
     let mut net = Net::new([0; 32]);
     net.ping_a_to_b(84);
-    let mut out = vec![0u8; 200];
     let now = net.now;
-    let SendOutcome::Sent { len, .. } = net.a.send(now, &ipv4(A_TUN, B_TUN, 84), &mut out) else {
-        panic!()
-    };
+    let mut out = net.seal_a_to_b(84);
+    let len = out.len();
     let later = now.advance(REJECT_AFTER_TIME);
     let outcome = net
         .b
