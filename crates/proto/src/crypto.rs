@@ -79,8 +79,14 @@ impl core::fmt::Debug for PublicKey {
 }
 
 /// A Curve25519 private key, clamped on construction, wiped on drop.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct SecretKey([u8; KEY_LEN]);
+///
+/// The key is also kept parsed by aws-lc-rs: parsing an X25519 key computes
+/// its public key (a scalar multiplication), so re-parsing it for every
+/// Diffie-Hellman would cost a third more per handshake.
+pub struct SecretKey {
+    bytes: [u8; KEY_LEN],
+    parsed: agreement::PrivateKey,
+}
 
 impl SecretKey {
     /// Takes raw bytes and clamps them as X25519 does
@@ -88,7 +94,10 @@ impl SecretKey {
     pub fn from_bytes(mut bytes: [u8; KEY_LEN]) -> Self {
         bytes[0] &= 248;
         bytes[31] = (bytes[31] & 127) | 64;
-        let key = SecretKey(bytes);
+        // Infallible for 32 bytes; a failure would be a bug in aws-lc-rs.
+        let parsed = agreement::PrivateKey::from_private_key(&X25519, &bytes)
+            .expect("X25519 accepts every 32-byte private key");
+        let key = SecretKey { bytes, parsed };
         bytes.zeroize();
         key
     }
@@ -102,19 +111,13 @@ impl SecretKey {
 
     /// The clamped key bytes (for the configuration API only).
     pub fn to_bytes(&self) -> Zeroizing<[u8; KEY_LEN]> {
-        Zeroizing::new(self.0)
-    }
-
-    fn to_aws(&self) -> agreement::PrivateKey {
-        // Infallible for 32 bytes; a failure would be a bug in aws-lc-rs.
-        agreement::PrivateKey::from_private_key(&X25519, &self.0)
-            .expect("X25519 accepts every 32-byte private key")
+        Zeroizing::new(self.bytes)
     }
 
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
         let public = self
-            .to_aws()
+            .parsed
             .compute_public_key()
             .expect("X25519 public key computation cannot fail");
         let mut out = [0u8; KEY_LEN];
@@ -126,7 +129,7 @@ impl SecretKey {
     /// WireGuard requires before anything derived from it is sent.
     pub fn dh(&self, peer: &PublicKey) -> Result<SharedSecret, CryptoError> {
         let result = agreement::agree(
-            &self.to_aws(),
+            &self.parsed,
             UnparsedPublicKey::new(&X25519, peer.0),
             CryptoError::LowOrderPoint,
             |shared| {
@@ -144,9 +147,24 @@ impl SecretKey {
     }
 }
 
+impl Clone for SecretKey {
+    fn clone(&self) -> Self {
+        SecretKey::from_bytes(self.bytes)
+    }
+}
+
+impl Drop for SecretKey {
+    /// Wipes our copy; aws-lc-rs frees (and so cleanses) its parsed copy.
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for SecretKey {}
+
 impl PartialEq for SecretKey {
     fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        self.bytes.ct_eq(&other.bytes).into()
     }
 }
 
