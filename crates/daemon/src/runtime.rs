@@ -67,10 +67,14 @@ pub struct Shared {
 /// retries after REKEY_TIMEOUT); its length is the backlog that switches the
 /// engine to cookie replies ("under load"), as the kernel's queue does.
 struct HandshakeQueue {
-    sender: SyncSender<(Endpoint, Vec<u8>)>,
-    receiver: Mutex<Option<Receiver<(Endpoint, Vec<u8>)>>>,
+    sender: SyncSender<QueuedHandshake>,
+    /// Taken by the one handshake thread.
+    receiver: Mutex<Option<Receiver<QueuedHandshake>>>,
     len: AtomicUsize,
 }
+
+/// A handshake datagram and where it came from.
+type QueuedHandshake = (Endpoint, Vec<u8>);
 
 /// Handshake messages queued at most (the kernel allows 4096; wireguard-go 1024).
 const HANDSHAKE_QUEUE: usize = 1024;
