@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Ferroguard's whole test suite: what CI runs (.ci/run calls this after
-# installing packages). Run as root: the platform tests create TUN devices,
-# and the network-namespace suite creates namespaces, veths and tunnels.
+# Ferroguard's whole test suite: what CI runs (.ci/run calls this). Run as
+# root: the platform tests create TUN devices, and the network-namespace
+# suite creates namespaces, veths and tunnels. Installs the Debian packages
+# and cargo-fuzz it needs first (scripts/install-test-deps.sh).
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --quick    unit/property tests and the quick netns set
@@ -39,6 +40,8 @@ step() {
 }
 
 export CARGO_TERM_COLOR=never
+[ "$(id -u)" = 0 ] || { echo "test.sh: run as root (TUN devices, network namespaces)" >&2; exit 1; }
+scripts/install-test-deps.sh
 step "format" 120 cargo fmt --all -- --check
 step "build (release)" 1200 cargo build --release --workspace
 step "unit, property and integration tests" 1200 cargo test --workspace --release

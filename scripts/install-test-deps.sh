@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a Debian machine (root): the tools the
+# namespace suite drives and cargo-fuzz. Does nothing for what is present.
+set -euo pipefail
+need=()
+for tool in ip:iproute2 ping:iputils-ping iperf3:iperf3 nft:nftables wg:wireguard-tools \
+  wireguard-go:wireguard-go setpriv:util-linux pkill:procps python3:python3; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # --no-install-recommends: wireguard-tools would otherwise pull in a kernel image.
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz --quiet
