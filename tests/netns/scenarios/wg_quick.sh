@@ -109,6 +109,13 @@ wgq_log_ok() {
 	return 0
 }
 
+# wgq_syncconf NS IFNAME CONF: the ExecReload of wg-quick@.service, inside NS.
+wgq_syncconf() {
+	fgt_log "$1: wg syncconf $2 <(wg-quick strip $3)"
+	timeout --foreground 20 ip netns exec "$1" bash -c 'wg syncconf "$1" <(wg-quick strip "$2")' _ "$2" "$3" \
+		>>"$FGT_LOGDIR/daemon-wgquick-$2.log" 2>&1
+}
+
 # wgq_daemon_pid NS IMPL: the pid of the (single) process in NS running IMPL.
 wgq_daemon_pid() {
 	local pid exe want found=()
@@ -245,6 +252,13 @@ wgq_case_plain() {
 	check "wg-quick: wg show in ns2 after traffic (endpoint may have roamed to v4)" wgq_wg_show "$NS2" "$IF2" "$pub1" \
 		$WGQ_PORT2 "[fd99::1]:$WGQ_PORT1|10.0.0.1:$WGQ_PORT1" "192.168.241.1/32 fd00::1/128"
 	check "wg-quick: handshake recorded in ns1" wgq_handshake_done "$NS1" "$IF1"
+	# What "systemctl reload wg-quick@IF" does: wg syncconf with the stripped file, tunnel kept.
+	must wgq_write_conf "$conf1" "$key1" "192.168.241.1/24, fd00::1/112" $WGQ_PORT1 \
+		"$pub2" "10.0.0.2:$WGQ_PORT2" "192.168.241.2/32, fd00::2/128, 10.77.0.0/16"
+	check "wg-quick: reload (wg syncconf of wg-quick strip) in ns1" wgq_syncconf "$NS1" "$IF1" "$conf1"
+	check "wg-quick: reload adds the new allowed IPs" equals allowed-ips \
+		"$(wgq_field "$NS1" "$IF1" allowed-ips)" "$pub2"$'\t'"192.168.241.2/32 fd00::2/128 10.77.0.0/16"
+	check "wg-quick: tunnel still up after the reload" ping_all "$NS1" 192.168.241.2 10
 
 	check "wg-quick: down in ns1" wgq_run "$NS1" "$impl1" down "$conf1"
 	check "wg-quick: down in ns1 removes the interface and socket, the daemon exits" \
