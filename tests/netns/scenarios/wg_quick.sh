@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154 # key1..key4, pub1..pub4 and psk are set by make_keys (lib.sh)
 # Scenario wg_quick: the implementation driven by wg-quick(8), as users run it.
 #
 # wg-quick first tries "ip link add IFNAME type wireguard", which fails without the kernel module, and then
@@ -112,6 +113,7 @@ wgq_log_ok() {
 # wgq_syncconf NS IFNAME CONF: the ExecReload of wg-quick@.service, inside NS.
 wgq_syncconf() {
 	fgt_log "$1: wg syncconf $2 <(wg-quick strip $3)"
+	# shellcheck disable=SC2016 # expanded by the inner bash
 	timeout --foreground 20 ip netns exec "$1" bash -c 'wg syncconf "$1" <(wg-quick strip "$2")' _ "$2" "$3" \
 		>>"$FGT_LOGDIR/daemon-wgquick-$2.log" 2>&1
 }
