@@ -57,6 +57,7 @@ pub struct Shared {
     receiver_wakers: [EventFd; 2],
     timer: TimerKick,
     handshakes: HandshakeQueue,
+    tun_reader: Mutex<TunReader>,
     /// Serialises rebinds so two configuration changes cannot interleave.
     rebind_lock: Mutex<()>,
 }
@@ -140,6 +141,7 @@ impl Shared {
                 cond: Condvar::new(),
             },
             handshakes: HandshakeQueue::new(),
+            tun_reader: Mutex::new(TunReader::new()),
             rebind_lock: Mutex::new(()),
         }))
     }
@@ -348,22 +350,46 @@ impl TxBatch {
     }
 }
 
-/// Reads the TUN device forever: split super-packets, route, encrypt, send.
-/// Returns when the interface is gone.
-pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
+/// What reading the TUN device needs: the read buffer, the segments of a
+/// split super-packet and the batch of encrypted datagrams. Behind one
+/// mutex, so that whichever thread holds it reads, encrypts and sends in
+/// order: the TUN thread, or a receiving thread that just wrote to the TUN
+/// (the host often answers within that write, and taking the answer at once
+/// saves a thread wake-up on the round trip).
+pub struct TunReader {
+    read_buf: Vec<u8>,
+    segments: SegmentBatch,
+    tx: TxBatch,
+}
+
+impl TunReader {
+    fn new() -> Self {
+        TunReader {
+            read_buf: vec![0u8; MAX_PACKET + VNET_HDR_LEN],
+            segments: SegmentBatch::new(),
+            tx: TxBatch::new(),
+        }
+    }
+}
+
+/// Reads queued packets from the (non-blocking) TUN device, at most `limit`
+/// reads: split super-packets, route, encrypt, send. Returns the error that
+/// ended it, `WouldBlock` once the queue is empty.
+fn drain_tun(shared: &Shared, reader: &mut TunReader, limit: usize) -> std::io::Error {
     let header_len = shared.tun().header_len();
-    let mut read_buf = vec![0u8; MAX_PACKET + VNET_HDR_LEN];
-    let mut segments = SegmentBatch::new();
-    let mut tx = TxBatch::new();
-    loop {
-        let n = match shared.tun().read(&mut read_buf) {
+    let TunReader {
+        read_buf,
+        segments,
+        tx,
+    } = reader;
+    for _ in 0..limit {
+        let n = match shared.tun().read(read_buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return e,
         };
         let read = &read_buf[..n];
         if header_len == 0 {
-            encrypt_and_send(&shared, &[read], &mut tx);
+            encrypt_and_send(shared, &[read], tx);
             continue;
         }
         let Ok(header) = VirtioNetHdr::decode(read) else {
@@ -371,18 +397,43 @@ pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
         };
         let packet = &read[VNET_HDR_LEN..];
         if header.gso_type == VIRTIO_NET_HDR_GSO_NONE && !header.needs_csum() {
-            encrypt_and_send(&shared, &[packet], &mut tx);
+            encrypt_and_send(shared, &[packet], tx);
             continue;
         }
-        match offload::split(&header, packet, &mut segments) {
+        match offload::split(&header, packet, segments) {
             Ok(_) => {
                 let packets: Vec<&[u8]> = segments.packets().collect();
-                encrypt_and_send(&shared, &packets, &mut tx);
+                encrypt_and_send(shared, &packets, tx);
             }
             Err(e) => log::trace!(
                 "dropped a {}-byte super-packet from the TUN: {e}",
                 packet.len()
             ),
+        }
+    }
+    std::io::ErrorKind::WouldBlock.into()
+}
+
+/// Waits for the TUN device and drains it, forever. Returns when the
+/// interface is gone.
+pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
+    if let Err(e) = shared.tun().set_nonblocking(true) {
+        return e;
+    }
+    let fd = shared.tun().as_raw_fd();
+    loop {
+        if let Err(e) = crate::sys::poll_readable(&[fd], None) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return e;
+            }
+        }
+        let mut reader = shared.tun_reader.lock().unwrap_or_else(|e| e.into_inner());
+        let error = drain_tun(&shared, &mut reader, usize::MAX);
+        if !matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        ) {
+            return error;
         }
     }
 }
@@ -520,9 +571,20 @@ fn handle_batch(
         shared.after_engine_change(&mut engine);
         pending
     };
+    let wrote = !deliveries.is_empty();
     write_to_tun(shared, coalescer, bufs, &deliveries);
     shared.send_all(pending);
+    if wrote {
+        // The host may have answered within the write: send the answer now
+        // rather than waking the TUN thread (unless it is already at it).
+        if let Ok(mut reader) = shared.tun_reader.try_lock() {
+            let _ = drain_tun(shared, &mut reader, OPPORTUNISTIC_TUN_READS);
+        }
+    }
 }
+
+/// Reads a receiving thread may take from the TUN after writing to it.
+const OPPORTUNISTIC_TUN_READS: usize = 8;
 
 /// Writes decrypted packets to the TUN: coalesced into super-packets when
 /// the device takes virtio-net headers (GRO), else one by one.

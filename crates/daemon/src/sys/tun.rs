@@ -237,6 +237,22 @@ impl Tun {
         &self.name
     }
 
+    /// Makes reads return `WouldBlock` instead of waiting (for callers that
+    /// poll the descriptor and let several threads drain it).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own, with integer arguments.
+        let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+        let flags = if nonblocking {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        // SAFETY: as above.
+        check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) })?;
+        Ok(())
+    }
+
     /// Reads one IP packet, blocking until one is queued. A packet longer
     /// than `buf` is truncated. Interrupted reads are retried.
     ///
