@@ -16,6 +16,8 @@
     hostile.py uapi-case SOCKET PEER_HEX INDEX
         Sends case INDEX (from 0) on its own connection; prints "ok DETAIL" (answered errno=-N, or the
         connection was closed) or "bad DETAIL".
+    hostile.py stall SOCKET silent|trickle SECONDS READYFILE
+        Holds a connection open for SECONDS with an unfinished request, silent or sending a byte every 2 s.
     hostile.py connect SOCKET
         Connects to a UNIX socket; prints "connected" or the error's errno name. Exit 0 only if connected.
 """
@@ -268,6 +270,26 @@ def uapi_case(path, peer_hex, index):
     return False
 
 
+def stall(path, mode, seconds, ready):
+    """Holds a configuration connection open for `seconds` with an unfinished request: "silent" sends
+    nothing more after it, "trickle" sends one more byte of its never-ending line every 2 s."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    # An unfinished line that changes nothing even where a request cut short is applied (wireguard-go).
+    sock.sendall(b"set=1\nstalled_")
+    open(ready, "w").close()
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(min(2, max(0, deadline - time.monotonic())))
+            if mode == "trickle":
+                sock.sendall(b"x")
+    except OSError as err:
+        print("%s: cut off: %s" % (mode, err))
+        return
+    print("%s: held for %g s" % (mode, seconds))
+
+
 def connect(path):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(2)
@@ -293,6 +315,8 @@ def main(argv):
             print(name)
     elif command == "uapi-case":
         return 0 if uapi_case(argv[2], argv[3], int(argv[4])) else 1
+    elif command == "stall":
+        stall(argv[2], argv[3], float(argv[4]), argv[5])
     elif command == "connect":
         return 0 if connect(argv[2]) else 1
     else:

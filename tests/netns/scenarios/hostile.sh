@@ -239,6 +239,8 @@ hostile_supported() {
 	case "$(impl_kind 1):$1" in
 	wireguard-go:socket_mode_0600)
 		reason="wireguard-go leaves its socket at mode 0700 (still owner-only, checked above)" ;;
+	wireguard-go:stall_timeout)
+		reason="wireguard-go has no read timeout on its configuration socket" ;;
 	wireguard-go:atomic_set)
 		reason="wireguard-go applies the lines of a set request as it reads them, before an invalid line or EOF" ;;
 	esac
@@ -273,8 +275,42 @@ hostile_uapi_corpus() {
 		((index++))
 	done < <(python3 "$HOSTILE_PY" uapi-names)
 	check "hostile: the corpus has its 18 cases" test "$index" -eq 18
+	hostile_stalled_clients
 	check "hostile: wg show still answers after the corpus" eval 'wg show "$IF1" >/dev/null'
 	check "hostile: the daemon still runs after the corpus" pid_running "${FGT_DAEMON_PID[$IF1]}"
+}
+
+# hostile_beside_stalled_client MODE SECONDS: how long wg show takes (ms, into HOSTILE_ELAPSED) while another
+# client holds a connection with an unfinished request for SECONDS (MODE: silent or trickle, see hostile.py).
+hostile_beside_stalled_client() {
+	local mode=$1 seconds=$2 ready pid i start out
+	ready=$(mktemp -u "$FGT_LOGDIR/stall-ready-XXXXXX")
+	timeout --foreground $((seconds + 10)) python3 "$HOSTILE_PY" stall "$(sock_path "$IF1")" "$mode" "$seconds" \
+		"$ready" >"$FGT_LOGDIR/stall-$mode.out" 2>&1 &
+	pid=$!
+	FGT_PIDS+=("$pid")
+	for ((i = 0; i < 100; i++)); do [[ -e $ready ]] && break; sleep 0.05; done
+	sleep 0.5
+	start=$(date +%s%N)
+	out=$(timeout --foreground $((seconds + 10)) wg show "$IF1" listen-port 2>&1)
+	HOSTILE_ELAPSED=$((($(date +%s%N) - start) / 1000000))
+	[[ -e $ready && $out =~ ^[0-9]+$ ]] || HOSTILE_ELAPSED=unanswered
+	wait_pid_exit "$pid" $((seconds + 5)) || kill_pids "$pid"
+	wait "$pid" 2>/dev/null
+	note "wg show beside a $mode client: $HOSTILE_ELAPSED ms; the client: $(<"$FGT_LOGDIR/stall-$mode.out")"
+}
+
+# hostile_stalled_clients: a client that stops in the middle of a request is cut off after Ferroguard's
+# 10 s read timeout, so configuration goes on. A client that trickles a byte every 2 s is not cut off
+# (the timeout is per read): measured, not checked (wireguard-go blocks the same way, and only root can
+# connect).
+hostile_stalled_clients() {
+	if hostile_supported stall_timeout "hostile: wg show answers within 12 s beside a client silent mid-request"; then
+		hostile_beside_stalled_client silent 12
+		check "hostile: wg show answers within 12 s beside a client silent mid-request" \
+			eval '[[ $HOSTILE_ELAPSED =~ ^[0-9]+$ ]] && ((HOSTILE_ELAPSED < 12000))'
+	fi
+	hostile_beside_stalled_client trickle 8
 }
 
 # hostile_log_level N: the most verbose level implementation N knows (wireguard-go stops at "verbose").
