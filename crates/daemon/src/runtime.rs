@@ -645,11 +645,7 @@ pub fn handshake_loop(shared: Arc<Shared>) {
             if let ReceiveOutcome::Dropped(reason) =
                 engine.device.receive(Now::system(), from, &mut datagram)
             {
-                log::trace!(
-                    "dropped a handshake message from {}: {}",
-                    from.addr,
-                    reason.name()
-                );
+                log::trace!("dropped a datagram from {}: {}", from.addr, reason.name());
             }
             let pending = drain(&mut engine.device);
             shared.after_engine_change(&mut engine);
