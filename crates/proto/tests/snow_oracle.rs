@@ -34,6 +34,25 @@ fn snow_builder<'a>(private: &'a [u8; 32], psk: &'a [u8; 32]) -> snow::Builder<'
         .unwrap()
 }
 
+/// Lets snow write the first handshake message (e, s, payload = TAI64N)
+/// and frames it as a WireGuard initiation (macs left zero).
+fn initiation_from_snow(
+    snow: &mut snow::HandshakeState,
+    payload: &[u8],
+    sender: u32,
+) -> Initiation {
+    let mut msg = [0u8; 108];
+    assert_eq!(snow.write_message(payload, &mut msg).unwrap(), 108);
+    Initiation {
+        sender,
+        ephemeral: msg[..32].try_into().unwrap(),
+        encrypted_static: msg[32..80].try_into().unwrap(),
+        encrypted_timestamp: msg[80..108].try_into().unwrap(),
+        mac1: [0; 16],
+        mac2: [0; 16],
+    }
+}
+
 /// Wraps a snow transport ciphertext (nonce 0) as a WireGuard transport message.
 fn transport_message(receiver: u32, counter: u64, ciphertext: &[u8]) -> Vec<u8> {
     let mut header = [0u8; TRANSPORT_HEADER_LEN];
@@ -74,16 +93,7 @@ fn snow_initiator_against_our_responder() {
         .build_initiator()
         .unwrap();
     let timestamp = Tai64n::from_unix(Duration::from_secs(1_700_000_000));
-    let mut msg = [0u8; 108];
-    assert_eq!(snow_i.write_message(&timestamp.0, &mut msg).unwrap(), 108);
-    let initiation = Initiation {
-        sender: 0xdead_beef,
-        ephemeral: msg[..32].try_into().unwrap(),
-        encrypted_static: msg[32..80].try_into().unwrap(),
-        encrypted_timestamp: msg[80..108].try_into().unwrap(),
-        mac1: [0; 16],
-        mac2: [0; 16],
-    };
+    let initiation = initiation_from_snow(&mut snow_i, &timestamp.0, 0xdead_beef);
     let progress = open_initiation_static(&r_secret, &r_public, &initiation).unwrap();
     assert_eq!(progress.peer_public, i_public);
     let static_static = r_secret.dh(&i_public).unwrap();
@@ -145,16 +155,7 @@ fn snow_with_a_different_psk_does_not_complete() {
         .unwrap()
         .build_initiator()
         .unwrap();
-    let mut msg = [0u8; 108];
-    snow_i.write_message(&[0u8; 12], &mut msg).unwrap();
-    let initiation = Initiation {
-        sender: 1,
-        ephemeral: msg[..32].try_into().unwrap(),
-        encrypted_static: msg[32..80].try_into().unwrap(),
-        encrypted_timestamp: msg[80..108].try_into().unwrap(),
-        mac1: [0; 16],
-        mac2: [0; 16],
-    };
+    let initiation = initiation_from_snow(&mut snow_i, &[0u8; 12], 1);
     let progress = open_initiation_static(&r_secret, &r_public, &initiation).unwrap();
     let ss = r_secret.dh(&progress.peer_public).unwrap();
     let consumed = finish_initiation(progress, &ss, &initiation).unwrap();
