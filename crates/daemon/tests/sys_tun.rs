@@ -104,6 +104,28 @@ fn assert_gone_everywhere(tun: &Tun) {
     assert!(tun.mtu().is_err());
 }
 
+/// Starts one ping (5 s limit) to 192.0.2.2 from inside namespace `ns`.
+fn spawn_ping(ns: &str) -> std::process::Child {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "5",
+            "192.0.2.2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn invalid_names_are_refused_before_any_system_call() {
     for name in ["", ".", "..", "a/b", "has space", "1234567890123456", "a:b"] {
@@ -210,24 +232,7 @@ fn ping_through_tun_moved_into_a_namespace() {
     assert_eq!(namesake.mtu().unwrap(), 1400);
     drop(namesake);
 
-    let mut ping = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "ping",
-            "-n",
-            "-c",
-            "1",
-            "-W",
-            "5",
-            "192.0.2.2",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut ping = spawn_ping(&ns.name);
     let request = read_until(&tun, is_icmp_echo_request);
     let Some(request) = request else {
         let _ = ping.kill();
@@ -515,24 +520,7 @@ fn ping_through_a_header_mode_tun() {
     let ns = TestNetns::create();
     let (tun, _name) = vnet_tun_in(&ns, true);
     for use_write_packet in [false, true] {
-        let mut ping = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                "ping",
-                "-n",
-                "-c",
-                "1",
-                "-W",
-                "5",
-                "192.0.2.2",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut ping = spawn_ping(&ns.name);
         let requests = read_vnet_until(
             &tun,
             |_, packet| is_icmp_echo_request(packet),
