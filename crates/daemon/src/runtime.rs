@@ -13,7 +13,6 @@
 //! threads blocked in `read` need no waking, and closing the TUN descriptor
 //! is what deletes the interface.
 
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -538,7 +537,8 @@ fn handle_batch(
         for (i, (buf, meta)) in bufs.iter_mut().zip(meta).enumerate() {
             let Some(src) = meta.src else { continue };
             let endpoint = Endpoint {
-                addr: normalise(src),
+                // `sys::udp` already reports IPv4-mapped sources as IPv4.
+                addr: src,
                 local: meta.local.map(|l| LocalAddr {
                     ip: l.addr,
                     ifindex: l.ifindex,
@@ -652,17 +652,6 @@ pub fn handshake_loop(shared: Arc<Shared>) {
             pending
         };
         shared.send_all(pending);
-    }
-}
-
-/// IPv4-mapped IPv6 sources are stored as IPv4, so one peer has one form.
-fn normalise(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
     }
 }
 
