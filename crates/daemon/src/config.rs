@@ -18,6 +18,7 @@ use ferroguard_proto::crypto::{PublicKey, SecretKey, SymmetricKey};
 use ferroguard_proto::device::Now;
 use zeroize::Zeroizing;
 
+use crate::clock;
 use crate::runtime::{drain, Shared};
 use crate::uapi::{
     DeviceOp, DeviceSnapshot, Errno, PeerOp, PeerSnapshot, PeerUpdate, SetRequest, UapiHandler,
@@ -148,7 +149,7 @@ impl UapiHandler for ConfigHandler {
         for op in &request.device {
             self.apply_device_op(op)?;
         }
-        let now = Now::system();
+        let now = clock::now();
         for update in &request.peers {
             self.apply_peer_update(update, now);
         }

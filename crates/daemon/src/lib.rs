@@ -1,6 +1,7 @@
 //! The ferroguard daemon as a library: platform code, the configuration API
 //! and the runtime that drives the protocol core. `main.rs` is a thin shell.
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod icmp;

@@ -19,9 +19,10 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use ferroguard_proto::device::{Device, Event, Now, ReceiveOutcome, SendOutcome, Transmit};
+use ferroguard_proto::device::{Device, Event, ReceiveOutcome, SendOutcome, Transmit};
 use ferroguard_proto::peer::{Endpoint, LocalAddr, PeerId};
 
+use crate::clock;
 use crate::icmp;
 use crate::offload::virtio::{
     VirtioNetHdr, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_LEN as VNET_HDR_LEN,
@@ -445,7 +446,7 @@ fn encrypt_and_send(shared: &Shared, packets: &[&[u8]], tx: &mut TxBatch) {
         let mut unreachable = Vec::new();
         let pending = {
             let mut engine = shared.engine();
-            let now = Now::system();
+            let now = clock::now();
             while let Some(packet) = packets.get(next) {
                 let Some(out) = tx.space_for(packet.len()) else {
                     break;
@@ -533,7 +534,7 @@ fn handle_batch(
     let mut deliveries = Vec::with_capacity(bufs.len());
     let pending = {
         let mut engine = shared.engine();
-        let now = Now::system();
+        let now = clock::now();
         for (i, (buf, meta)) in bufs.iter_mut().zip(meta).enumerate() {
             let Some(src) = meta.src else { continue };
             let endpoint = Endpoint {
@@ -643,7 +644,7 @@ pub fn handshake_loop(shared: Arc<Shared>) {
             let mut engine = shared.engine();
             engine.device.set_handshake_backlog(backlog);
             if let ReceiveOutcome::Dropped(reason) =
-                engine.device.receive(Now::system(), from, &mut datagram)
+                engine.device.receive(clock::now(), from, &mut datagram)
             {
                 log::trace!("dropped a datagram from {}: {}", from.addr, reason.name());
             }
@@ -667,7 +668,7 @@ pub fn timer_loop(shared: Arc<Shared>) {
             // Re-check under the lock so a kick between the load and the
             // wait is not lost.
             let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
+                Some(d) => clock::real_deadline(d).saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(3600),
             };
             if !*kicked && !wait.is_zero() {
@@ -681,7 +682,7 @@ pub fn timer_loop(shared: Arc<Shared>) {
         }
         let pending = {
             let mut engine = shared.engine();
-            engine.device.handle_timeout(Now::system());
+            engine.device.handle_timeout(clock::now());
             drain(&mut engine.device)
         };
         shared.send_all(pending);
