@@ -29,14 +29,20 @@ fn device() -> (Device, [u8; 32]) {
     let peer = SecretKey::from_bytes([2; 32]).public_key();
     let id = d.add_peer(peer).unwrap();
     d.set_endpoint(id, "127.0.0.1:2".parse().unwrap());
-    d.add_allowed_ip(id, "10.0.0.0".parse().unwrap(), 8).unwrap();
+    d.add_allowed_ip(id, "10.0.0.0".parse().unwrap(), 8)
+        .unwrap();
     (d, public.0)
 }
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&mode, rest)) = input.split_first() else { return };
+    let Some((&mode, rest)) = input.split_first() else {
+        return;
+    };
     let (mut d, public) = device();
-    let from: Endpoint = "127.0.0.1:2".parse::<std::net::SocketAddr>().unwrap().into();
+    let from: Endpoint = "127.0.0.1:2"
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .into();
     let mut now = base_now();
     for chunk in rest.split(|&b| b == 0xff).take(16) {
         let mut datagram = chunk.to_vec();

@@ -1196,22 +1196,22 @@ mod invariants {
 
 /// A reference model for tests, fuzzing and the self-tests: a list of
 /// prefixes in insertion order, searched linearly, with masks built bit by
-/// bit. Slow and obviously right.
-#[cfg(any(test, feature = "selftest"))]
-pub(crate) mod naive {
+/// bit. Slow and obviously right. Public with the `reference-models` feature
+/// (the fuzz targets compare the trie against it).
+#[cfg(any(test, feature = "selftest", feature = "reference-models"))]
+pub mod naive {
     use super::AllowedIpsError;
-    use std::net::IpAddr;
-    #[cfg(test)]
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     /// A reference implementation with no cleverness: a list of prefixes in
     /// insertion order, searched linearly.
     #[derive(Default)]
-    pub(crate) struct NaiveTable {
+    pub struct NaiveTable {
         /// (is_v6, masked address as an integer, cidr, value), oldest first.
         pub(crate) prefixes: Vec<(bool, u128, u8, u32)>,
     }
 
+    /// (is IPv6, the address as an integer, its width in bits).
     pub(crate) fn naive_parts(addr: IpAddr) -> (bool, u128, u8) {
         match addr {
             IpAddr::V4(addr) => (false, u128::from(u32::from(addr)), 32),
@@ -1238,18 +1238,19 @@ pub(crate) mod naive {
     }
 
     impl NaiveTable {
-        pub(crate) fn key(addr: IpAddr, cidr: u8) -> Option<(bool, u128)> {
+        fn key(addr: IpAddr, cidr: u8) -> Option<(bool, u128)> {
             let (is_v6, bits, width) = naive_parts(addr);
             (cidr <= width).then(|| (is_v6, bits & naive_mask(width, cidr)))
         }
 
-        pub(crate) fn position(&self, is_v6: bool, key: u128, cidr: u8) -> Option<usize> {
+        fn position(&self, is_v6: bool, key: u128, cidr: u8) -> Option<usize> {
             self.prefixes
                 .iter()
                 .position(|&(v6, k, c, _)| v6 == is_v6 && k == key && c == cidr)
         }
 
-        pub(crate) fn insert(
+        /// Like [`AllowedIps::insert`](super::AllowedIps::insert).
+        pub fn insert(
             &mut self,
             addr: IpAddr,
             cidr: u8,
@@ -1266,7 +1267,8 @@ pub(crate) mod naive {
             Ok(())
         }
 
-        pub(crate) fn remove(
+        /// Like [`AllowedIps::remove`](super::AllowedIps::remove).
+        pub fn remove(
             &mut self,
             addr: IpAddr,
             cidr: u8,
@@ -1282,11 +1284,28 @@ pub(crate) mod naive {
             }
         }
 
-        pub(crate) fn remove_by_value(&mut self, value: u32) {
+        /// Like [`AllowedIps::remove_by_value`](super::AllowedIps::remove_by_value).
+        pub fn remove_by_value(&mut self, value: u32) {
             self.prefixes.retain(|&(_, _, _, owner)| owner != value);
         }
 
-        pub(crate) fn lookup(&self, addr: IpAddr) -> Option<u32> {
+        /// Removes every prefix.
+        pub fn clear(&mut self) {
+            self.prefixes.clear();
+        }
+
+        /// The number of prefixes.
+        pub fn len(&self) -> usize {
+            self.prefixes.len()
+        }
+
+        /// True when there is no prefix.
+        pub fn is_empty(&self) -> bool {
+            self.prefixes.is_empty()
+        }
+
+        /// Like [`AllowedIps::lookup`](super::AllowedIps::lookup).
+        pub fn lookup(&self, addr: IpAddr) -> Option<u32> {
             let (is_v6, bits, width) = naive_parts(addr);
             self.prefixes
                 .iter()
@@ -1295,8 +1314,8 @@ pub(crate) mod naive {
                 .map(|&(_, _, _, value)| value)
         }
 
-        #[cfg(test)]
-        pub(crate) fn prefixes_of(&self, value: u32) -> Vec<(IpAddr, u8)> {
+        /// Like [`AllowedIps::prefixes_of`](super::AllowedIps::prefixes_of), oldest first.
+        pub fn prefixes_of(&self, value: u32) -> Vec<(IpAddr, u8)> {
             self.prefixes
                 .iter()
                 .filter(|&&(_, _, _, owner)| owner == value)

@@ -274,9 +274,9 @@ pub(crate) fn run_kernel_selftest() -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use super::model::NaiveWindow;
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeSet;
 
     const REJECT: u64 = REJECT_AFTER_MESSAGES;
 
@@ -419,31 +419,6 @@ mod tests {
         assert!(text.len() < 64, "{text}");
     }
 
-    /// The obvious, slow definition of the window, to compare against.
-    #[derive(Default)]
-    struct NaiveWindow {
-        seen: BTreeSet<u64>,
-        highest: Option<u64>,
-    }
-
-    impl NaiveWindow {
-        fn accepts(&self, counter: u64) -> bool {
-            let too_old = self
-                .highest
-                .is_some_and(|highest| counter < highest && highest - counter > WINDOW_SIZE);
-            counter < REJECT && !too_old && !self.seen.contains(&counter)
-        }
-
-        fn update(&mut self, counter: u64) -> bool {
-            let accepted = self.accepts(counter);
-            if accepted {
-                self.seen.insert(counter);
-                self.highest = self.highest.max(Some(counter));
-            }
-            accepted
-        }
-    }
-
     /// A counter chosen relative to the current highest one, so that runs
     /// exercise the window edges instead of scattering over 2^64.
     #[derive(Debug, Clone)]
@@ -480,12 +455,58 @@ mod tests {
             let mut window = ReplayWindow::new();
             let mut model = NaiveWindow::default();
             for step in &steps {
-                let counter = resolve(step, model.highest);
+                let counter = resolve(step, model.highest());
                 let expected = model.accepts(counter);
                 prop_assert_eq!(window.check(counter), expected, "check {}", counter);
                 prop_assert_eq!(window.update(counter), model.update(counter), "update {}", counter);
-                prop_assert_eq!(window.highest(), model.highest);
+                prop_assert_eq!(window.highest(), model.highest());
             }
+        }
+    }
+}
+
+/// The obvious, slow definition of the window, to compare against: every
+/// accepted counter in a set. Used by the unit tests and, with the
+/// `reference-models` feature, by the fuzz target.
+#[cfg(any(test, feature = "reference-models"))]
+pub mod model {
+    use super::WINDOW_SIZE;
+    use crate::constants::REJECT_AFTER_MESSAGES as REJECT;
+    use std::collections::BTreeSet;
+
+    /// A window that remembers every counter it accepted within reach.
+    #[derive(Default)]
+    pub struct NaiveWindow {
+        seen: BTreeSet<u64>,
+        highest: Option<u64>,
+    }
+
+    impl NaiveWindow {
+        /// The highest counter accepted so far.
+        pub fn highest(&self) -> Option<u64> {
+            self.highest
+        }
+
+        /// Whether `counter` would be accepted now.
+        pub fn accepts(&self, counter: u64) -> bool {
+            let too_old = self
+                .highest
+                .is_some_and(|highest| counter < highest && highest - counter > WINDOW_SIZE);
+            counter < REJECT && !too_old && !self.seen.contains(&counter)
+        }
+
+        /// Accepts `counter` if it is new and within reach, like
+        /// [`ReplayWindow::update`](super::ReplayWindow::update).
+        pub fn update(&mut self, counter: u64) -> bool {
+            let accepted = self.accepts(counter);
+            if accepted {
+                self.seen.insert(counter);
+                let highest = self.highest.map_or(counter, |old| old.max(counter));
+                self.highest = Some(highest);
+                // Forget what can never matter again, to keep the model small.
+                self.seen = self.seen.split_off(&highest.saturating_sub(WINDOW_SIZE));
+            }
+            accepted
         }
     }
 }
