@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine (root): the tools the
-# namespace suite drives and cargo-fuzz. Does nothing for what is present.
+# namespace suite drives, cargo-fuzz and cargo-deny. Does nothing for what is present.
 set -euo pipefail
 need=()
 for tool in ip:iproute2 ping:iputils-ping iperf3:iperf3 nft:nftables wg:wireguard-tools \
@@ -14,3 +14,6 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz --quiet
+# cargo-deny (scripts/deny.sh) from crates.io: one build, 11 min on this 2-core machine while others
+# compiled (3 min of CPU).
+command -v cargo-deny >/dev/null 2>&1 || cargo install --locked cargo-deny --quiet

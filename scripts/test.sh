@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Ferroguard's whole test suite: what CI runs (.ci/run calls this). Run as
 # root: the platform tests create TUN devices, and the network-namespace
-# suite creates namespaces, veths and tunnels. Installs the Debian packages
-# and cargo-fuzz it needs first (scripts/install-test-deps.sh).
+# suite creates namespaces, veths and tunnels. Installs the Debian packages,
+# cargo-fuzz and cargo-deny it needs first (scripts/install-test-deps.sh).
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --quick    unit/property tests and the quick netns set
@@ -43,6 +43,7 @@ export CARGO_TERM_COLOR=never
 [ "$(id -u)" = 0 ] || { echo "test.sh: run as root (TUN devices, network namespaces)" >&2; exit 1; }
 scripts/install-test-deps.sh
 step "format" 120 cargo fmt --all -- --check
+step "supply chain (cargo deny; advisories only if their database is reachable)" 300 scripts/deny.sh
 step "build (release)" 1200 cargo build --release --workspace
 step "unit, property and integration tests" 1200 cargo test --workspace --release
 step "feature: proto without self-tests" 900 cargo test -p ferroguard-proto --release --no-default-features --lib

@@ -78,6 +78,38 @@ pub struct Options {
     pub verbosity: Verbosity,
     /// Self-tests at start-up.
     pub selftest: SelftestMode,
+    /// The account to switch to after set-up (`--user`), if any.
+    pub user: Option<UserSpec>,
+}
+
+/// `--user NAME[:GROUP]`: names (or numeric ids) as given; they are looked
+/// up by the daemon before it creates anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSpec {
+    /// The user.
+    pub user: String,
+    /// The group; `None` means the user's primary group.
+    pub group: Option<String>,
+}
+
+impl UserSpec {
+    /// Parses `NAME` or `NAME:GROUP`; neither part may be empty.
+    pub fn parse(spec: &str) -> Result<UserSpec, UsageError> {
+        let (user, group) = match spec.split_once(':') {
+            Some((user, group)) => (user, Some(group)),
+            None => (spec, None),
+        };
+        let invalid = |part: &str| part.is_empty() || part.contains(['\0', ':']);
+        if invalid(user) || group.is_some_and(invalid) {
+            return Err(UsageError(format!(
+                "--user: expected NAME or NAME:GROUP, got '{spec}'"
+            )));
+        }
+        Ok(UserSpec {
+            user: user.to_string(),
+            group: group.map(str::to_string),
+        })
+    }
 }
 
 /// A command-line error, printed with the usage.
@@ -104,6 +136,10 @@ Options:
       --selftest         run the start-up self-tests and exit
       --skip-selftest    do not run the self-tests at start-up
                          (also: FERROGUARD_SKIP_SELFTEST=1)
+      --user NAME[:GROUP]
+                         after set-up, switch to user NAME and group GROUP
+                         (default: NAME's primary group), see below
+                         (also: FERROGUARD_USER)
       --version          print the version and the compiled-in features
   -h, --help             print this help
 
@@ -112,9 +148,26 @@ detaches; it exits 0 once set-up succeeded and 1 with a message if not.
 It exits cleanly on SIGINT or SIGTERM, when the interface is deleted and when
 the socket file is removed, removing the socket and the interface.
 
+Dropping privileges (--user; off by default: wireguard-go has no such option):
+  Once the interface, the UDP sockets and the configuration socket exist,
+  ferroguard forks. The child switches to NAME:GROUP (GROUP is its only
+  supplementary group), keeps only CAP_NET_ADMIN (wg set fwmark, socket
+  buffers) and CAP_NET_BIND_SERVICE (listen ports below 1024), sets
+  no_new_privs and runs the tunnel. The parent stays root with only
+  CAP_KILL and no open file, passes SIGINT and SIGTERM on to the child, and
+  once the child has exited removes the socket file (NAME cannot unlink in
+  root's socket directory) and exits with the child's status. The socket
+  stays root's, mode 0600. Unknown users are refused before anything is
+  created. An interface moved into another network namespace keeps its
+  last known MTU (reading it there needs CAP_SYS_ADMIN). Needs root; under
+  a restricted capability bounding set (systemd's CapabilityBoundingSet=)
+  also CAP_SETUID, CAP_SETGID, CAP_SETPCAP and CAP_KILL. Prefer a user of
+  its own to 'nobody': processes of the same user may signal the daemon.
+
 Environment:
   WG_PROCESS_FOREGROUND=1   same as --foreground
   LOG_LEVEL=LEVEL           same as --verbosity
+  FERROGUARD_USER=NAME[:GROUP] same as --user
   FERROGUARD_SOCKET_DIR=DIR socket directory (default /var/run/wireguard)
 
 Use with wg-quick: WG_QUICK_USERSPACE_IMPLEMENTATION=ferroguard wg-quick up wg0
@@ -136,6 +189,10 @@ pub fn parse(
     } else {
         SelftestMode::Default
     };
+    let mut user = env("FERROGUARD_USER")
+        .filter(|spec| !spec.is_empty())
+        .map(|spec| UserSpec::parse(&spec))
+        .transpose()?;
     let mut interface = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -151,6 +208,12 @@ pub fn parse(
                     .ok_or_else(|| UsageError("--verbosity needs a level".into()))?;
                 verbosity = Verbosity::parse(&level)
                     .ok_or_else(|| UsageError(format!("unknown verbosity '{level}'")))?;
+            }
+            "--user" => {
+                let spec = args
+                    .next()
+                    .ok_or_else(|| UsageError("--user needs NAME[:GROUP]".into()))?;
+                user = Some(UserSpec::parse(&spec)?);
             }
             other if other.starts_with('-') && other.len() > 1 => {
                 return Err(UsageError(format!("unknown option '{other}'")));
@@ -171,6 +234,7 @@ pub fn parse(
         foreground,
         verbosity,
         selftest,
+        user,
     }))
 }
 
@@ -230,5 +294,57 @@ mod tests {
             (o.selftest, o.verbosity),
             (SelftestMode::Skip, Verbosity::Trace)
         );
+    }
+
+    fn user_of(result: Result<Command, UsageError>) -> Option<UserSpec> {
+        match result {
+            Ok(Command::Run(options)) => options.user,
+            other => panic!("not a run: {other:?}"),
+        }
+    }
+
+    fn spec(user: &str, group: Option<&str>) -> Option<UserSpec> {
+        Some(UserSpec {
+            user: user.into(),
+            group: group.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn user_is_off_by_default_and_taken_from_option_or_environment() {
+        assert_eq!(user_of(run(&["wg0"], &[])), None);
+        assert_eq!(
+            user_of(run(&["--user", "nobody", "wg0"], &[])),
+            spec("nobody", None)
+        );
+        assert_eq!(
+            user_of(run(&["wg0", "--user", "fg:nogroup"], &[])),
+            spec("fg", Some("nogroup"))
+        );
+        assert_eq!(
+            user_of(run(&["wg0"], &[("FERROGUARD_USER", "65534:65534")])),
+            spec("65534", Some("65534"))
+        );
+        assert_eq!(user_of(run(&["wg0"], &[("FERROGUARD_USER", "")])), None);
+        // The command line wins over the environment.
+        assert_eq!(
+            user_of(run(&["--user", "b", "wg0"], &[("FERROGUARD_USER", "a")])),
+            spec("b", None)
+        );
+    }
+
+    #[test]
+    fn malformed_user_specs_are_usage_errors() {
+        for bad in ["", ":", ":grp", "usr:", "a:b:c", "a\0b", "a:b\0"] {
+            assert!(UserSpec::parse(bad).is_err(), "{bad:?} accepted");
+            assert!(
+                run(&["--user", bad, "wg0"], &[]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(run(&["wg0", "--user"], &[]).is_err());
+        assert!(run(&["wg0"], &[("FERROGUARD_USER", "a:")]).is_err());
+        let error = UserSpec::parse("a:").unwrap_err();
+        assert_eq!(error.0, "--user: expected NAME or NAME:GROUP, got 'a:'");
     }
 }

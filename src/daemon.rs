@@ -18,6 +18,7 @@ use ferroguard_proto::device::Device;
 use crate::cli::Options;
 use crate::config::ConfigHandler;
 use crate::runtime::{self, Shared};
+use crate::sys::privileges::{self, Account};
 use crate::sys::process;
 use crate::sys::tun::{Tun, TunOptions};
 use crate::sys::udp::{Family, UdpSockets};
@@ -53,6 +54,7 @@ fn random_seed() -> Result<[u8; 32], SetupError> {
 /// Runs the daemon until it is told to stop. Returns after cleanup.
 pub fn run(options: &Options) -> Result<Stop, SetupError> {
     let name = &options.interface;
+    let account = resolve_account(options)?;
     let tun = create_tun(name)
         .map_err(|e| SetupError(format!("failed to create TUN device '{name}': {e}")))?;
     let listener = UapiListener::bind(name).map_err(|e| {
@@ -72,6 +74,15 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
     };
     let socket_path = listener.path().to_path_buf();
     let socket_inode = fs::metadata(&socket_path).map(|m| m.ino()).ok();
+    if let Some(account) = &account {
+        if let Err(e) = switch_user(account, &socket_path) {
+            let message = format!("failed to switch to {account}: {e}");
+            if let Some(child) = child {
+                let _ = child.failed(&message);
+            }
+            return Err(SetupError(message));
+        }
+    }
     let mut device = Device::new(random_seed()?);
     if let Ok(mtu) = tun.mtu() {
         device.set_mtu(mtu as usize);
@@ -92,6 +103,32 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
     log::info!("shutting down: {stop:?}");
     cleanup(&socket_path, socket_inode);
     Ok(stop)
+}
+
+/// The account of `--user`, looked up before anything is created so that
+/// an unknown name is a one-line error that leaves nothing behind.
+fn resolve_account(options: &Options) -> Result<Option<Account>, SetupError> {
+    let Some(spec) = &options.user else {
+        return Ok(None);
+    };
+    privileges::require_root()
+        .and_then(|()| privileges::resolve(&spec.user, spec.group.as_deref()))
+        .map(Some)
+        .map_err(|e| SetupError(format!("--user: {e}")))
+}
+
+/// Leaves the socket file's removal to a root parent process, then drops to
+/// `account` (see `sys::privileges`). Runs before any thread exists.
+fn switch_user(account: &Account, socket_path: &std::path::Path) -> std::io::Result<()> {
+    privileges::split_cleanup_parent(socket_path)?;
+    privileges::drop_privileges(account)?;
+    // The credential change cleared the parent-death signal.
+    privileges::stop_with_parent()?;
+    log::info!(
+        "running as {account}, keeping CAP_NET_ADMIN and CAP_NET_BIND_SERVICE; \
+         the socket file is removed by the parent process at exit"
+    );
+    Ok(())
 }
 
 /// Opens the TUN device with the kernel's offloads (virtio-net header, TSO,

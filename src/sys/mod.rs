@@ -8,6 +8,7 @@
 //! - [`udp::UdpSockets`]: the device's IPv4 and IPv6 UDP sockets, with UDP
 //!   GSO on send and GRO on receive where the kernel has them;
 //! - [`process`]: daemonizing and interface-name helpers;
+//! - [`privileges`]: switching to an unprivileged user after set-up;
 //! - here: [`poll_readable`] and [`EventFd`], the means to wait on several
 //!   descriptors and to wake a waiting thread for shutdown.
 //!
@@ -21,6 +22,7 @@
 //! is the back-pressure the sender wants.
 
 pub mod netlink;
+pub mod privileges;
 pub mod process;
 pub mod syslog;
 pub mod tun;

@@ -126,10 +126,12 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((read_end, write_end))
 }
 
-/// `fork()`: `Some(child pid)` in the parent, `None` in the child.
-fn fork() -> io::Result<Option<libc::pid_t>> {
-    // SAFETY: the caller of `daemonize` guarantees there is no other thread
-    // (documented requirement), so the child's copy of memory is consistent.
+/// `fork()`: `Some(child pid)` in the parent, `None` in the child. The
+/// caller must have a single thread.
+pub(super) fn fork() -> io::Result<Option<libc::pid_t>> {
+    // SAFETY: callers run single-threaded (`daemonize` documents it,
+    // `split_cleanup_parent` checks it), so the child's copy of memory is
+    // consistent.
     let pid = check(unsafe { libc::fork() })?;
     Ok((pid != 0).then_some(pid))
 }
