@@ -128,7 +128,16 @@ pub struct Tun {
     name: String,
     offloads: TunOffloads,
     /// A socket in the namespace the interface was last seen in.
-    control: Mutex<Option<ControlSocket>>,
+    control: Mutex<ControlCache>,
+}
+
+/// The cached control socket, and the namespace where creating one was
+/// refused (without `CAP_SYS_ADMIN`, e.g. after `--user`): asking again every
+/// time would start a thread per query only to be refused again.
+#[derive(Debug, Default)]
+struct ControlCache {
+    socket: Option<ControlSocket>,
+    refused_in: Option<NetnsId>,
 }
 
 /// A control socket and the namespace it lives in (`None`: unknown, the
@@ -209,7 +218,7 @@ impl Tun {
             file,
             name,
             offloads,
-            control: Mutex::new(None),
+            control: Mutex::new(ControlCache::default()),
         };
         tun.set_mtu(DEFAULT_MTU)?;
         Ok(tun)
@@ -376,24 +385,35 @@ impl Tun {
 
 /// A control socket in the namespace the interface `tun` is attached to now:
 /// the cached one if it is still in that namespace, else a new one (cached).
+/// A namespace where the kernel refused us once is not tried again.
 fn control_socket_for<'a>(
     tun: BorrowedFd<'_>,
-    cached: &'a mut Option<ControlSocket>,
+    cache: &'a mut ControlCache,
 ) -> io::Result<BorrowedFd<'a>> {
     let netns_fd = device_netns(tun)?;
     let netns = netns_fd
         .as_ref()
         .map(|fd| NetnsId::of(fd.as_fd()))
         .transpose()?;
-    let reusable = matches!(cached, Some(control) if control.netns == netns);
+    let reusable = matches!(&cache.socket, Some(control) if control.netns == netns);
     if !reusable {
         let fd = match &netns_fd {
-            Some(ns_fd) if netns != Some(NetnsId::current()?) => control_socket_in(ns_fd.as_fd())?,
+            Some(ns_fd) if netns != Some(NetnsId::current()?) => {
+                if netns.is_some() && cache.refused_in == netns {
+                    return Err(io::Error::from_raw_os_error(libc::EPERM));
+                }
+                control_socket_in(ns_fd.as_fd()).inspect_err(|e| {
+                    if e.raw_os_error() == Some(libc::EPERM) {
+                        cache.refused_in = netns;
+                    }
+                })?
+            }
             _ => control_socket_here()?,
         };
-        *cached = Some(ControlSocket { netns, fd });
+        cache.socket = Some(ControlSocket { netns, fd });
     }
-    cached
+    cache
+        .socket
         .as_ref()
         .map(|control| control.fd.as_fd())
         .ok_or_else(|| io::Error::other("no control socket"))
