@@ -44,7 +44,7 @@ export CARGO_TERM_COLOR=never
 scripts/install-test-deps.sh
 step "format" 120 cargo fmt --all -- --check
 step "supply chain (cargo deny; advisories only if their database is reachable)" 300 scripts/deny.sh
-step "build (release)" 1200 cargo build --release --workspace
+step "build (release)" 1200 step "build (release)" 1200 cargo build --release --workspace --lib --bins --examples
 step "unit, property and integration tests" 1200 cargo test --workspace --release
 step "feature: proto without self-tests" 900 cargo test -p ferroguard-proto --release --no-default-features --lib
 step "feature: debug checks alone" 900 cargo test -p ferroguard-proto --release --no-default-features --features debug-checks --lib
@@ -55,6 +55,8 @@ if [ "$QUICK" = 0 ]; then
   step "fuzz targets (build, then 20 s each)" 1500 scripts/fuzz.sh 20
   step "network-namespace suite" 2400 tests/netns/run.sh
   step "network-namespace suite without TUN offloads (quick)" 900 env FERROGUARD_NO_OFFLOAD=1 tests/netns/run.sh --quick
+  # ~20 rekeys in 60 s: engine clock at 40x (cargo feature test-clock, built in target/variants like the above).
+  step "soak with a sped-up clock (60 s)" 1200 scripts/soak.sh --seconds 60 --min-rekeys 10
 else
   step "network-namespace suite (quick)" 900 tests/netns/run.sh --quick
 fi

@@ -21,6 +21,9 @@ pub fn version_string() -> String {
     if cfg!(feature = "debug-checks") {
         features.push("debug-checks");
     }
+    if cfg!(feature = "test-clock") {
+        features.push("test-clock");
+    }
     format!(
         "ferroguard {} (userspace WireGuard; features: {})",
         env!("CARGO_PKG_VERSION"),
