@@ -44,7 +44,7 @@ export CARGO_TERM_COLOR=never
 scripts/install-test-deps.sh
 step "format" 120 cargo fmt --all -- --check
 step "supply chain (cargo deny; advisories only if their database is reachable)" 300 scripts/deny.sh
-step "build (release)" 1200 step "build (release)" 1200 cargo build --release --workspace --lib --bins --examples
+step "build (release)" 1200 cargo build --release --workspace --lib --bins --examples
 step "unit, property and integration tests" 1200 cargo test --workspace --release
 step "feature: proto without self-tests" 900 cargo test -p ferroguard-proto --release --no-default-features --lib
 step "feature: debug checks alone" 900 cargo test -p ferroguard-proto --release --no-default-features --features debug-checks --lib
