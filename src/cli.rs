@@ -2,6 +2,7 @@
 //! `ferroguard [-f|--foreground] INTERFACE-NAME`.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 /// How much to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,6 +79,8 @@ pub struct Options {
     pub verbosity: Verbosity,
     /// Self-tests at start-up.
     pub selftest: SelftestMode,
+    /// Where to serve Prometheus metrics (off when `None`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A command-line error, printed with the usage.
@@ -90,9 +93,11 @@ impl fmt::Display for UsageError {
     }
 }
 
-/// The usage text.
+/// The usage text (every option here is also in the man page,
+/// `doc/ferroguard.8`; a test checks it).
 pub const USAGE: &str = "\
 Usage: ferroguard [OPTIONS] INTERFACE-NAME
+       ferroguard --selftest | --version | --help
 
 Creates the TUN interface INTERFACE-NAME and runs a WireGuard device on it,
 configured through /var/run/wireguard/INTERFACE-NAME.sock with wg(8).
@@ -101,23 +106,32 @@ Options:
   -f, --foreground       stay in the foreground (also: WG_PROCESS_FOREGROUND=1)
       --verbosity LEVEL  silent, error, info (default), debug or trace
                          (also: LOG_LEVEL; wireguard-go's 'verbose' = debug)
+      --metrics-listen ADDR:PORT
+                         serve Prometheus metrics at http://ADDR:PORT/metrics
+                         (off by default; e.g. 127.0.0.1:9586 or [::1]:9586;
+                         also: FERROGUARD_METRICS_LISTEN)
       --selftest         run the start-up self-tests and exit
       --skip-selftest    do not run the self-tests at start-up
                          (also: FERROGUARD_SKIP_SELFTEST=1)
-      --version          print the version and the compiled-in features
+  -V, --version          print the version and the compiled-in features
   -h, --help             print this help
 
 Without --foreground, ferroguard sets up the interface and the socket, then
-detaches; it exits 0 once set-up succeeded and 1 with a message if not.
+detaches and logs to syslog; it exits 0 once set-up succeeded and 1 with a
+message if not (2 for a command-line error).
 It exits cleanly on SIGINT or SIGTERM, when the interface is deleted and when
 the socket file is removed, removing the socket and the interface.
 
 Environment:
-  WG_PROCESS_FOREGROUND=1   same as --foreground
-  LOG_LEVEL=LEVEL           same as --verbosity
-  FERROGUARD_SOCKET_DIR=DIR socket directory (default /var/run/wireguard)
+  WG_PROCESS_FOREGROUND=1        same as --foreground
+  LOG_LEVEL=LEVEL                same as --verbosity
+  FERROGUARD_METRICS_LISTEN=ADDR same as --metrics-listen
+  FERROGUARD_SKIP_SELFTEST=1     same as --skip-selftest
+  FERROGUARD_SOCKET_DIR=DIR      socket directory (default /var/run/wireguard)
+  FERROGUARD_NO_OFFLOAD=1        open the TUN device without kernel offloads
 
 Use with wg-quick: WG_QUICK_USERSPACE_IMPLEMENTATION=ferroguard wg-quick up wg0
+Manual: man ferroguard (doc/ferroguard.8 in the source tree)
 ";
 
 /// Parses the arguments (without the program name) and the environment.
@@ -136,6 +150,10 @@ pub fn parse(
     } else {
         SelftestMode::Default
     };
+    let mut metrics_listen = match env("FERROGUARD_METRICS_LISTEN") {
+        Some(addr) if !addr.is_empty() => Some(parse_listen(&addr, "FERROGUARD_METRICS_LISTEN")?),
+        _ => None,
+    };
     let mut interface = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -151,6 +169,12 @@ pub fn parse(
                     .ok_or_else(|| UsageError("--verbosity needs a level".into()))?;
                 verbosity = Verbosity::parse(&level)
                     .ok_or_else(|| UsageError(format!("unknown verbosity '{level}'")))?;
+            }
+            "--metrics-listen" => {
+                let addr = args
+                    .next()
+                    .ok_or_else(|| UsageError("--metrics-listen needs ADDR:PORT".into()))?;
+                metrics_listen = Some(parse_listen(&addr, "--metrics-listen")?);
             }
             other if other.starts_with('-') && other.len() > 1 => {
                 return Err(UsageError(format!("unknown option '{other}'")));
@@ -171,7 +195,18 @@ pub fn parse(
         foreground,
         verbosity,
         selftest,
+        metrics_listen,
     }))
+}
+
+/// `ADDR:PORT` with a literal address (`[::1]:9586` for IPv6): no name
+/// lookups at start-up.
+fn parse_listen(text: &str, source: &str) -> Result<SocketAddr, UsageError> {
+    text.parse().map_err(|_| {
+        UsageError(format!(
+            "{source}: '{text}' is not ADDR:PORT (e.g. 127.0.0.1:9586 or [::1]:9586)"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -230,5 +265,56 @@ mod tests {
             (o.selftest, o.verbosity),
             (SelftestMode::Skip, Verbosity::Trace)
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_asked() {
+        let Ok(Command::Run(o)) = run(&["wg0"], &[]) else {
+            panic!()
+        };
+        assert_eq!(o.metrics_listen, None);
+        let Ok(Command::Run(o)) = run(&["--metrics-listen", "[::1]:9586", "wg0"], &[]) else {
+            panic!()
+        };
+        assert_eq!(o.metrics_listen, Some("[::1]:9586".parse().unwrap()));
+        let env = [("FERROGUARD_METRICS_LISTEN", "127.0.0.1:9586")];
+        let Ok(Command::Run(o)) = run(&["wg0"], &env) else {
+            panic!()
+        };
+        assert_eq!(o.metrics_listen, Some("127.0.0.1:9586".parse().unwrap()));
+        let Ok(Command::Run(o)) = run(&["--metrics-listen", "10.0.0.1:1", "wg0"], &env) else {
+            panic!()
+        };
+        assert_eq!(
+            o.metrics_listen,
+            Some("10.0.0.1:1".parse().unwrap()),
+            "flag wins"
+        );
+        assert!(run(&["--metrics-listen"], &[]).is_err());
+        assert!(run(&["--metrics-listen", "localhost:9586", "wg0"], &[]).is_err());
+        assert!(run(&["--metrics-listen", "127.0.0.1", "wg0"], &[]).is_err());
+        assert!(run(&["wg0"], &[("FERROGUARD_METRICS_LISTEN", "nope")]).is_err());
+    }
+
+    /// Every option the help text names is documented in the man page.
+    #[test]
+    fn every_option_in_the_help_is_in_the_man_page() {
+        let man = include_str!("../doc/ferroguard.8");
+        let options: Vec<&str> = USAGE
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '|' || c == '(' || c == ')')
+            .filter(|w| w.starts_with('-') && w.len() > 1)
+            .map(|w| w.trim_end_matches(['.', ':', ';']))
+            .collect();
+        assert!(options.len() >= 9, "{options:?}");
+        for option in options {
+            // troff writes a hyphen in an option as \-.
+            let troff = option.replace('-', "\\-");
+            assert!(man.contains(&troff), "{option} is not in doc/ferroguard.8");
+        }
+        for var in USAGE.split_whitespace().filter_map(|w| w.split('=').next()) {
+            if var.len() > 3 && var.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                assert!(man.contains(var), "{var} is not in doc/ferroguard.8");
+            }
+        }
     }
 }
