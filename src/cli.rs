@@ -2,6 +2,7 @@
 //! `ferroguard [-f|--foreground] INTERFACE-NAME`.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 /// How much to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,6 +79,8 @@ pub struct Options {
     pub verbosity: Verbosity,
     /// Self-tests at start-up.
     pub selftest: SelftestMode,
+    /// Where to serve Prometheus metrics (off when `None`).
+    pub metrics_listen: Option<SocketAddr>,
     /// The account to switch to after set-up (`--user`), if any.
     pub user: Option<UserSpec>,
 }
@@ -122,9 +125,11 @@ impl fmt::Display for UsageError {
     }
 }
 
-/// The usage text.
+/// The usage text (every option here is also in the man page,
+/// `doc/ferroguard.8`; a test checks it).
 pub const USAGE: &str = "\
 Usage: ferroguard [OPTIONS] INTERFACE-NAME
+       ferroguard --selftest | --version | --help
 
 Creates the TUN interface INTERFACE-NAME and runs a WireGuard device on it,
 configured through /var/run/wireguard/INTERFACE-NAME.sock with wg(8).
@@ -133,6 +138,10 @@ Options:
   -f, --foreground       stay in the foreground (also: WG_PROCESS_FOREGROUND=1)
       --verbosity LEVEL  silent, error, info (default), debug or trace
                          (also: LOG_LEVEL; wireguard-go's 'verbose' = debug)
+      --metrics-listen ADDR:PORT
+                         serve Prometheus metrics at http://ADDR:PORT/metrics
+                         (off by default; e.g. 127.0.0.1:9586 or [::1]:9586;
+                         also: FERROGUARD_METRICS_LISTEN)
       --selftest         run the start-up self-tests and exit
       --skip-selftest    do not run the self-tests at start-up
                          (also: FERROGUARD_SKIP_SELFTEST=1)
@@ -140,11 +149,12 @@ Options:
                          after set-up, switch to user NAME and group GROUP
                          (default: NAME's primary group), see below
                          (also: FERROGUARD_USER)
-      --version          print the version and the compiled-in features
+  -V, --version          print the version and the compiled-in features
   -h, --help             print this help
 
 Without --foreground, ferroguard sets up the interface and the socket, then
-detaches; it exits 0 once set-up succeeded and 1 with a message if not.
+detaches and logs to syslog; it exits 0 once set-up succeeded and 1 with a
+message if not (2 for a command-line error).
 It exits cleanly on SIGINT or SIGTERM, when the interface is deleted and when
 the socket file is removed, removing the socket and the interface.
 
@@ -165,12 +175,16 @@ Dropping privileges (--user; off by default: wireguard-go has no such option):
   its own to 'nobody': processes of the same user may signal the daemon.
 
 Environment:
-  WG_PROCESS_FOREGROUND=1   same as --foreground
-  LOG_LEVEL=LEVEL           same as --verbosity
-  FERROGUARD_USER=NAME[:GROUP] same as --user
-  FERROGUARD_SOCKET_DIR=DIR socket directory (default /var/run/wireguard)
+  WG_PROCESS_FOREGROUND=1        same as --foreground
+  LOG_LEVEL=LEVEL                same as --verbosity
+  FERROGUARD_METRICS_LISTEN=ADDR same as --metrics-listen
+  FERROGUARD_USER=NAME[:GROUP]   same as --user
+  FERROGUARD_SKIP_SELFTEST=1     same as --skip-selftest
+  FERROGUARD_SOCKET_DIR=DIR      socket directory (default /var/run/wireguard)
+  FERROGUARD_NO_OFFLOAD=1        open the TUN device without kernel offloads
 
 Use with wg-quick: WG_QUICK_USERSPACE_IMPLEMENTATION=ferroguard wg-quick up wg0
+Manual: man ferroguard (doc/ferroguard.8 in the source tree)
 ";
 
 /// Parses the arguments (without the program name) and the environment.
@@ -193,6 +207,10 @@ pub fn parse(
         .filter(|spec| !spec.is_empty())
         .map(|spec| UserSpec::parse(&spec))
         .transpose()?;
+    let mut metrics_listen = match env("FERROGUARD_METRICS_LISTEN") {
+        Some(addr) if !addr.is_empty() => Some(parse_listen(&addr, "FERROGUARD_METRICS_LISTEN")?),
+        _ => None,
+    };
     let mut interface = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -215,6 +233,12 @@ pub fn parse(
                     .ok_or_else(|| UsageError("--user needs NAME[:GROUP]".into()))?;
                 user = Some(UserSpec::parse(&spec)?);
             }
+            "--metrics-listen" => {
+                let addr = args
+                    .next()
+                    .ok_or_else(|| UsageError("--metrics-listen needs ADDR:PORT".into()))?;
+                metrics_listen = Some(parse_listen(&addr, "--metrics-listen")?);
+            }
             other if other.starts_with('-') && other.len() > 1 => {
                 return Err(UsageError(format!("unknown option '{other}'")));
             }
@@ -235,7 +259,18 @@ pub fn parse(
         verbosity,
         selftest,
         user,
+        metrics_listen,
     }))
+}
+
+/// `ADDR:PORT` with a literal address (`[::1]:9586` for IPv6): no name
+/// lookups at start-up.
+fn parse_listen(text: &str, source: &str) -> Result<SocketAddr, UsageError> {
+    text.parse().map_err(|_| {
+        UsageError(format!(
+            "{source}: '{text}' is not ADDR:PORT (e.g. 127.0.0.1:9586 or [::1]:9586)"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -346,5 +381,56 @@ mod tests {
         assert!(run(&["wg0"], &[("FERROGUARD_USER", "a:")]).is_err());
         let error = UserSpec::parse("a:").unwrap_err();
         assert_eq!(error.0, "--user: expected NAME or NAME:GROUP, got 'a:'");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_asked() {
+        let Ok(Command::Run(o)) = run(&["wg0"], &[]) else {
+            panic!()
+        };
+        assert_eq!(o.metrics_listen, None);
+        let Ok(Command::Run(o)) = run(&["--metrics-listen", "[::1]:9586", "wg0"], &[]) else {
+            panic!()
+        };
+        assert_eq!(o.metrics_listen, Some("[::1]:9586".parse().unwrap()));
+        let env = [("FERROGUARD_METRICS_LISTEN", "127.0.0.1:9586")];
+        let Ok(Command::Run(o)) = run(&["wg0"], &env) else {
+            panic!()
+        };
+        assert_eq!(o.metrics_listen, Some("127.0.0.1:9586".parse().unwrap()));
+        let Ok(Command::Run(o)) = run(&["--metrics-listen", "10.0.0.1:1", "wg0"], &env) else {
+            panic!()
+        };
+        assert_eq!(
+            o.metrics_listen,
+            Some("10.0.0.1:1".parse().unwrap()),
+            "flag wins"
+        );
+        assert!(run(&["--metrics-listen"], &[]).is_err());
+        assert!(run(&["--metrics-listen", "localhost:9586", "wg0"], &[]).is_err());
+        assert!(run(&["--metrics-listen", "127.0.0.1", "wg0"], &[]).is_err());
+        assert!(run(&["wg0"], &[("FERROGUARD_METRICS_LISTEN", "nope")]).is_err());
+    }
+
+    /// Every option the help text names is documented in the man page.
+    #[test]
+    fn every_option_in_the_help_is_in_the_man_page() {
+        let man = include_str!("../doc/ferroguard.8");
+        let options: Vec<&str> = USAGE
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '|' || c == '(' || c == ')')
+            .filter(|w| w.starts_with('-') && w.len() > 1)
+            .map(|w| w.trim_end_matches(['.', ':', ';']))
+            .collect();
+        assert!(options.len() >= 9, "{options:?}");
+        for option in options {
+            // troff writes a hyphen in an option as \-.
+            let troff = option.replace('-', "\\-");
+            assert!(man.contains(&troff), "{option} is not in doc/ferroguard.8");
+        }
+        for var in USAGE.split_whitespace().filter_map(|w| w.split('=').next()) {
+            if var.len() > 3 && var.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                assert!(man.contains(var), "{var} is not in doc/ferroguard.8");
+            }
+        }
     }
 }

@@ -64,6 +64,7 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
     })?;
     let sockets = UdpSockets::bind(0, 0)
         .map_err(|e| SetupError(format!("failed to bind UDP sockets: {e}")))?;
+    let metrics = bind_metrics(options)?;
     let child = if options.foreground {
         None
     } else {
@@ -92,6 +93,13 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
     let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
     spawn_threads(&shared, listener, stop_tx.clone());
     spawn_signal_thread(stop_tx)?;
+    if let Some(listener) = metrics {
+        let (s, interface) = (shared.clone(), name.clone());
+        thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || crate::metrics::serve(listener, s, interface))
+            .map_err(|e| SetupError(format!("failed to spawn: {e}")))?;
+    }
     log::info!(
         "interface {name} up, listening on UDP port {}",
         shared.sockets().port()
@@ -129,6 +137,18 @@ fn switch_user(account: &Account, socket_path: &std::path::Path) -> std::io::Res
          the socket file is removed by the parent process at exit"
     );
     Ok(())
+}
+
+/// Binds the metrics endpoint if asked, before detaching, so that an
+/// address in use fails the start with a message.
+fn bind_metrics(options: &Options) -> Result<Option<std::net::TcpListener>, SetupError> {
+    let Some(addr) = options.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = crate::metrics::bind(addr)
+        .map_err(|e| SetupError(format!("failed to listen for metrics on {addr}: {e}")))?;
+    log::info!("serving metrics at http://{addr}/metrics");
+    Ok(Some(listener))
 }
 
 /// Opens the TUN device with the kernel's offloads (virtio-net header, TSO,

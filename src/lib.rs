@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod icmp;
 pub mod logging;
+pub mod metrics;
 pub mod offload;
 pub mod runtime;
 pub mod selftest;

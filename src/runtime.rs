@@ -72,6 +72,8 @@ struct HandshakeQueue {
     /// Taken by the one handshake thread.
     receiver: Mutex<Option<Receiver<QueuedHandshake>>>,
     len: AtomicUsize,
+    /// Messages dropped because the queue was full (for metrics).
+    full_drops: AtomicU64,
 }
 
 /// A handshake datagram and where it came from.
@@ -87,6 +89,7 @@ impl HandshakeQueue {
             sender,
             receiver: Mutex::new(Some(receiver)),
             len: AtomicUsize::new(0),
+            full_drops: AtomicU64::new(0),
         }
     }
 
@@ -97,7 +100,10 @@ impl HandshakeQueue {
                 self.len.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.full_drops.fetch_add(1, Ordering::Relaxed);
+                false
+            }
         }
     }
 }
@@ -163,6 +169,16 @@ impl Shared {
     /// The TUN device.
     pub fn tun(&self) -> &Tun {
         &self.tun
+    }
+
+    /// Handshake messages waiting for the handshake thread (for metrics).
+    pub fn handshake_queue_len(&self) -> usize {
+        self.handshakes.len.load(Ordering::Relaxed)
+    }
+
+    /// Handshake messages dropped because their queue was full (for metrics).
+    pub fn handshake_queue_full_drops(&self) -> u64 {
+        self.handshakes.full_drops.load(Ordering::Relaxed)
     }
 
     /// Rebinds the UDP sockets to `port` with `fwmark`, waking the receivers.

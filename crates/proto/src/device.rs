@@ -26,7 +26,9 @@ use crate::messages::{
     self, Message, COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_HEADER_LEN,
 };
 use crate::noise;
-use crate::peer::{Endpoint, HandshakeState, Peer, PeerId, Slot, StaticStatic};
+use crate::peer::{
+    DropCounts, Endpoint, HandshakeState, Peer, PeerId, PeerStats, Slot, StaticStatic,
+};
 use crate::peerlookup::IndexTable;
 use crate::ratelimiter::{LoadDetector, RateLimiter, DEFAULT_MAX_ENTRIES};
 use crate::tai64n::Tai64n;
@@ -218,6 +220,11 @@ pub struct Device {
     outbox: VecDeque<Transmit>,
     timer_heap: BinaryHeap<Reverse<(Instant, PeerId)>>,
     drops: [u64; DropReason::ALL.len()],
+    /// The part of `drops` also counted in a peer's [`PeerStats::drops`].
+    peer_drops: DropCounts,
+    /// The peer the datagram being received was tied to, if any: a drop is
+    /// charged to it (see [`Device::receive`]).
+    receiving_from: Option<PeerId>,
     events: VecDeque<Event>,
 }
 
@@ -286,6 +293,8 @@ impl Device {
             outbox: VecDeque::new(),
             timer_heap: BinaryHeap::new(),
             drops: [0; DropReason::ALL.len()],
+            peer_drops: DropCounts::default(),
+            receiving_from: None,
             events: VecDeque::new(),
         }
     }
@@ -486,9 +495,32 @@ impl Device {
         self.handshake_backlog = backlog;
     }
 
-    /// How many packets were dropped for `reason`.
+    /// How many packets were dropped for `reason`, in all.
     pub fn drop_count(&self, reason: DropReason) -> u64 {
         self.drops[reason.slot()]
+    }
+
+    /// How many packets were dropped for `reason` before they could be tied
+    /// to a peer (the rest is in each peer's [`PeerStats::drops`], including
+    /// peers since removed).
+    pub fn drop_count_without_peer(&self, reason: DropReason) -> u64 {
+        self.drops[reason.slot()] - self.peer_drops.get(reason)
+    }
+
+    /// A peer's packet, handshake and drop counters.
+    pub fn peer_stats(&self, id: PeerId) -> Option<PeerStats> {
+        self.peers.get(&id).map(|p| p.stats)
+    }
+
+    /// Whether handshakes currently need a cookie ("under load"), as decided
+    /// by the last handshake message seen and held for a second after.
+    pub fn is_under_load(&self, now: Now) -> bool {
+        self.load.is_under_load(now.mono)
+    }
+
+    /// Packets waiting for a session, summed over all peers.
+    pub fn staged_packet_count(&self) -> usize {
+        self.peers.values().map(|p| p.staged.len()).sum()
     }
 
     // ----- the data path: tunnel → network -------------------------------
@@ -537,6 +569,7 @@ impl Device {
         let jitter = self.jitter();
         let peer = self.peers.get_mut(&id).expect("caller checked");
         peer.tx_bytes += wire_len as u64;
+        peer.stats.tx_packets += 1;
         peer.timers.any_authenticated_packet_traversal(now.mono);
         peer.timers.any_authenticated_packet_sent();
         if !keepalive {
@@ -653,6 +686,7 @@ impl Device {
         });
         peer.last_sent_handshake = Some(now.mono);
         peer.tx_bytes += bytes.len() as u64;
+        peer.stats.tx_packets += 1;
         peer.timers.any_authenticated_packet_traversal(now.mono);
         peer.timers.any_authenticated_packet_sent();
         peer.timers.handshake_initiated(now.mono, jitter);
@@ -683,6 +717,11 @@ impl Device {
     /// Handles a datagram received from `from`. Transport messages are
     /// decrypted in place: on [`ReceiveOutcome::Deliver`] the IP packet is
     /// `datagram[16..16 + len]`.
+    ///
+    /// A drop is counted for the device ([`Device::drop_count`]) and, once
+    /// the datagram was tied to a peer (by the receiver index of one of its
+    /// sessions or handshakes, or by the static key of its initiation), in
+    /// that peer's [`PeerStats::drops`] too.
     pub fn receive(&mut self, now: Now, from: Endpoint, datagram: &mut [u8]) -> ReceiveOutcome {
         let outcome = match messages::parse(datagram) {
             Err(_) => Err(DropReason::Malformed),
@@ -693,10 +732,15 @@ impl Device {
             Ok(message) => self.receive_handshake(now, from, message, datagram),
         };
         self.after_operation();
+        let tied_to = self.receiving_from.take();
         match outcome {
             Ok(outcome) => outcome,
             Err(reason) => {
                 self.drops[reason.slot()] += 1;
+                if let Some(peer) = tied_to.and_then(|id| self.peers.get_mut(&id)) {
+                    peer.stats.drops.add(reason);
+                    self.peer_drops.add(reason);
+                }
                 ReceiveOutcome::Dropped(reason)
             }
         }
@@ -716,6 +760,7 @@ impl Device {
             .keypairs
             .by_index_mut(receiver)
             .ok_or(DropReason::UnknownIndex)?;
+        self.receiving_from = Some(id);
         let padded_len = keypair
             .open(now.mono, counter, datagram)
             .map_err(|e| match e {
@@ -732,6 +777,7 @@ impl Device {
             }
             peer.timers.handshake_complete();
             peer.last_handshake = Some(now.wall);
+            peer.stats.handshakes_completed += 1;
             self.events
                 .push_back(Event::HandshakeCompleted { peer: id });
             self.flush_staged(now, id);
@@ -742,6 +788,7 @@ impl Device {
         peer.timers.any_authenticated_packet_traversal(now.mono);
         if padded_len == 0 {
             peer.rx_bytes += datagram.len() as u64;
+            peer.stats.rx_packets += 1;
             self.reschedule(id);
             return Ok(ReceiveOutcome::Handled);
         }
@@ -754,6 +801,7 @@ impl Device {
         }
         let peer = self.peers.get_mut(&id).expect("still there");
         peer.rx_bytes += datagram.len() as u64;
+        peer.stats.rx_packets += 1;
         Ok(ReceiveOutcome::Deliver { peer: id, len })
     }
 
@@ -780,6 +828,7 @@ impl Device {
             .get(reply.receiver)
             .ok_or(DropReason::UnknownIndex)?;
         let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
+        self.receiving_from = Some(id);
         let bytes: &[u8; COOKIE_REPLY_LEN] =
             datagram.try_into().map_err(|_| DropReason::Malformed)?;
         peer.cookie
@@ -864,6 +913,7 @@ impl Device {
             .copied()
             .ok_or(DropReason::UnknownPeer)?;
         let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownPeer)?;
+        self.receiving_from = Some(id);
         let static_static = peer
             .static_static(&identity.secret)
             .ok_or(DropReason::HandshakeFailed)?;
@@ -892,6 +942,7 @@ impl Device {
         peer.last_initiation_consumed = Some(now.mono);
         peer.endpoint = Some(from);
         peer.rx_bytes += INITIATION_LEN as u64;
+        peer.stats.rx_packets += 1;
         peer.timers.any_authenticated_packet_received();
         peer.timers.any_authenticated_packet_traversal(now.mono);
         // A handshake we had in flight is superseded (as in the kernel,
@@ -908,6 +959,7 @@ impl Device {
         peer.cookie.add_macs(now.mono, &mut bytes);
         peer.last_sent_handshake = Some(now.mono);
         peer.tx_bytes += RESPONSE_LEN as u64;
+        peer.stats.tx_packets += 1;
         peer.timers.any_authenticated_packet_traversal(now.mono);
         peer.timers.any_authenticated_packet_sent();
         peer.timers.session_derived(now.mono);
@@ -939,6 +991,7 @@ impl Device {
         if state.local_index != response.receiver {
             return Err(DropReason::UnknownIndex);
         }
+        self.receiving_from = Some(id);
         let keys = noise::consume_response(state, &identity.secret, &peer.preshared_key, response)
             .map_err(|_| DropReason::HandshakeFailed)?;
         let keypair = Keypair::new(&keys, state.local_index, response.sender, now.mono, true);
@@ -949,7 +1002,9 @@ impl Device {
         }
         peer.endpoint = Some(from);
         peer.rx_bytes += RESPONSE_LEN as u64;
+        peer.stats.rx_packets += 1;
         peer.last_handshake = Some(now.wall);
+        peer.stats.handshakes_completed += 1;
         self.events
             .push_back(Event::HandshakeCompleted { peer: id });
         peer.timers.session_derived(now.mono);

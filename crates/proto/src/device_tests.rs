@@ -610,3 +610,108 @@ fn events_tell_what_happened() {
         ]
     );
 }
+
+/// Packet counters follow the byte counters message by message: after the
+/// handshake and ten pings each way the initiator sent an initiation, a
+/// first data packet and nine more (11 messages with the replies' 10) and
+/// received the response and ten replies.
+#[test]
+fn packet_and_handshake_counters_follow_the_byte_counters() {
+    let mut net = Net::new([7; 32]);
+    for _ in 0..10 {
+        net.ping_a_to_b(84);
+        net.send(false, &ipv4(B_TUN, A_TUN, 84));
+    }
+    let sa = net.a.peer_stats(net.a_peer).unwrap();
+    let sb = net.b.peer_stats(net.b_peer).unwrap();
+    assert_eq!((sa.tx_packets, sa.rx_packets), (11, 11));
+    assert_eq!((sb.tx_packets, sb.rx_packets), (11, 11));
+    assert_eq!(sa.tx_packets, sb.rx_packets);
+    assert_eq!(sa.handshakes_completed, 1);
+    assert_eq!(sb.handshakes_completed, 1, "confirmed by the first data");
+    assert_eq!(sa.drops, DropCounts::default());
+    // A rekey later completes a second handshake on both sides.
+    net.advance(REKEY_AFTER_TIME);
+    net.ping_a_to_b(84);
+    net.send(false, &ipv4(B_TUN, A_TUN, 84));
+    assert_eq!(
+        net.a.peer_stats(net.a_peer).unwrap().handshakes_completed,
+        2
+    );
+    assert_eq!(
+        net.b.peer_stats(net.b_peer).unwrap().handshakes_completed,
+        2
+    );
+}
+
+/// A drop is charged to a peer once the datagram is tied to it (here by its
+/// receiver index); garbage and unknown indices stay device-wide.
+#[test]
+fn drops_are_charged_to_the_peer_they_were_tied_to() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let now = net.now;
+    let from = Endpoint::from(sock(A_ADDR));
+    let good = net.seal_a_to_b(84);
+    let mut replayed = good.clone();
+    assert!(matches!(
+        net.b.receive(now, from, &mut replayed),
+        ReceiveOutcome::Deliver { .. }
+    ));
+    let mut replayed = good.clone();
+    assert_eq!(
+        net.b.receive(now, from, &mut replayed),
+        ReceiveOutcome::Dropped(DropReason::Replay)
+    );
+    let mut bad_tag = net.seal_a_to_b(84);
+    let last = bad_tag.len() - 1;
+    bad_tag[last] ^= 1;
+    assert_eq!(
+        net.b.receive(now, from, &mut bad_tag),
+        ReceiveOutcome::Dropped(DropReason::Decryption)
+    );
+    let mut unknown = good.clone();
+    unknown[4..8].copy_from_slice(&0xdead_beef_u32.to_le_bytes());
+    net.b.receive(now, from, &mut unknown);
+    net.b.receive(now, from, &mut [9u8; 3]);
+
+    let stats = net.b.peer_stats(net.b_peer).unwrap();
+    assert_eq!(stats.drops.get(DropReason::Replay), 1);
+    assert_eq!(stats.drops.get(DropReason::Decryption), 1);
+    assert_eq!(stats.drops.get(DropReason::UnknownIndex), 0);
+    for reason in [DropReason::Replay, DropReason::Decryption] {
+        assert_eq!(net.b.drop_count(reason), 1);
+        assert_eq!(net.b.drop_count_without_peer(reason), 0);
+    }
+    for reason in [DropReason::UnknownIndex, DropReason::Malformed] {
+        assert_eq!(net.b.drop_count(reason), 1);
+        assert_eq!(net.b.drop_count_without_peer(reason), 1);
+    }
+    // A successful receive after a drop does not leave the peer tied to
+    // the next, unrelated drop.
+    net.b.receive(now, from, &mut [9u8; 3]);
+    assert_eq!(net.b.drop_count_without_peer(DropReason::Malformed), 2);
+    // Removing the peer keeps the device-wide split consistent.
+    net.b.remove_peer(net.b_peer);
+    assert_eq!(net.b.drop_count_without_peer(DropReason::Replay), 0);
+}
+
+#[test]
+fn staged_packets_and_load_are_visible() {
+    let mut net = Net::new([0; 32]);
+    net.a.set_endpoint(net.a_peer, sock("192.0.2.99:1"));
+    let mut out = vec![0u8; 200];
+    for _ in 0..3 {
+        net.a.send(net.now, &ipv4(A_TUN, B_TUN, 84), &mut out);
+    }
+    assert_eq!(net.a.staged_packet_count(), 3);
+    assert!(!net.b.is_under_load(net.now));
+    net.b
+        .set_handshake_backlog(crate::ratelimiter::UNDER_LOAD_BACKLOG);
+    let init = net.a.poll_transmit().unwrap();
+    let mut data = init.data;
+    net.b
+        .receive(net.now, Endpoint::from(sock(A_ADDR)), &mut data);
+    assert!(net.b.is_under_load(net.now));
+    assert!(!net.b.is_under_load(net.now.advance(Duration::from_secs(2))));
+}

@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 use crate::constants::MAX_STAGED_PACKETS;
 use crate::cookie::CookieGenerator;
 use crate::crypto::{PublicKey, SecretKey, SharedSecret, SymmetricKey};
+use crate::device::DropReason;
 use crate::noise::InitiatorState;
 use crate::tai64n::Tai64n;
 use crate::timers::Timers;
@@ -44,6 +45,39 @@ impl From<SocketAddr> for Endpoint {
     fn from(addr: SocketAddr) -> Self {
         Endpoint { addr, local: None }
     }
+}
+
+/// Drop counts, one per [`DropReason`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounts([u64; DropReason::ALL.len()]);
+
+impl DropCounts {
+    /// Counts one drop for `reason`.
+    pub fn add(&mut self, reason: DropReason) {
+        self.0[reason as usize] += 1;
+    }
+
+    /// How many drops were counted for `reason`.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize]
+    }
+}
+
+/// A peer's counters for monitoring, beside `rx_bytes`/`tx_bytes` (which
+/// `wg show` reads). Plain integers: they change only under the engine's
+/// lock, next to the byte counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// WireGuard messages received and counted in `rx_bytes` (handshake,
+    /// keepalive and data messages).
+    pub rx_packets: u64,
+    /// WireGuard messages sent and counted in `tx_bytes`.
+    pub tx_packets: u64,
+    /// Handshakes completed (a new session in use), as initiator or responder.
+    pub handshakes_completed: u64,
+    /// Datagrams from this peer dropped after it was identified (by
+    /// receiver index or by the static key of an initiation).
+    pub drops: DropCounts,
 }
 
 /// The three keypair slots of a peer.
@@ -184,6 +218,8 @@ pub struct Peer {
     pub rx_bytes: u64,
     /// Bytes sent to the peer, as WireGuard messages on the wire.
     pub tx_bytes: u64,
+    /// Packet, handshake and drop counters (for metrics).
+    pub stats: PeerStats,
     /// The deadline currently registered in the device's timer heap.
     pub(crate) scheduled: Option<Instant>,
 }
@@ -218,6 +254,7 @@ impl Peer {
             last_handshake: None,
             rx_bytes: 0,
             tx_bytes: 0,
+            stats: PeerStats::default(),
             scheduled: None,
         }
     }

@@ -251,6 +251,14 @@ impl LoadDetector {
         }
     }
 
+    /// Whether the device is still under load at `now` (within
+    /// [`UNDER_LOAD_HOLD`] of the condition last holding), without recording
+    /// an arrival: for monitoring.
+    pub fn is_under_load(&self, now: Instant) -> bool {
+        self.last_under_load
+            .is_some_and(|last| now.saturating_duration_since(last) < UNDER_LOAD_HOLD)
+    }
+
     /// Stores the arrival and returns whether more than [`UNDER_LOAD_RATE`]
     /// arrivals, this one included, fall within the last [`RATE_WINDOW`].
     ///
