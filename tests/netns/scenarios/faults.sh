@@ -18,9 +18,12 @@
 #      ports 1 and 2, both directions; no netem). Loopback carries a UDP GSO batch (up to 64 datagrams)
 #      as one packet through nftables, so ns0's lo gets gso_max_segs 1 for these checks: the kernel splits
 #      the batches before the receive hooks and the loss is per datagram. With N = 10 and N = 30 a TCP
-#      transfer through the tunnel (4 MB; 2 MB at 30 %, where TCP crawls on retransmission timeouts)
-#      arrives complete with the sender's sha256 within 40 s. The loss applied, measured with nftables
-#      counters over at least 1000 datagrams, must be N ± 5 % (over 6 standard deviations at 30 %).
+#      transfer through the tunnel (4 MB; 2 MB at 30 %) arrives complete with the sender's sha256 within
+#      40 s. The connection is opened before the loss starts and the TCP endpoints' minimum retransmission
+#      timeout is 20 ms (route rto_min): at 30 % loss both ways a retransmission round fails half the time,
+#      and with the default 200 ms (1 s for a SYN) chains of doubling timeouts once stalled a 2 MB transfer
+#      for over 40 s; the check is about the tunnel, not TCP's backoff. The loss applied, measured with
+#      nftables counters over at least 1000 datagrams, must be N ± 5 % (over 6 standard deviations at 30 %).
 #   2. A UDP relay of our own (faults.py relay, in ns0, port 10; both endpoints point at it):
 #      - reordering: the relay holds up to 64 datagrams per direction and releases them shuffled (or
 #        after 20 ms). A 4 MB TCP transfer arrives with the right sha256; the relay counts how many
