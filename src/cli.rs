@@ -116,6 +116,9 @@ Environment:
   WG_PROCESS_FOREGROUND=1   same as --foreground
   LOG_LEVEL=LEVEL           same as --verbosity
   FERROGUARD_SOCKET_DIR=DIR socket directory (default /var/run/wireguard)
+  FERROGUARD_CRYPTO_THREADS=N threads that encrypt and decrypt large batches
+                            (1 = the I/O threads alone; default: one per
+                            core from 3 cores on, else 1)
 
 Use with wg-quick: WG_QUICK_USERSPACE_IMPLEMENTATION=ferroguard wg-quick up wg0
 ";
