@@ -182,6 +182,9 @@ Environment:
   FERROGUARD_SKIP_SELFTEST=1     same as --skip-selftest
   FERROGUARD_SOCKET_DIR=DIR      socket directory (default /var/run/wireguard)
   FERROGUARD_NO_OFFLOAD=1        open the TUN device without kernel offloads
+  FERROGUARD_CRYPTO_THREADS=N    threads that encrypt and decrypt large batches
+                                 (1 = the I/O threads alone; default: one per
+                                 core from 3 cores on, else 1)
 
 Use with wg-quick: WG_QUICK_USERSPACE_IMPLEMENTATION=ferroguard wg-quick up wg0
 Manual: man ferroguard (doc/ferroguard.8 in the source tree)

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crypto_pool;
 pub mod daemon;
 pub mod icmp;
 pub mod logging;

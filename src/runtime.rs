@@ -4,6 +4,8 @@
 //! * one thread reads the TUN device and encrypts (`tun_loop`);
 //! * one thread per address family receives datagrams in batches and
 //!   decrypts (`udp_loop`);
+//! * large batches are encrypted or decrypted outside the engine lock by
+//!   the reading thread and the crypto workers together (`crypto_pool`);
 //! * one thread sleeps until the engine's next deadline (`timer_loop`);
 //! * one thread serves the configuration socket (`uapi_loop`);
 //! * the main thread waits for signals and watches the socket file.
@@ -19,10 +21,15 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use ferroguard_proto::device::{Device, Event, ReceiveOutcome, SendOutcome, Transmit};
+use ferroguard_proto::device::{
+    Device, Event, Now, ReceiveJob, ReceiveOutcome, ReceivePrepared, SendJob, SendOutcome,
+    SendPrepared, SendTally, Transmit,
+};
 use ferroguard_proto::peer::{Endpoint, LocalAddr, PeerId};
+use ferroguard_proto::transport::TransportError;
 
 use crate::clock;
+use crate::crypto_pool::CryptoPool;
 use crate::icmp;
 use crate::offload::virtio::{
     VirtioNetHdr, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_LEN as VNET_HDR_LEN,
@@ -60,6 +67,8 @@ pub struct Shared {
     tun_reader: Mutex<TunReader>,
     /// Serialises rebinds so two configuration changes cannot interleave.
     rebind_lock: Mutex<()>,
+    /// The crypto workers for large batches.
+    crypto: CryptoPool,
 }
 
 /// Handshake messages wait here for the handshake thread, so that a flood
@@ -149,6 +158,7 @@ impl Shared {
             handshakes: HandshakeQueue::new(),
             tun_reader: Mutex::new(TunReader::new()),
             rebind_lock: Mutex::new(()),
+            crypto: CryptoPool::from_env(),
         }))
     }
 
@@ -327,6 +337,32 @@ impl TxBatch {
         (self.data.len() - self.used >= need).then(|| &mut self.data[self.used..self.used + need])
     }
 
+    /// The regions of the items from `first` on, in order, for sealing in
+    /// place.
+    fn regions_from(&mut self, first: usize) -> Vec<&mut [u8]> {
+        let start = self.items.get(first).map_or(self.used, |item| item.offset);
+        let mut rest = &mut self.data[start..self.used];
+        let mut regions = Vec::with_capacity(self.items.len() - first);
+        for item in &self.items[first..] {
+            let (region, tail) = std::mem::take(&mut rest).split_at_mut(item.len);
+            regions.push(region);
+            rest = tail;
+        }
+        regions
+    }
+
+    /// Drops the items at these indices (their bytes stay, unsent: `flush`
+    /// only joins contiguous items into a run). For a seal that failed,
+    /// which the sizing of the regions rules out.
+    fn forget(&mut self, failed: &[usize]) {
+        let mut index = 0;
+        self.items.retain(|_| {
+            let keep = !failed.contains(&index);
+            index += 1;
+            keep
+        });
+    }
+
     fn push(&mut self, len: usize, endpoint: Endpoint, peer: PeerId) {
         self.items.push(TxItem {
             offset: self.used,
@@ -351,6 +387,7 @@ impl TxBatch {
             while end < self.items.len()
                 && end - i < crate::sys::udp::MAX_GSO_SEGMENTS
                 && self.items[end].endpoint == first.endpoint
+                && self.items[end].offset == self.items[end - 1].offset + self.items[end - 1].len
                 && self.items[end - 1].len == first.len
                 && self.items[end].len <= first.len
             {
@@ -454,40 +491,113 @@ pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
     }
 }
 
-/// Routes and encrypts `packets` under one engine lock (releasing it only
-/// when the batch buffer is full), then sends them.
+/// Routes and encrypts `packets`, then sends them. The packets are
+/// prepared (routed, counters reserved) under one engine lock, releasing it
+/// only when the batch buffer is full. A small batch is sealed under that
+/// same lock, as one call each; a large one is sealed outside it by the
+/// crypto threads together, and its bookkeeping done under a second lock.
+/// Either way the datagrams leave in the order of `packets`.
 fn encrypt_and_send(shared: &Shared, packets: &[&[u8]], tx: &mut TxBatch) {
     let mut next = 0;
     while next < packets.len() {
         let mut unreachable = Vec::new();
-        let pending = {
+        let mut jobs: Vec<(usize, SendJob)> = Vec::new();
+        let mut tally = SendTally::new();
+        let (now, mut pending, shared_out) = {
             let mut engine = shared.engine();
             let now = clock::now();
+            let mut bytes = 0;
             while let Some(packet) = packets.get(next) {
-                let Some(out) = tx.space_for(packet.len()) else {
+                if tx.space_for(packet.len()).is_none() {
                     break;
-                };
-                match engine.device.send(now, packet, out) {
-                    SendOutcome::Sent {
-                        len,
-                        endpoint,
-                        peer,
-                    } => tx.push(len, endpoint, peer),
-                    SendOutcome::NoRoute | SendOutcome::NoEndpoint(_) => unreachable.push(next),
-                    SendOutcome::Queued(_) | SendOutcome::Invalid => {}
+                }
+                match engine.device.prepare_send(now, packet) {
+                    SendPrepared::Seal(job) => {
+                        bytes += job.wire_len();
+                        tx.push(job.wire_len(), job.endpoint, job.peer);
+                        jobs.push((next, job));
+                    }
+                    SendPrepared::Done(SendOutcome::NoRoute | SendOutcome::NoEndpoint(_)) => {
+                        unreachable.push(next)
+                    }
+                    SendPrepared::Done(_) => {}
                 }
                 next += 1;
             }
+            let shared_out = shared.crypto.worth_sharing(jobs.len(), bytes);
+            if !shared_out {
+                seal_batch(&shared.crypto, false, packets, &jobs, tx, &mut tally);
+                engine.device.complete_sends(now, &mut tally);
+            }
             let pending = drain(&mut engine.device);
             shared.after_engine_change(&mut engine);
-            pending
+            (now, pending, shared_out)
         };
+        if shared_out {
+            seal_batch(&shared.crypto, true, packets, &jobs, tx, &mut tally);
+            let mut engine = shared.engine();
+            engine.device.complete_sends(now, &mut tally);
+            pending.extend(drain(&mut engine.device));
+            shared.after_engine_change(&mut engine);
+        }
         tx.flush(shared);
         shared.send_all(pending);
         for index in unreachable {
             log::trace!("no peer or no endpoint for a packet: ICMP unreachable");
             answer_unreachable(shared, packets[index]);
         }
+    }
+}
+
+/// One packet to seal into its region of the batch buffer.
+struct SealWork<'a> {
+    job: &'a SendJob,
+    packet: &'a [u8],
+    out: &'a mut [u8],
+    result: Result<usize, TransportError>,
+}
+
+/// Seals the prepared `jobs` (the last items of `tx`, one each, in order)
+/// into their regions of the batch buffer, on the crypto threads when
+/// `share`, and counts them in `tally`.
+fn seal_batch(
+    crypto: &CryptoPool,
+    share: bool,
+    packets: &[&[u8]],
+    jobs: &[(usize, SendJob)],
+    tx: &mut TxBatch,
+    tally: &mut SendTally,
+) {
+    let first = tx.items.len() - jobs.len();
+    let mut work: Vec<SealWork<'_>> = jobs
+        .iter()
+        .zip(tx.regions_from(first))
+        .map(|((index, job), out)| SealWork {
+            job,
+            packet: packets[*index],
+            out,
+            result: Err(TransportError::BufferTooSmall),
+        })
+        .collect();
+    let seal = |w: &mut SealWork<'_>| w.result = w.job.seal(w.packet, w.out);
+    if share {
+        crypto.run(&mut work, seal);
+    } else {
+        work.iter_mut().for_each(seal);
+    }
+    let mut failed = Vec::new();
+    for (k, w) in work.iter().enumerate() {
+        match w.result {
+            Ok(len) => tally.record(w.job.peer, len),
+            Err(e) => {
+                log::debug!("sealing a {}-byte packet failed: {e}", w.packet.len());
+                failed.push(first + k);
+            }
+        }
+    }
+    drop(work);
+    if !failed.is_empty() {
+        tx.forget(&failed);
     }
 }
 
@@ -537,9 +647,58 @@ pub fn udp_loop(shared: Arc<Shared>, family: Family) {
     }
 }
 
+/// One received datagram of a batch, cut out of its receive buffer.
+struct RxDatagram<'a> {
+    /// Which buffer, and where in it the datagram starts.
+    buf: usize,
+    offset: usize,
+    from: Endpoint,
+    data: &'a mut [u8],
+    /// The decryption job of a transport message that passed the pre-checks.
+    job: Option<ReceiveJob>,
+}
+
+/// Cuts received buffers into their datagrams: one each, or with UDP GRO
+/// several of `segment_size` bytes back to back.
+fn datagrams<'a>(bufs: &'a mut [Vec<u8>], meta: &[RecvMeta]) -> Vec<RxDatagram<'a>> {
+    let mut datagrams = Vec::with_capacity(bufs.len());
+    for (i, (buf, meta)) in bufs.iter_mut().zip(meta).enumerate() {
+        let Some(src) = meta.src else { continue };
+        let from = Endpoint {
+            // `sys::udp` already reports IPv4-mapped sources as IPv4.
+            addr: src,
+            local: meta.local.map(|l| LocalAddr {
+                ip: l.addr,
+                ifindex: l.ifindex,
+            }),
+        };
+        let len = meta.len.min(buf.len());
+        let step = meta.segment_size.filter(|&s| s > 0).unwrap_or(len.max(1));
+        let mut rest = &mut buf[..len];
+        let mut offset = 0;
+        while !rest.is_empty() {
+            let (data, tail) = std::mem::take(&mut rest).split_at_mut(step.min(len - offset));
+            datagrams.push(RxDatagram {
+                buf: i,
+                offset,
+                from,
+                data,
+                job: None,
+            });
+            offset += step;
+            rest = tail;
+        }
+    }
+    datagrams
+}
+
 /// Decrypts a batch of received buffers in place, each holding one datagram
 /// or, with UDP GRO, several of `segment_size` bytes back to back; then
-/// writes the packets to the tunnel and sends any answers.
+/// writes the packets to the tunnel and sends any answers. Transport
+/// messages are pre-checked under one engine lock; a small batch is then
+/// decrypted and completed under that same lock, a large one decrypted
+/// outside it by the crypto threads together and completed, in the order
+/// received, under a second lock.
 fn handle_batch(
     shared: &Shared,
     bufs: &mut [Vec<u8>],
@@ -548,46 +707,53 @@ fn handle_batch(
 ) {
     // (buffer, offset of the IP packet, its length)
     let mut deliveries = Vec::with_capacity(bufs.len());
-    let pending = {
+    let mut datagrams = datagrams(bufs, meta);
+    let (now, mut pending, shared_out) = {
         let mut engine = shared.engine();
         let now = clock::now();
-        for (i, (buf, meta)) in bufs.iter_mut().zip(meta).enumerate() {
-            let Some(src) = meta.src else { continue };
-            let endpoint = Endpoint {
-                // `sys::udp` already reports IPv4-mapped sources as IPv4.
-                addr: src,
-                local: meta.local.map(|l| LocalAddr {
-                    ip: l.addr,
-                    ifindex: l.ifindex,
-                }),
-            };
-            let len = meta.len.min(buf.len());
-            let step = meta.segment_size.filter(|&s| s > 0).unwrap_or(len.max(1));
-            let mut offset = 0;
-            while offset < len {
-                let end = (offset + step).min(len);
-                let datagram = &mut buf[offset..end];
-                if is_handshake(datagram) {
-                    if !shared.handshakes.push(endpoint, datagram) {
-                        log::trace!("handshake queue full: dropped a message from {src}");
-                    }
-                    offset = end;
-                    continue;
+        let (mut jobs, mut bytes) = (0, 0);
+        for d in &mut datagrams {
+            if is_handshake(d.data) {
+                if !shared.handshakes.push(d.from, d.data) {
+                    log::trace!(
+                        "handshake queue full: dropped a message from {}",
+                        d.from.addr
+                    );
                 }
-                match engine.device.receive(now, endpoint, datagram) {
-                    ReceiveOutcome::Deliver { len, .. } => deliveries.push((i, offset + 16, len)),
-                    ReceiveOutcome::Dropped(reason) => {
-                        log::trace!("dropped a datagram from {}: {}", src, reason.name())
-                    }
-                    ReceiveOutcome::Handled => {}
-                }
-                offset = end;
+                continue;
             }
+            match engine.device.prepare_receive(now, d.from, d.data) {
+                ReceivePrepared::Open(job) => {
+                    d.job = Some(job);
+                    jobs += 1;
+                    bytes += d.data.len();
+                }
+                ReceivePrepared::NotTransport => {
+                    let outcome = engine.device.receive(now, d.from, d.data);
+                    note_outcome(&mut deliveries, d, outcome);
+                }
+                ReceivePrepared::Dropped(reason) => {
+                    log::trace!("dropped a datagram from {}: {}", d.from.addr, reason.name())
+                }
+            }
+        }
+        let shared_out = shared.crypto.worth_sharing(jobs, bytes);
+        if !shared_out {
+            datagrams.iter_mut().for_each(open);
+            complete_batch(&mut engine.device, now, &mut datagrams, &mut deliveries);
         }
         let pending = drain(&mut engine.device);
         shared.after_engine_change(&mut engine);
-        pending
+        (now, pending, shared_out)
     };
+    if shared_out {
+        shared.crypto.run(&mut datagrams, open);
+        let mut engine = shared.engine();
+        complete_batch(&mut engine.device, now, &mut datagrams, &mut deliveries);
+        pending.extend(drain(&mut engine.device));
+        shared.after_engine_change(&mut engine);
+    }
+    drop(datagrams);
     let wrote = !deliveries.is_empty();
     write_to_tun(shared, coalescer, bufs, &deliveries);
     shared.send_all(pending);
@@ -597,6 +763,43 @@ fn handle_batch(
         if let Ok(mut reader) = shared.tun_reader.try_lock() {
             let _ = drain_tun(shared, &mut reader, OPPORTUNISTIC_TUN_READS);
         }
+    }
+}
+
+/// Decrypts a prepared datagram in place (no engine needed).
+fn open(d: &mut RxDatagram<'_>) {
+    if let Some(job) = d.job.as_mut() {
+        job.open(d.data);
+    }
+}
+
+/// Completes the decrypted datagrams under the engine lock, in the order
+/// they were received, noting the packets to deliver.
+fn complete_batch(
+    device: &mut Device,
+    now: Now,
+    datagrams: &mut [RxDatagram<'_>],
+    deliveries: &mut Vec<(usize, usize, usize)>,
+) {
+    for d in datagrams {
+        if let Some(job) = d.job.take() {
+            let outcome = device.complete_receive(now, job, d.data);
+            note_outcome(deliveries, d, outcome);
+        }
+    }
+}
+
+fn note_outcome(
+    deliveries: &mut Vec<(usize, usize, usize)>,
+    d: &RxDatagram<'_>,
+    outcome: ReceiveOutcome,
+) {
+    match outcome {
+        ReceiveOutcome::Deliver { len, .. } => deliveries.push((d.buf, d.offset + 16, len)),
+        ReceiveOutcome::Dropped(reason) => {
+            log::trace!("dropped a datagram from {}: {}", d.from.addr, reason.name())
+        }
+        ReceiveOutcome::Handled => {}
     }
 }
 

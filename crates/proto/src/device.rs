@@ -33,7 +33,7 @@ use crate::peerlookup::IndexTable;
 use crate::ratelimiter::{LoadDetector, RateLimiter, DEFAULT_MAX_ENTRIES};
 use crate::tai64n::Tai64n;
 use crate::timers::TimerEvent;
-use crate::transport::{Keypair, TransportError};
+use crate::transport::{Keypair, OpenJob, SealJob, TransportError};
 
 /// The current time, monotonic (for every timer) and wall-clock (for TAI64N
 /// timestamps and the last-handshake time that `wg show` prints).
@@ -111,6 +111,120 @@ pub enum ReceiveOutcome {
     Handled,
     /// Dropped, for this reason.
     Dropped(DropReason),
+}
+
+/// What [`Device::prepare_send`] made of an IP packet.
+#[derive(Debug)]
+pub enum SendPrepared {
+    /// A session exists and a counter is reserved: seal the packet with the
+    /// job (on any thread), send it, and report it to
+    /// [`Device::complete_sends`] through a [`SendTally`].
+    Seal(SendJob),
+    /// Nothing to seal: `Queued`, `NoRoute`, `NoEndpoint` or `Invalid`, as
+    /// [`Device::send`] would have answered.
+    Done(SendOutcome),
+}
+
+/// A packet bound for a peer's current session, ready to be sealed without
+/// the engine.
+#[derive(Debug)]
+pub struct SendJob {
+    /// The peer.
+    pub peer: PeerId,
+    /// Where to send the transport message.
+    pub endpoint: Endpoint,
+    seal: SealJob,
+}
+
+impl SendJob {
+    /// The length of the transport message (what `out` needs at least).
+    pub fn wire_len(&self) -> usize {
+        self.seal.wire_len()
+    }
+
+    /// The counter reserved for the message.
+    pub fn counter(&self) -> u64 {
+        self.seal.counter()
+    }
+
+    /// Writes the transport message for `packet` (the one the job was
+    /// prepared for) into `out`; returns its length.
+    pub fn seal(&self, packet: &[u8], out: &mut [u8]) -> Result<usize, TransportError> {
+        self.seal.seal(packet, out)
+    }
+}
+
+/// The transport messages of one batch that were sealed and handed to the
+/// network, summed per peer for [`Device::complete_sends`]: byte counters,
+/// timers and rekey checks are then done once per peer and batch.
+#[derive(Debug, Default)]
+pub struct SendTally {
+    /// (peer, bytes on the wire, messages), in the order peers first appeared.
+    per_peer: Vec<(PeerId, u64, u64)>,
+}
+
+impl SendTally {
+    /// An empty tally.
+    pub fn new() -> Self {
+        SendTally::default()
+    }
+
+    /// Counts one transport message of `wire_len` bytes sent to `peer`.
+    pub fn record(&mut self, peer: PeerId, wire_len: usize) {
+        // A batch nearly always goes to one peer or a few: the last entry
+        // is the likely one, and a linear search beats hashing.
+        match self.per_peer.iter_mut().rev().find(|(p, _, _)| *p == peer) {
+            Some((_, bytes, messages)) => {
+                *bytes += wire_len as u64;
+                *messages += 1;
+            }
+            None => self.per_peer.push((peer, wire_len as u64, 1)),
+        }
+    }
+
+    /// True if nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.per_peer.is_empty()
+    }
+}
+
+/// What [`Device::prepare_receive`] made of a datagram.
+#[derive(Debug)]
+pub enum ReceivePrepared {
+    /// A transport message that passed the pre-checks: decrypt it with
+    /// [`ReceiveJob::open`] (on any thread), then finish with
+    /// [`Device::complete_receive`].
+    Open(ReceiveJob),
+    /// A handshake or cookie message: hand it to [`Device::receive`].
+    NotTransport,
+    /// Dropped (and counted) for this reason.
+    Dropped(DropReason),
+}
+
+/// A received transport message to decrypt without the engine.
+#[derive(Debug)]
+pub struct ReceiveJob {
+    /// The peer whose session the message names.
+    pub peer: PeerId,
+    /// Where the datagram came from.
+    pub from: Endpoint,
+    local_index: u32,
+    open: OpenJob,
+    /// Set by [`ReceiveJob::open`]: the padded plaintext length or the error.
+    opened: Option<Result<usize, TransportError>>,
+}
+
+impl ReceiveJob {
+    /// The message's counter.
+    pub fn counter(&self) -> u64 {
+        self.open.counter()
+    }
+
+    /// Decrypts the datagram (the one the job was prepared for) in place.
+    /// The outcome is kept in the job for [`Device::complete_receive`].
+    pub fn open(&mut self, datagram: &mut [u8]) {
+        self.opened = Some(self.open.open(datagram));
+    }
 }
 
 /// Why a datagram or packet was dropped (counted per reason).
@@ -529,47 +643,108 @@ impl Device {
     /// transport message is written to `out` (which needs the packet length
     /// plus 32 bytes and 15 bytes of padding room); otherwise the packet is
     /// queued and a handshake started.
+    ///
+    /// The one-call form of [`Device::prepare_send`], [`SendJob::seal`] and
+    /// [`Device::complete_sends`].
     pub fn send(&mut self, now: Now, packet: &[u8], out: &mut [u8]) -> SendOutcome {
         let Some(destination) = destination_address(packet) else {
             return SendOutcome::Invalid;
         };
+        let job = match self.prepare_send_to(now, destination, packet, out.len()) {
+            SendPrepared::Seal(job) => job,
+            SendPrepared::Done(outcome) => return outcome,
+        };
+        let Ok(len) = job.seal(packet, out) else {
+            return SendOutcome::Invalid; // unreachable: the length was checked
+        };
+        self.after_data_sent(now, job.peer, len as u64, 1, false);
+        SendOutcome::Sent {
+            peer: job.peer,
+            len,
+            endpoint: job.endpoint,
+        }
+    }
+
+    /// Routes an IP packet read from the tunnel and, when its peer has a
+    /// usable session, reserves the nonce counter for it and returns the job
+    /// that seals it; otherwise the packet is queued and a handshake started
+    /// as in [`Device::send`]. Jobs must be sent in the order they were
+    /// prepared to keep a peer's packets in order (the receiver tolerates
+    /// reordering within its replay window, but TCP does not like it).
+    pub fn prepare_send(&mut self, now: Now, packet: &[u8]) -> SendPrepared {
+        match destination_address(packet) {
+            Some(destination) => self.prepare_send_to(now, destination, packet, usize::MAX),
+            None => SendPrepared::Done(SendOutcome::Invalid),
+        }
+    }
+
+    /// [`Device::prepare_send`] for a packet already parsed, whose
+    /// transport message must fit in `room` bytes (else `Invalid`, and no
+    /// counter is taken).
+    fn prepare_send_to(
+        &mut self,
+        now: Now,
+        destination: IpAddr,
+        packet: &[u8],
+        room: usize,
+    ) -> SendPrepared {
         let Some(id) = self.allowed_ips.lookup(destination) else {
-            return SendOutcome::NoRoute;
+            return SendPrepared::Done(SendOutcome::NoRoute);
         };
         let mtu = self.mtu;
         let peer = self.peers.get_mut(&id).expect("routes point to live peers");
         let Some(endpoint) = peer.endpoint else {
-            return SendOutcome::NoEndpoint(id);
+            return SendPrepared::Done(SendOutcome::NoEndpoint(id));
         };
-        if peer.staged.is_empty() {
-            if let Some(keypair) = peer.keypairs.current.as_mut() {
-                match keypair.seal(now.mono, packet, mtu, out) {
-                    Ok(len) => {
-                        self.after_data_sent(now, id, len, false);
-                        return SendOutcome::Sent {
-                            peer: id,
-                            len,
-                            endpoint,
-                        };
-                    }
-                    Err(TransportError::BufferTooSmall) => return SendOutcome::Invalid,
-                    Err(_) => {}
-                }
+        let usable = peer
+            .keypairs
+            .current
+            .as_mut()
+            .filter(|k| k.can_send(now.mono));
+        if let Some(keypair) = usable.filter(|_| peer.staged.is_empty()) {
+            if room < crate::transport::wire_len(packet.len(), mtu) {
+                return SendPrepared::Done(SendOutcome::Invalid);
+            }
+            if let Ok(seal) = keypair.reserve(now.mono, packet.len(), mtu) {
+                return SendPrepared::Seal(SendJob {
+                    peer: id,
+                    endpoint,
+                    seal,
+                });
             }
         }
         peer.stage(packet.to_vec());
         self.flush_staged(now, id);
         self.after_operation();
-        SendOutcome::Queued(id)
+        SendPrepared::Done(SendOutcome::Queued(id))
+    }
+
+    /// The bookkeeping for a batch of sealed and sent transport messages:
+    /// byte counters, timers and the rekey checks, once per peer. Clears
+    /// the tally.
+    pub fn complete_sends(&mut self, now: Now, tally: &mut SendTally) {
+        for (id, bytes, packets) in tally.per_peer.drain(..) {
+            if self.peers.contains_key(&id) {
+                self.after_data_sent(now, id, bytes, packets, false);
+            }
+        }
+        self.after_operation();
     }
 
     /// Bookkeeping after a transport message left: counters, timers, and the
     /// rekey checks of `keep_key_fresh`.
-    fn after_data_sent(&mut self, now: Now, id: PeerId, wire_len: usize, keepalive: bool) {
+    fn after_data_sent(
+        &mut self,
+        now: Now,
+        id: PeerId,
+        wire_bytes: u64,
+        packets: u64,
+        keepalive: bool,
+    ) {
         let jitter = self.jitter();
         let peer = self.peers.get_mut(&id).expect("caller checked");
-        peer.tx_bytes += wire_len as u64;
-        peer.stats.tx_packets += 1;
+        peer.tx_bytes += wire_bytes;
+        peer.stats.tx_packets += packets;
         peer.timers.any_authenticated_packet_traversal(now.mono);
         peer.timers.any_authenticated_packet_sent();
         if !keepalive {
@@ -619,7 +794,7 @@ impl Device {
                 endpoint,
                 data,
             });
-            self.after_data_sent(now, id, len, packet.is_empty());
+            self.after_data_sent(now, id, len as u64, 1, packet.is_empty());
         }
     }
 
@@ -718,6 +893,10 @@ impl Device {
     /// decrypted in place: on [`ReceiveOutcome::Deliver`] the IP packet is
     /// `datagram[16..16 + len]`.
     ///
+    /// For transport messages, the one-call form of
+    /// [`Device::prepare_receive`], [`ReceiveJob::open`] and
+    /// [`Device::complete_receive`].
+    ///
     /// A drop is counted for the device ([`Device::drop_count`]) and, once
     /// the datagram was tied to a peer (by the receiver index of one of its
     /// sessions or handshakes, or by the static key of its initiation), in
@@ -725,52 +904,137 @@ impl Device {
     pub fn receive(&mut self, now: Now, from: Endpoint, datagram: &mut [u8]) -> ReceiveOutcome {
         let outcome = match messages::parse(datagram) {
             Err(_) => Err(DropReason::Malformed),
-            Ok(Message::Transport(header)) => {
-                self.receive_transport(now, from, header.receiver, header.counter, datagram)
-            }
+            Ok(Message::Transport(header)) => self
+                .prepare_transport(now, from, header.receiver, header.counter)
+                .and_then(|mut job| {
+                    job.open(datagram);
+                    self.complete_transport(now, job, datagram)
+                }),
             Ok(Message::CookieReply(reply)) => self.receive_cookie_reply(now, reply, datagram),
             Ok(message) => self.receive_handshake(now, from, message, datagram),
         };
         self.after_operation();
+        self.count_drop(outcome)
+    }
+
+    /// Counts a failed outcome as a drop, charged to the peer the datagram
+    /// was tied to (and clears that tie in any case).
+    fn count_drop(&mut self, outcome: Result<ReceiveOutcome, DropReason>) -> ReceiveOutcome {
         let tied_to = self.receiving_from.take();
         match outcome {
             Ok(outcome) => outcome,
             Err(reason) => {
-                self.drops[reason.slot()] += 1;
-                if let Some(peer) = tied_to.and_then(|id| self.peers.get_mut(&id)) {
-                    peer.stats.drops.add(reason);
-                    self.peer_drops.add(reason);
-                }
+                self.record_drop(reason, tied_to);
                 ReceiveOutcome::Dropped(reason)
             }
         }
     }
 
-    fn receive_transport(
+    fn record_drop(&mut self, reason: DropReason, tied_to: Option<PeerId>) {
+        self.drops[reason.slot()] += 1;
+        if let Some(peer) = tied_to.and_then(|id| self.peers.get_mut(&id)) {
+            peer.stats.drops.add(reason);
+            self.peer_drops.add(reason);
+        }
+    }
+
+    /// The first, cheap step for a datagram received from `from`: a
+    /// transport message is matched to its session by receiver index, and
+    /// refused if that session expired or the counter is already outside
+    /// its replay window. Otherwise the job that decrypts it is returned;
+    /// nothing else changes until [`Device::complete_receive`].
+    pub fn prepare_receive(
+        &mut self,
+        now: Now,
+        from: Endpoint,
+        datagram: &[u8],
+    ) -> ReceivePrepared {
+        let header = match messages::parse(datagram) {
+            Ok(Message::Transport(header)) => Ok(header),
+            Ok(_) => return ReceivePrepared::NotTransport,
+            Err(_) => Err(DropReason::Malformed),
+        };
+        let prepared =
+            header.and_then(|h| self.prepare_transport(now, from, h.receiver, h.counter));
+        let tied_to = self.receiving_from.take();
+        match prepared {
+            Ok(job) => ReceivePrepared::Open(job),
+            Err(reason) => {
+                self.record_drop(reason, tied_to);
+                ReceivePrepared::Dropped(reason)
+            }
+        }
+    }
+
+    fn prepare_transport(
         &mut self,
         now: Now,
         from: Endpoint,
         receiver: u32,
         counter: u64,
-        datagram: &mut [u8],
-    ) -> Result<ReceiveOutcome, DropReason> {
+    ) -> Result<ReceiveJob, DropReason> {
         let id = self.indices.get(receiver).ok_or(DropReason::UnknownIndex)?;
         let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
-        let (keypair, slot) = peer
+        let (keypair, _) = peer
             .keypairs
             .by_index_mut(receiver)
             .ok_or(DropReason::UnknownIndex)?;
         self.receiving_from = Some(id);
-        let padded_len = keypair
-            .open(now.mono, counter, datagram)
-            .map_err(|e| match e {
-                TransportError::Replay => DropReason::Replay,
-                TransportError::KeypairExpired => DropReason::KeypairExpired,
-                _ => DropReason::Decryption,
-            })?;
+        let open = keypair
+            .precheck_open(now.mono, counter)
+            .map_err(transport_drop_reason)?;
+        Ok(ReceiveJob {
+            peer: id,
+            from,
+            local_index: receiver,
+            open,
+            opened: None,
+        })
+    }
+
+    /// The last step for a transport message, after [`ReceiveJob::open`]
+    /// on `datagram`: the authoritative replay check (a copy of the message
+    /// that completed first wins; this one is dropped), then roaming, key
+    /// confirmation, timers, the allowed-IPs check of the inner source and
+    /// the counters. Complete a peer's jobs in the order they were prepared.
+    pub fn complete_receive(
+        &mut self,
+        now: Now,
+        job: ReceiveJob,
+        datagram: &[u8],
+    ) -> ReceiveOutcome {
+        let outcome = self.complete_transport(now, job, datagram);
+        self.after_operation();
+        self.count_drop(outcome)
+    }
+
+    fn complete_transport(
+        &mut self,
+        now: Now,
+        job: ReceiveJob,
+        datagram: &[u8],
+    ) -> Result<ReceiveOutcome, DropReason> {
+        let padded_len = job
+            .opened
+            .unwrap_or(Err(TransportError::Decryption))
+            .map_err(transport_drop_reason)?;
+        let id = job.peer;
+        self.receiving_from = Some(id);
+        let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
+        // The session may have gone since the job was prepared (keys
+        // zeroed, rotated out, the peer removed): then the index names
+        // nothing, or another session whose key did not open this message.
+        let (keypair, slot) = peer
+            .keypairs
+            .by_index_mut(job.local_index)
+            .filter(|(k, _)| k.made(&job.open))
+            .ok_or(DropReason::UnknownIndex)?;
+        keypair
+            .accept_counter(now.mono, job.open.counter())
+            .map_err(transport_drop_reason)?;
         // Authenticated: roam to where it came from, before any other check
         // (the kernel's order, which its crypto-RP filter test relies on).
-        peer.endpoint = Some(from);
+        peer.endpoint = Some(job.from);
         if slot == Slot::Next {
             if let Some(dropped) = peer.keypairs.confirm_next() {
                 self.indices.remove(dropped);
@@ -794,7 +1058,9 @@ impl Device {
         }
         peer.timers.data_received(now.mono);
         self.reschedule(id);
-        let plaintext = &datagram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + padded_len];
+        let plaintext = datagram
+            .get(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + padded_len)
+            .ok_or(DropReason::Malformed)?;
         let (len, source) = inner_packet(plaintext).ok_or(DropReason::InvalidInnerPacket)?;
         if self.allowed_ips.lookup(source) != Some(id) {
             return Err(DropReason::SourceNotAllowed);
@@ -1180,6 +1446,17 @@ impl Device {
         }
         #[cfg(feature = "debug-checks")]
         self.check_invariants();
+    }
+}
+
+/// The drop reason for a transport error.
+fn transport_drop_reason(error: TransportError) -> DropReason {
+    match error {
+        TransportError::Replay => DropReason::Replay,
+        TransportError::KeypairExpired => DropReason::KeypairExpired,
+        TransportError::Decryption | TransportError::Truncated | TransportError::BufferTooSmall => {
+            DropReason::Decryption
+        }
     }
 }
 

@@ -715,3 +715,278 @@ fn staged_packets_and_load_are_visible() {
     assert!(net.b.is_under_load(net.now));
     assert!(!net.b.is_under_load(net.now.advance(Duration::from_secs(2))));
 }
+
+// ----- the split data path: prepare, seal/open anywhere, complete ----------
+
+impl Net {
+    /// Prepares and seals `count` packets of `len` bytes from A to B as one
+    /// batch, records them in a tally and completes it: the transport
+    /// messages, in preparation order.
+    fn seal_batch_a_to_b(&mut self, count: usize, len: usize) -> Vec<Vec<u8>> {
+        let packet = ipv4(A_TUN, B_TUN, len);
+        let jobs: Vec<SendJob> = (0..count)
+            .map(|_| match self.a.prepare_send(self.now, &packet) {
+                SendPrepared::Seal(job) => job,
+                other => panic!("a session was expected, got {other:?}"),
+            })
+            .collect();
+        let mut tally = SendTally::new();
+        let messages = jobs
+            .iter()
+            .map(|job| {
+                let mut out = vec![0u8; job.wire_len()];
+                let n = job.seal(&packet, &mut out).unwrap();
+                assert_eq!(n, job.wire_len());
+                tally.record(job.peer, n);
+                out
+            })
+            .collect();
+        self.a.complete_sends(self.now, &mut tally);
+        assert!(tally.is_empty(), "complete_sends clears the tally");
+        messages
+    }
+
+    /// B's receive job for a transport message from A.
+    fn prepare_at_b(&mut self, datagram: &[u8]) -> ReceiveJob {
+        match self
+            .b
+            .prepare_receive(self.now, Endpoint::from(sock(A_ADDR)), datagram)
+        {
+            ReceivePrepared::Open(job) => job,
+            other => panic!("a receive job was expected, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn split_path_opens_in_any_order_and_completes_in_order() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84); // handshake
+    let tx_before = net.a.peer(net.a_peer).unwrap().tx_bytes;
+    let rx_before = net.b.peer(net.b_peer).unwrap().rx_bytes;
+    let mut messages = net.seal_batch_a_to_b(8, 1000);
+    let counters: Vec<u64> = messages
+        .iter()
+        .map(|m| u64::from_le_bytes(m[8..16].try_into().unwrap()))
+        .collect();
+    assert_eq!(counters, (1..9).collect::<Vec<u64>>(), "consecutive nonces");
+    let mut jobs: Vec<ReceiveJob> = messages.iter().map(|m| net.prepare_at_b(m)).collect();
+    // The workers may finish in any order.
+    for (job, message) in jobs.iter_mut().zip(messages.iter_mut()).rev() {
+        job.open(message);
+    }
+    let now = net.now;
+    for (job, message) in jobs.into_iter().zip(&messages) {
+        let outcome = net.b.complete_receive(now, job, message);
+        let ReceiveOutcome::Deliver { len, .. } = outcome else {
+            panic!("expected a delivery, got {outcome:?}")
+        };
+        assert_eq!(message[16..16 + len], ipv4(A_TUN, B_TUN, 1000)[..]);
+    }
+    let wire: u64 = messages.iter().map(|m| m.len() as u64).sum();
+    assert_eq!(wire, 8 * (16 + 1008 + 16));
+    assert_eq!(net.a.peer(net.a_peer).unwrap().tx_bytes, tx_before + wire);
+    assert_eq!(net.b.peer(net.b_peer).unwrap().rx_bytes, rx_before + wire);
+    for reason in DropReason::ALL {
+        assert_eq!(net.b.drop_count(reason), 0, "{reason:?}");
+    }
+}
+
+#[test]
+fn a_replay_that_passes_the_precheck_is_dropped_at_completion() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let original = net.seal_a_to_b(84);
+    let mut first = original.clone();
+    let mut copy = original.clone();
+    // Both copies are prepared before either completes: the pre-check
+    // cannot tell them apart.
+    let mut job1 = net.prepare_at_b(&first);
+    let mut job2 = net.prepare_at_b(&copy);
+    job1.open(&mut first);
+    job2.open(&mut copy);
+    let rx_before = net.b.peer(net.b_peer).unwrap().rx_bytes;
+    let now = net.now;
+    assert!(matches!(
+        net.b.complete_receive(now, job1, &first),
+        ReceiveOutcome::Deliver { .. }
+    ));
+    assert_eq!(
+        net.b.complete_receive(now, job2, &copy),
+        ReceiveOutcome::Dropped(DropReason::Replay)
+    );
+    assert_eq!(net.b.drop_count(DropReason::Replay), 1);
+    assert_eq!(
+        net.b.peer(net.b_peer).unwrap().rx_bytes,
+        rx_before + first.len() as u64,
+        "the replay is not counted"
+    );
+    // Once completed, the pre-check itself refuses the counter.
+    assert!(matches!(
+        net.b
+            .prepare_receive(now, Endpoint::from(sock(A_ADDR)), &original),
+        ReceivePrepared::Dropped(DropReason::Replay)
+    ));
+    assert_eq!(net.b.drop_count(DropReason::Replay), 2);
+    // Both replay drops were tied to the peer by its receiver index, one at
+    // completion and one at the pre-check.
+    let stats = net.b.peer_stats(net.b_peer).unwrap();
+    assert_eq!(stats.drops.get(DropReason::Replay), 2);
+    assert_eq!(net.b.drop_count_without_peer(DropReason::Replay), 0);
+    // A successful prepare leaves no tie behind for an unrelated drop.
+    let fresh = net.seal_a_to_b(84);
+    assert!(matches!(
+        net.b
+            .prepare_receive(now, Endpoint::from(sock(A_ADDR)), &fresh),
+        ReceivePrepared::Open(_)
+    ));
+    net.b
+        .receive(now, Endpoint::from(sock(A_ADDR)), &mut [9u8; 3]);
+    assert_eq!(net.b.drop_count_without_peer(DropReason::Malformed), 1);
+    assert_eq!(
+        net.b
+            .peer_stats(net.b_peer)
+            .unwrap()
+            .drops
+            .get(DropReason::Malformed),
+        0
+    );
+}
+
+#[test]
+fn a_key_that_expires_or_goes_between_prepare_and_complete_delivers_nothing() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let mut message = net.seal_a_to_b(84);
+    let mut job = net.prepare_at_b(&message);
+    job.open(&mut message);
+    let later = net.now.advance(REJECT_AFTER_TIME);
+    assert_eq!(
+        net.b.complete_receive(later, job, &message),
+        ReceiveOutcome::Dropped(DropReason::KeypairExpired)
+    );
+
+    // The session is wiped while the message is being decrypted.
+    let mut message = net.seal_a_to_b(84);
+    let mut job = net.prepare_at_b(&message);
+    job.open(&mut message);
+    let peer = net.b.peers.get_mut(&net.b_peer).unwrap();
+    for index in peer.keypairs.clear() {
+        net.b.indices.remove(index);
+    }
+    let now = net.now;
+    assert_eq!(
+        net.b.complete_receive(now, job, &message),
+        ReceiveOutcome::Dropped(DropReason::UnknownIndex)
+    );
+    assert_eq!(net.b.drop_count(DropReason::KeypairExpired), 1);
+    assert_eq!(net.b.drop_count(DropReason::UnknownIndex), 1);
+}
+
+#[test]
+fn a_job_that_was_not_opened_or_did_not_open_is_a_decryption_drop() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let message = net.seal_a_to_b(84);
+    let job = net.prepare_at_b(&message);
+    let now = net.now;
+    assert_eq!(
+        net.b.complete_receive(now, job, &message),
+        ReceiveOutcome::Dropped(DropReason::Decryption)
+    );
+    let mut forged = net.seal_a_to_b(84);
+    let mut job = net.prepare_at_b(&forged);
+    forged[40] ^= 1;
+    job.open(&mut forged);
+    assert_eq!(
+        net.b.complete_receive(now, job, &forged),
+        ReceiveOutcome::Dropped(DropReason::Decryption)
+    );
+    assert_eq!(net.b.drop_count(DropReason::Decryption), 2);
+    // Neither burnt its counter: the genuine message still goes through.
+    let mut genuine = message;
+    let outcome = net
+        .b
+        .receive(now, Endpoint::from(sock(A_ADDR)), &mut genuine);
+    assert!(matches!(outcome, ReceiveOutcome::Deliver { .. }));
+}
+
+#[test]
+fn a_batch_sums_bytes_per_peer_and_rekeys_once() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let initiations = net.count_wire(true, 1);
+    net.advance(REKEY_TIMEOUT);
+    let peer = net.a.peers.get_mut(&net.a_peer).unwrap();
+    let keypair = peer.keypairs.current.as_mut().unwrap();
+    keypair.set_send_counter_for_test(REKEY_AFTER_MESSAGES - 2);
+    let tx_before = net.a.peer(net.a_peer).unwrap().tx_bytes;
+    let messages = net.seal_batch_a_to_b(5, 84);
+    assert_eq!(
+        net.a
+            .peer(net.a_peer)
+            .unwrap()
+            .keypairs
+            .current
+            .as_ref()
+            .unwrap()
+            .send_counter(),
+        REKEY_AFTER_MESSAGES + 3,
+        "one counter per job"
+    );
+    assert_eq!(
+        net.a.peer(net.a_peer).unwrap().tx_bytes,
+        tx_before + 5 * 128 + INITIATION_LEN as u64,
+        "five data messages and one rekey initiation"
+    );
+    assert_eq!(messages.len(), 5);
+    net.pump();
+    assert_eq!(
+        net.count_wire(true, 1),
+        initiations + 1,
+        "one initiation for the whole batch"
+    );
+}
+
+#[test]
+fn prepare_send_answers_like_send_without_a_session() {
+    let mut net = Net::new([0; 32]);
+    let now = net.now;
+    let packet = ipv4(A_TUN, B_TUN, 84);
+    let a_peer = net.a_peer;
+    assert!(matches!(
+        net.a.prepare_send(now, &packet),
+        SendPrepared::Done(SendOutcome::Queued(p)) if p == a_peer
+    ));
+    assert!(matches!(
+        net.a.prepare_send(now, &ipv4(A_TUN, [10, 9, 9, 9], 84)),
+        SendPrepared::Done(SendOutcome::NoRoute)
+    ));
+    assert!(matches!(
+        net.a.prepare_send(now, &[0x45]),
+        SendPrepared::Done(SendOutcome::Invalid)
+    ));
+    assert!(matches!(
+        net.a
+            .prepare_receive(now, Endpoint::from(sock(B_ADDR)), &initiation_shaped()),
+        ReceivePrepared::NotTransport
+    ));
+    // The staged packet went out with the handshake; the split path and the
+    // one-call path share the counters.
+    net.pump();
+    assert_eq!(net.delivered_b, vec![packet]);
+    let messages = net.seal_batch_a_to_b(2, 84);
+    let out = net.seal_a_to_b(84);
+    let counter = |m: &[u8]| u64::from_le_bytes(m[8..16].try_into().unwrap());
+    assert_eq!(
+        [counter(&messages[0]), counter(&messages[1]), counter(&out)],
+        [1, 2, 3]
+    );
+}
+
+/// A datagram with the type and length of an initiation.
+fn initiation_shaped() -> [u8; 148] {
+    let mut datagram = [0u8; 148];
+    datagram[0] = 1;
+    datagram
+}
