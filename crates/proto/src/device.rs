@@ -1014,12 +1014,12 @@ impl Device {
         job: ReceiveJob,
         datagram: &[u8],
     ) -> Result<ReceiveOutcome, DropReason> {
+        let id = job.peer;
+        self.receiving_from = Some(id);
         let padded_len = job
             .opened
             .unwrap_or(Err(TransportError::Decryption))
             .map_err(transport_drop_reason)?;
-        let id = job.peer;
-        self.receiving_from = Some(id);
         let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
         // The session may have gone since the job was prepared (keys
         // zeroed, rotated out, the peer removed): then the index names

@@ -903,6 +903,12 @@ fn a_job_that_was_not_opened_or_did_not_open_is_a_decryption_drop() {
         ReceiveOutcome::Dropped(DropReason::Decryption)
     );
     assert_eq!(net.b.drop_count(DropReason::Decryption), 2);
+    let stats = net.b.peer_stats(net.b_peer).unwrap();
+    assert_eq!(
+        stats.drops.get(DropReason::Decryption),
+        2,
+        "charged to the peer"
+    );
     // Neither burnt its counter: the genuine message still goes through.
     let mut genuine = message;
     let outcome = net
