@@ -53,8 +53,11 @@ step "self-tests from the binary" 60 target/release/ferroguard --selftest
 step "feature: daemon without self-tests" 900 scripts/check-no-selftest.sh
 if [ "$QUICK" = 0 ]; then
   step "fuzz targets (build, then 20 s each)" 1500 scripts/fuzz.sh 20
-  step "network-namespace suite" 2400 tests/netns/run.sh
+  # Three pairs (ferroguard/ferroguard and both interop directions), about 12 minutes on 2 cores.
+  step "network-namespace suite" 2400 env FGT_TOTAL_TIMEOUT=2200 tests/netns/run.sh
   step "network-namespace suite without TUN offloads (quick)" 900 env FERROGUARD_NO_OFFLOAD=1 tests/netns/run.sh --quick
+  # The default on 2 cores is one crypto thread; this covers the shared (pool) path end to end.
+  step "network-namespace suite with two crypto threads (quick)" 900 env FERROGUARD_CRYPTO_THREADS=2 tests/netns/run.sh --quick
   # ~20 rekeys in 60 s: engine clock at 40x (cargo feature test-clock, built in target/variants like the above).
   step "soak with a sped-up clock (60 s)" 1200 scripts/soak.sh --seconds 60 --min-rekeys 10
 else
