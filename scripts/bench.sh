@@ -2,27 +2,71 @@
 # Compares userspace WireGuard implementations side by side between two network
 # namespaces, with public tools only (iproute2, wireguard-tools, iperf3, ping).
 #
-#   scripts/bench.sh [-t SECONDS] IMPL [IMPL...]
+#   scripts/bench.sh [-t SECONDS] [--pin] [--peers N] [--peers-for PATTERN=M]...
+#                    [--setconf-timeout S] IMPL [IMPL...]
+#   scripts/bench.sh --rtt [--pin] [--rounds R] [--count C] IMPL [IMPL...]
+#   scripts/bench.sh --rtt-profile [--pin] [--count C] IMPL [IMPL...]
 #
 # IMPL is a command that follows wireguard-go's convention (`IMPL -f IFACE`
 # creates the TUN IFACE and /var/run/wireguard/IFACE.sock), e.g.
 #   scripts/bench.sh target/release/ferroguard wireguard-go \
 #       "boringtun-cli --disable-drop-privileges"
+# Leading VAR=VALUE words of an IMPL are passed to the daemon's environment,
+# e.g. "FERROGUARD_NO_OFFLOAD=1 target/release/ferroguard".
 # Each implementation runs in both namespaces in turn; for each it prints TCP
 # (one stream, A->B), UDP offered at 1 Gbit/s (received rate and loss), the
-# average ping RTT and the daemons' CPU during the TCP run, then the ratios to
-# the first implementation. Needs root. Cleans up after itself.
+# ping RTT (average and median of 100 pings at 10 ms, after the UDP test) and
+# the daemons' CPU during the TCP run, then the ratios to the first
+# implementation.
+#
+# --peers N: after measuring with the one real peer, add N-1 extra peers to
+#   both daemons with one `wg addconf` each (random public keys, one /32 each
+#   in 10.128.0.0/9, every 2nd also a /128 in fd00:5ca1::/64, every 4th an
+#   endpoint in 198.51.100.0/24; none overlaps the tunnel's 10.78.0.0/24),
+#   measure again, and print the ratios N peers / 1 peer of the same daemons,
+#   the `wg addconf` wall time and the RSS growth per extra peer.
+# --peers-for PATTERN=M: implementations whose command contains PATTERN get M
+#   peers instead of N. wireguard-go refuses more than 65 536 peers
+#   (MaxPeers = 1 << 16; `wg addconf` then hangs), so a command containing
+#   "wireguard-go" gets at most 65 536 unless a --peers-for rule says
+#   otherwise. --setconf-timeout S (default 120) bounds each `wg addconf`; on
+#   timeout the measurement goes on with the peers configured so far, and the
+#   output says how many that was (marked "timeout").
+# --rtt: only round-trip time, C pings (default 200) at 10 ms per round,
+#   implementations interleaved (A B A B ...) for R rounds (default 3) to
+#   cancel drift; prints avg/min/p50/p99 per round and the median per IMPL.
+# --rtt-profile: per IMPL, counts what C pings cost both daemons together,
+#   per round trip: system calls by name (strace -f -c), context switches
+#   and wake-ups (perf stat); needs strace and perf (mounts tracefs for the
+#   run if it is not mounted).
+# --pin: namespace A's daemon and clients on CPU 0, B's on CPU 1.
+# Needs root. Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_EACH=5
-if [ "${1:-}" = -t ]; then SECONDS_EACH=$2; shift 2; fi
-[ $# -ge 1 ] || { sed -n 2,14p "$0"; exit 2; }
+SECONDS_EACH=5 PEERS=1 SETCONF_TIMEOUT=120 RTT_ONLY=0 ROUNDS=3 COUNT=200 PIN=0
+PEERS_FOR=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    -t) SECONDS_EACH=$2; shift 2 ;;
+    --peers) PEERS=$2; shift 2 ;;
+    --peers-for) PEERS_FOR+=("$2"); shift 2 ;;
+    --setconf-timeout) SETCONF_TIMEOUT=$2; shift 2 ;;
+    --rtt) RTT_ONLY=1; shift ;;
+    --rtt-profile) RTT_ONLY=2; shift ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --count) COUNT=$2; shift 2 ;;
+    --pin) PIN=1; shift ;;
+    -*) echo "bench: unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+[ $# -ge 1 ] || { awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "bench: run as root" >&2; exit 1; }
-for tool in ip wg iperf3 ping python3; do
+for tool in ip wg iperf3 ping python3 timeout; do
   command -v $tool >/dev/null || { echo "bench: $tool is needed" >&2; exit 1; }
 done
 
-A=fgbench-a B=fgbench-b TMP=$(mktemp -d)
+A=fgbench-a B=fgbench-b TMP=$(mktemp -d) MOUNTED_TRACEFS=0
 cleanup() {
   set +e
   for ns in $(ip netns list | awk '/^fgbench-/ {print $1}'); do
@@ -32,75 +76,261 @@ cleanup() {
   for ns in $(ip netns list | awk '/^fgbench-/ {print $1}'); do ip netns del "$ns"; done
   rm -f /var/run/wireguard/fgbench[ab][0-9]*.sock
   rm -rf "$TMP"
+  [ "$MOUNTED_TRACEFS" = 0 ] || umount /sys/kernel/tracing
 }
 trap cleanup EXIT INT TERM
 umask 077
 for side in a b; do wg genkey >"$TMP/$side.key"; wg pubkey <"$TMP/$side.key" >"$TMP/$side.pub"; done
 
+# The process that does the work: the daemon itself, or its first child if
+# it forked (`ip netns exec` and `env` exec in place).
+daemon_pid() { local child; child=$(pgrep -P "$1" | head -1); echo "${child:-$1}"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# on_cpu SIDE CMD...: runs CMD pinned to side A's or B's CPU with --pin.
+on_cpu() {
+  local cpu=$(($1 == 1 ? 0 : 1)); shift
+  if [ "$PIN" = 1 ]; then taskset -c $cpu "$@"; else "$@"; fi
+}
 
-# run_one IMPL: prints "tcp_mbit udp_mbit udp_loss rtt_ms cpu_a cpu_b"
-run_one() {
-  local impl=$1 ia=fgbencha$2 ib=fgbenchb$2 pa pb
-  local A=$A$2 B=$B$2
-  ip netns del $A 2>/dev/null || true; ip netns del $B 2>/dev/null || true
-  ip netns add $A; ip netns add $B
-  ip link add fgbench0 netns $A type veth peer name fgbench1 netns $B
-  ip -n $A addr add 192.0.2.1/24 dev fgbench0; ip -n $A link set fgbench0 up; ip -n $A link set lo up
-  ip -n $B addr add 192.0.2.2/24 dev fgbench1; ip -n $B link set fgbench1 up; ip -n $B link set lo up
-  # shellcheck disable=SC2086
-  ip netns exec $A env WG_PROCESS_FOREGROUND=1 $impl -f $ia >"$TMP/a.log" 2>&1 & pa=$!
-  # shellcheck disable=SC2086
-  ip netns exec $B env WG_PROCESS_FOREGROUND=1 $impl -f $ib >"$TMP/b.log" 2>&1 & pb=$!
+# peers_for IMPL: the number of peers to configure for IMPL.
+peers_for() {
+  local n=$PEERS rule
+  case $1 in *wireguard-go*) [ "$n" -le 65536 ] || n=65536 ;; esac
+  for rule in ${PEERS_FOR[@]+"${PEERS_FOR[@]}"}; do
+    case $1 in *"${rule%%=*}"*) n=${rule#*=} ;; esac
+  done
+  echo "$n"
+}
+
+# extra_peers COUNT SEED: a wg config with COUNT random peers (see the header).
+extra_peers() {
+  python3 - "$1" "$2" <<'PY'
+import base64, os, sys
+count = int(sys.argv[1])
+lines = []
+for i in range(1, count + 1):
+    key = base64.b64encode(os.urandom(32)).decode()
+    ips = "10.%d.%d.%d/32" % (128 + (i >> 16), (i >> 8) & 255, i & 255)
+    if i % 2 == 0:
+        ips += ", fd00:5ca1::%x:%x/128" % (i >> 16, i & 0xFFFF)
+    lines.append("[Peer]\nPublicKey = %s\nAllowedIPs = %s\n" % (key, ips))
+    if i % 4 == 0:
+        lines.append("Endpoint = 198.51.100.%d:%d\n" % (i % 254 + 1, 1024 + i % 60000))
+sys.stdout.write("".join(lines))
+PY
+}
+
+# start_pair IMPL INDEX: both daemons up, one peer each, tunnel checked.
+# Sets IA IB (interfaces), NA NB (namespaces), PA PB (daemon pids).
+start_pair() {
+  local impl=$1 env_words=() words
+  IA=fgbencha$2 IB=fgbenchb$2 NA=$A$2 NB=$B$2
+  read -r -a words <<<"$impl"
+  while [[ ${words[0]} == *=* ]]; do env_words+=("${words[0]}"); words=("${words[@]:1}"); done
+  ip netns del $NA 2>/dev/null || true; ip netns del $NB 2>/dev/null || true
+  ip netns add $NA; ip netns add $NB
+  ip link add fgbench0 netns $NA type veth peer name fgbench1 netns $NB
+  ip -n $NA addr add 192.0.2.1/24 dev fgbench0; ip -n $NA link set fgbench0 up; ip -n $NA link set lo up
+  ip -n $NB addr add 192.0.2.2/24 dev fgbench1; ip -n $NB link set fgbench1 up; ip -n $NB link set lo up
+  on_cpu 1 ip netns exec $NA env WG_PROCESS_FOREGROUND=1 ${env_words[@]+"${env_words[@]}"} \
+    "${words[@]}" -f $IA >"$TMP/a.log" 2>&1 & PA=$!
+  on_cpu 2 ip netns exec $NB env WG_PROCESS_FOREGROUND=1 ${env_words[@]+"${env_words[@]}"} \
+    "${words[@]}" -f $IB >"$TMP/b.log" 2>&1 & PB=$!
   local up=0
   for _ in $(seq 50); do
-    if wg show $ia >/dev/null 2>&1 && wg show $ib >/dev/null 2>&1; then up=1; break; fi
+    if wg show $IA >/dev/null 2>&1 && wg show $IB >/dev/null 2>&1; then up=1; break; fi
     sleep 0.1
   done
   [ $up = 1 ] || { echo "bench: $impl did not start" >&2; cat "$TMP/a.log" "$TMP/b.log" >&2; return 1; }
-  ip netns exec $A wg set $ia private-key "$TMP/a.key" listen-port 51820 \
+  PA=$(daemon_pid $PA) PB=$(daemon_pid $PB)
+  ip netns exec $NA wg set $IA private-key "$TMP/a.key" listen-port 51820 \
     peer "$(cat "$TMP/b.pub")" allowed-ips 10.78.0.2/32 endpoint 192.0.2.2:51820
-  ip netns exec $B wg set $ib private-key "$TMP/b.key" listen-port 51820 \
+  ip netns exec $NB wg set $IB private-key "$TMP/b.key" listen-port 51820 \
     peer "$(cat "$TMP/a.pub")" allowed-ips 10.78.0.1/32 endpoint 192.0.2.1:51820
-  for side in $A:$ia:1 $B:$ib:2; do
+  for side in $NA:$IA:1 $NB:$IB:2; do
     IFS=: read -r ns dev n <<<"$side"
     ip -n "$ns" link set "$dev" mtu 1420; ip -n "$ns" addr add "10.78.0.$n/24" dev "$dev"; ip -n "$ns" link set "$dev" up
   done
-  ip netns exec $A ping -c 3 -i 0.2 -W 2 10.78.0.2 >/dev/null
-  ip netns exec $B iperf3 -s -D -p 5201 >/dev/null 2>&1; sleep 0.3
-  local ta tb
-  ta=$(cpu_ticks "$(pgrep -P $pa | head -1 || echo $pa)"); tb=$(cpu_ticks "$(pgrep -P $pb | head -1 || echo $pb)")
-  local tcp
-  tcp=$(ip netns exec $A iperf3 -c 10.78.0.2 -p 5201 -t "$SECONDS_EACH" -J |
-    python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6))')
-  local cpu_a cpu_b hz
-  hz=$(getconf CLK_TCK)
-  cpu_a=$(( ($(cpu_ticks "$(pgrep -P $pa | head -1 || echo $pa)") - ta) * 100 / hz / SECONDS_EACH ))
-  cpu_b=$(( ($(cpu_ticks "$(pgrep -P $pb | head -1 || echo $pb)") - tb) * 100 / hz / SECONDS_EACH ))
-  local udp
-  udp=$(ip netns exec $A iperf3 -c 10.78.0.2 -p 5201 -u -b 1G -l 1350 -w 2M -t "$SECONDS_EACH" -J |
-    python3 -c 'import json,sys; s=json.load(sys.stdin)["end"]["sum"]; print(round(s["bits_per_second"]*(1-s["lost_percent"]/100)/1e6), round(s["lost_percent"],2))')
-  local rtt
-  rtt=$(ip netns exec $A ping -c 100 -i 0.01 -q 10.78.0.2 | awk -F/ '/rtt/ {print $5}')
-  echo "$tcp $udp $rtt $cpu_a $cpu_b"
-  kill $pa $pb 2>/dev/null; wait $pa $pb 2>/dev/null || true
-  ip netns pids $B 2>/dev/null | xargs -r kill 2>/dev/null || true
-  # The next implementation uses the same socket names: wait until these are gone.
-  for _ in $(seq 50); do
-    [ -e /var/run/wireguard/$ia.sock ] || [ -e /var/run/wireguard/$ib.sock ] || break
-    sleep 0.1
-  done
-  rm -f /var/run/wireguard/$ia.sock /var/run/wireguard/$ib.sock
+  ip netns exec $NA ping -c 3 -i 0.2 -W 2 10.78.0.2 >/dev/null
+  on_cpu 2 ip netns exec $NB iperf3 -s -D -p 5201 >/dev/null 2>&1; sleep 0.3
+  # A first TCP run is slower (buffers and caches growing): warm up untimed.
+  [ "$RTT_ONLY" != 0 ] || on_cpu 1 ip netns exec $NA iperf3 -c 10.78.0.2 -p 5201 -t 1 >/dev/null 2>&1 || true
 }
 
-printf '%-40s %9s %9s %7s %8s %9s\n' implementation "tcp Mb/s" "udp Mb/s" "loss %" "rtt ms" "cpu A/B %"
+stop_pair() {
+  kill "$PA" "$PB" 2>/dev/null || true
+  ip netns pids $NA 2>/dev/null | xargs -r kill 2>/dev/null || true
+  ip netns pids $NB 2>/dev/null | xargs -r kill 2>/dev/null || true
+  # The next implementation uses the same socket names: wait until these are gone.
+  for _ in $(seq 50); do
+    [ -e /var/run/wireguard/$IA.sock ] || [ -e /var/run/wireguard/$IB.sock ] || break
+    sleep 0.1
+  done
+  rm -f /var/run/wireguard/$IA.sock /var/run/wireguard/$IB.sock
+  ip netns del $NA 2>/dev/null || true; ip netns del $NB 2>/dev/null || true
+}
+
+# ping_stats COUNT: "avg min p50 p99" in ms of COUNT pings at 10 ms, A -> B.
+ping_stats() {
+  on_cpu 1 ip netns exec $NA ping -c "$1" -i 0.01 -W 1 10.78.0.2 |
+    python3 -c '
+import re, sys
+t = sorted(float(m.group(1)) for m in re.finditer(r"time=([0-9.]+)", sys.stdin.read()))
+if not t: print("- - - -"); sys.exit()
+pick = lambda q: t[min(len(t) - 1, int(q * len(t)))]
+print("%.3f %.3f %.3f %.3f" % (sum(t) / len(t), t[0], pick(0.5), pick(0.99)))'
+}
+
+# measure: prints "tcp_mbit udp_mbit udp_loss rtt_avg_ms rtt_p50_ms cpu_a cpu_b" for
+# the running pair.
+measure() {
+  local ta tb tcp cpu_a cpu_b hz udp rtt
+  ta=$(cpu_ticks $PA); tb=$(cpu_ticks $PB)
+  tcp=$(on_cpu 1 ip netns exec $NA iperf3 -c 10.78.0.2 -p 5201 -t "$SECONDS_EACH" -J |
+    python3 -c 'import json,sys
+try: print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6))
+except Exception: print("-")')
+  hz=$(getconf CLK_TCK)
+  cpu_a=$(( ($(cpu_ticks $PA) - ta) * 100 / hz / SECONDS_EACH ))
+  cpu_b=$(( ($(cpu_ticks $PB) - tb) * 100 / hz / SECONDS_EACH ))
+  udp=$(on_cpu 1 ip netns exec $NA iperf3 -c 10.78.0.2 -p 5201 -u -b 1G -l 1350 -w 2M -t "$SECONDS_EACH" -J |
+    python3 -c 'import json,sys
+try: s=json.load(sys.stdin)["end"]["sum"]; print(round(s["bits_per_second"]*(1-s["lost_percent"]/100)/1e6), round(s["lost_percent"],2))
+except Exception: print("- -")')
+  sleep 1 # let the flood's backlog drain before timing pings
+  rtt=$(ping_stats 100 | awk '{print $1, $3}')
+  echo "$tcp $udp $rtt $cpu_a $cpu_b"
+}
+
+# add_peers IMPL: adds the extra peers to both daemons; prints
+# "peers secs_a secs_b rss_per_peer_a_bytes rss_per_peer_b_bytes status".
+add_peers() {
+  local n m secs_a secs_b rss_a0 rss_b0 status=ok got
+  n=$(peers_for "$1"); m=$((n - 1))
+  extra_peers $m 1 >"$TMP/peers-a.conf"; extra_peers $m 2 >"$TMP/peers-b.conf"
+  rss_a0=$(rss_kb $PA); rss_b0=$(rss_kb $PB)
+  timed_addconf() { # NS IFACE FILE: wall seconds, or "timeout"
+    local t0 t1
+    t0=$(date +%s.%N)
+    if ! timeout "$SETCONF_TIMEOUT" ip netns exec "$1" wg addconf "$2" "$3" >/dev/null 2>"$TMP/addconf.err"; then
+      echo timeout; return
+    fi
+    t1=$(date +%s.%N); python3 -c "print(round($t1 - $t0, 3))"
+  }
+  secs_a=$(timed_addconf $NA $IA "$TMP/peers-a.conf")
+  secs_b=$(timed_addconf $NB $IB "$TMP/peers-b.conf")
+  if [ "$secs_a" = timeout ] || [ "$secs_b" = timeout ]; then
+    status=timeout
+    sleep 5 # let a daemon that is still applying settle
+  fi
+  got=$(ip netns exec $NA wg show $IA peers 2>/dev/null | wc -l || echo "?")
+  sleep 1 # let lazily grown tables and threads settle before reading RSS
+  echo "$got $secs_a $secs_b $(( ($(rss_kb $PA) - rss_a0) * 1024 / (m > 0 ? m : 1) ))" \
+    "$(( ($(rss_kb $PB) - rss_b0) * 1024 / (m > 0 ? m : 1) ))" "$status"
+}
+
+ratio() { python3 -c "import sys; a, b = sys.argv[1:]; print(round(float(a) / float(b), 3) if b not in ('0', '-') and a != '-' else '-')" "$1" "$2"; }
+
+# profile_rtt: counts per round trip of COUNT pings, both daemons together.
+profile_rtt() {
+  local perf_pid strace_pid
+  perf stat -x, --per-thread -e context-switches,raw_syscalls:sys_enter,sched:sched_wakeup \
+    -p "$PA,$PB" -o "$TMP/perf" & perf_pid=$!
+  sleep 0.5
+  ping_stats "$COUNT" >/dev/null
+  kill -INT $perf_pid; wait $perf_pid 2>/dev/null || true
+  echo "  perf stat per round trip (thread: context switches, syscalls, wake-ups it caused):"
+  python3 - "$TMP/perf" "$COUNT" <<'PY'
+import collections, sys
+rows = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    f = line.strip().split(",")
+    if len(f) < 4 or not f[1].replace(".", "").isdigit():
+        continue
+    rows[f[0]][f[3]] = float(f[1])
+n = float(sys.argv[2])
+total = collections.Counter()
+for thread, c in sorted(rows.items()):
+    cs, sc, wk = (c.get(e, 0) for e in ("context-switches", "raw_syscalls:sys_enter", "sched:sched_wakeup"))
+    total.update({"cs": cs, "sc": sc, "wk": wk})
+    if cs or sc:
+        print("    %-28s %6.2f %6.2f %6.2f" % (thread, cs / n, sc / n, wk / n))
+print("    %-28s %6.2f %6.2f %6.2f" % ("total", total["cs"] / n, total["sc"] / n, total["wk"] / n))
+PY
+  strace -q -f -c -o "$TMP/strace" -p "$PA" -p "$PB" & strace_pid=$!
+  sleep 1
+  ping_stats "$COUNT" >/dev/null
+  kill -INT $strace_pid; wait $strace_pid 2>/dev/null || true
+  echo "  strace -f -c, calls per round trip:"
+  awk -v n="$COUNT" '$NF != "syscall" && $NF != "total" && $4 ~ /^[0-9]+$/ {
+      printf "    %-20s %6.2f\n", $NF, $4 / n; sum += $4 }
+    END { printf "    %-20s %6.2f\n", "total", sum / n }' "$TMP/strace"
+}
+
+if [ "$RTT_ONLY" = 2 ]; then
+  for tool in perf strace; do
+    command -v $tool >/dev/null || { echo "bench: $tool is needed" >&2; exit 1; }
+  done
+  if [ ! -d /sys/kernel/tracing/events ]; then
+    mount -t tracefs nodev /sys/kernel/tracing && MOUNTED_TRACEFS=1
+  fi
+  index=0
+  for impl in "$@"; do
+    start_pair "$impl" "$index"
+    echo "$impl ($COUNT pings at 10 ms, A -> B):"
+    profile_rtt
+    stop_pair
+    index=$((index + 1))
+  done
+  exit 0
+fi
+
+if [ "$RTT_ONLY" = 1 ]; then
+  printf '%-52s %5s %8s %8s %8s %8s\n' implementation round "avg ms" "min ms" "p50 ms" "p99 ms"
+  for round in $(seq "$ROUNDS"); do
+    index=0
+    for impl in "$@"; do
+      start_pair "$impl" "$index"
+      sleep 0.5
+      read -r avg min p50 p99 < <(ping_stats "$COUNT")
+      stop_pair
+      printf '%-52s %5s %8s %8s %8s %8s\n' "$impl" "$round" "$avg" "$min" "$p50" "$p99"
+      echo "$index $avg $min $p50 $p99" >>"$TMP/rtt"
+      index=$((index + 1))
+    done
+  done
+  echo "median over $ROUNDS rounds:"
+  index=0
+  for impl in "$@"; do
+    printf '%-58s %s\n' "$impl" "$(awk -v i=$index '$1 == i' "$TMP/rtt" | python3 -c '
+import statistics, sys
+rows = [list(map(float, l.split()[1:])) for l in sys.stdin if "-" not in l.split()[1:]]
+print(" ".join("%8.3f" % statistics.median(c) for c in zip(*rows)) if rows else "-")')"
+    index=$((index + 1))
+  done
+  exit 0
+fi
+
+printf '%-40s %6s %9s %9s %7s %8s %8s %9s\n' implementation peers "tcp Mb/s" "udp Mb/s" "loss %" "rtt ms" "rtt p50" "cpu A/B %"
 first=""
 index=0
 for impl in "$@"; do
-  read -r tcp udp loss rtt ca cb < <(run_one "$impl" "$index")
-  index=$((index + 1))
-  printf '%-40s %9s %9s %7s %8s %9s\n' "$impl" "$tcp" "$udp" "$loss" "$rtt" "$ca/$cb"
+  start_pair "$impl" "$index"
+  read -r tcp udp loss rtt p50 ca cb < <(measure)
+  printf '%-40s %6s %9s %9s %7s %8s %8s %9s\n' "$impl" 1 "$tcp" "$udp" "$loss" "$rtt" "$p50" "$ca/$cb"
   if [ -z "$first" ]; then first=$tcp; else
-    echo "    tcp ratio to the first: $(python3 -c "print(round($tcp/$first, 2))")"
+    echo "    tcp ratio to the first: $(ratio "$tcp" "$first")"
   fi
+  if [ "$(peers_for "$impl")" -gt 1 ]; then
+    read -r got secs_a secs_b rss_a rss_b status < <(add_peers "$impl")
+    read -r tcp_n udp_n loss_n rtt_n p50_n ca_n cb_n < <(measure)
+    printf '%-40s %6s %9s %9s %7s %8s %8s %9s\n' "$impl" "$got" "$tcp_n" "$udp_n" "$loss_n" "$rtt_n" "$p50_n" "$ca_n/$cb_n"
+    echo "    $got peers / 1 peer: tcp $(ratio "$tcp_n" "$tcp"), udp $(ratio "$udp_n" "$udp")," \
+      "rtt p50 $(ratio "$p50_n" "$p50") (target: tcp and udp >= 0.90, rtt <= 1.10)"
+    echo "    wg addconf of $((got - 1)) peers: A ${secs_a/%[0-9]/&s}, B ${secs_b/%[0-9]/&s} ($status);" \
+      "RSS per extra peer: A $rss_a B, B $rss_b B"
+  fi
+  stop_pair
+  index=$((index + 1))
 done
