@@ -6,122 +6,50 @@
 
 use std::cell::RefCell;
 use std::hint::black_box;
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ferroguard::crypto_pool::CryptoPool;
-use ferroguard_proto::crypto::SecretKey;
 use ferroguard_proto::device::{
-    Device, Now, ReceiveJob, ReceiveOutcome, ReceivePrepared, SendJob, SendPrepared, SendTally,
+    Now, ReceiveJob, ReceiveOutcome, ReceivePrepared, SendJob, SendPrepared, SendTally,
 };
 use ferroguard_proto::peer::Endpoint;
+use ferroguard_proto::testing::{ipv4_packet, sock, Pair, A_ADDR, A_TUN, B_TUN};
 
 const BATCH: usize = 64;
 const PACKET: usize = 1420;
-const A_TUN: [u8; 4] = [10, 0, 0, 1];
-const B_TUN: [u8; 4] = [10, 0, 0, 2];
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().expect("a socket address")
-}
-
 /// An IPv4 packet of `len` bytes from A's tunnel address to B's.
 fn ipv4(len: usize) -> Vec<u8> {
-    let mut p = vec![0u8; len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[12..16].copy_from_slice(&A_TUN);
-    p[16..20].copy_from_slice(&B_TUN);
-    p
+    ipv4_packet(A_TUN, B_TUN, len)
 }
 
-/// Two engines with a session from A to B.
-struct Pair {
-    a: Device,
-    b: Device,
+/// Prepares a batch of sends from A to B (a session must exist).
+fn prepare_sends(pair: &mut Pair, now: Now, packet: &[u8]) -> Vec<SendJob> {
+    (0..BATCH)
+        .map(|_| match pair.a.prepare_send(now, packet) {
+            SendPrepared::Seal(job) => job,
+            other => panic!("no session: {other:?}"),
+        })
+        .collect()
 }
 
-impl Pair {
-    fn new() -> Pair {
-        let (ka, kb) = (
-            SecretKey::from_bytes([0x11; 32]),
-            SecretKey::from_bytes([0x22; 32]),
-        );
-        let (pa, pb) = (ka.public_key(), kb.public_key());
-        let mut a = Device::new([1; 32]);
-        let mut b = Device::new([2; 32]);
-        a.set_private_key(Some(ka));
-        b.set_private_key(Some(kb));
-        let a_peer = a.add_peer(pb).expect("another key");
-        let b_peer = b.add_peer(pa).expect("another key");
-        a.set_endpoint(a_peer, addr("192.0.2.2:2"));
-        b.set_endpoint(b_peer, addr("192.0.2.1:1"));
-        a.add_allowed_ip(a_peer, IpAddr::from(B_TUN), 32)
-            .expect("route");
-        b.add_allowed_ip(b_peer, IpAddr::from(A_TUN), 32)
-            .expect("route");
-        let mut pair = Pair { a, b };
-        let mut out = vec![0u8; 128];
-        pair.a.send(Now::system(), &ipv4(40), &mut out);
-        pair.pump();
-        pair
-    }
-
-    /// Moves handshake and staged datagrams until both engines are quiet.
-    fn pump(&mut self) {
-        for _ in 0..10 {
-            let from_a: Vec<_> = std::iter::from_fn(|| self.a.poll_transmit()).collect();
-            let from_b: Vec<_> = std::iter::from_fn(|| self.b.poll_transmit()).collect();
-            if from_a.is_empty() && from_b.is_empty() {
-                return;
-            }
-            for mut t in from_a {
-                self.b.receive(
-                    Now::system(),
-                    Endpoint::from(addr("192.0.2.1:1")),
-                    &mut t.data,
-                );
-            }
-            for mut t in from_b {
-                self.a.receive(
-                    Now::system(),
-                    Endpoint::from(addr("192.0.2.2:2")),
-                    &mut t.data,
-                );
-            }
-        }
-    }
-
-    fn prepare_sends(&mut self, now: Now, packet: &[u8]) -> Vec<SendJob> {
-        (0..BATCH)
-            .map(|_| match self.a.prepare_send(now, packet) {
-                SendPrepared::Seal(job) => job,
-                other => panic!("no session: {other:?}"),
-            })
-            .collect()
-    }
-
-    /// A batch of transport messages from A, sealed on one thread.
-    fn sealed_batch(&mut self, len: usize) -> Vec<Vec<u8>> {
-        let now = Now::system();
-        let packet = ipv4(len);
-        let mut tally = SendTally::new();
-        let messages = self
-            .prepare_sends(now, &packet)
-            .iter()
-            .map(|job| {
-                let mut out = vec![0u8; job.wire_len()];
-                let n = job.seal(&packet, &mut out).expect("sized");
-                tally.record(job.peer, n);
-                out
-            })
-            .collect();
-        self.a.complete_sends(now, &mut tally);
-        messages
-    }
+/// A batch of transport messages from A, sealed on one thread.
+fn sealed_batch(pair: &mut Pair, len: usize) -> Vec<Vec<u8>> {
+    let now = Now::system();
+    let packet = ipv4(len);
+    let mut tally = SendTally::new();
+    let messages = prepare_sends(pair, now, &packet)
+        .iter()
+        .map(|job| {
+            let mut out = vec![0u8; job.wire_len()];
+            let n = job.seal(&packet, &mut out).expect("sized");
+            tally.record(job.peer, n);
+            out
+        })
+        .collect();
+    pair.a.complete_sends(now, &mut tally);
+    messages
 }
-
 struct Seal<'a> {
     job: SendJob,
     out: &'a mut [u8],
@@ -130,7 +58,7 @@ struct Seal<'a> {
 /// Prepares, seals (shared out or not) and completes one batch.
 fn send_batch(pair: &mut Pair, pool: Option<&CryptoPool>, packet: &[u8], buf: &mut [u8]) {
     let now = Now::system();
-    let jobs = pair.prepare_sends(now, packet);
+    let jobs = prepare_sends(pair, now, packet);
     let mut regions = buf.chunks_mut(packet.len() + 64);
     let mut work: Vec<Seal<'_>> = jobs
         .into_iter()
@@ -161,7 +89,7 @@ struct Open {
 /// Prepares, opens (shared out or not) and completes one batch at B.
 fn receive_batch(pair: &mut Pair, pool: Option<&CryptoPool>, messages: Vec<Vec<u8>>) -> usize {
     let now = Now::system();
-    let from = Endpoint::from(addr("192.0.2.1:1"));
+    let from = Endpoint::from(sock(A_ADDR));
     let mut work: Vec<Open> = messages
         .into_iter()
         .map(|data| match pair.b.prepare_receive(now, from, &data) {
@@ -201,15 +129,15 @@ fn batches(c: &mut Criterion) {
     let packet = ipv4(PACKET);
     let mut buf = vec![0u8; BATCH * (PACKET + 64)];
     for (name, pool) in [("sequential", None), ("pool", Some(&pool))] {
-        let mut pair = Pair::new();
+        let mut pair = Pair::connected(Now::system());
         group.bench_function(format!("seal/{name}"), |b| {
             b.iter(|| send_batch(&mut pair, pool, &packet, &mut buf))
         });
         // The setup seals at A what the routine opens at B.
-        let pair = RefCell::new(Pair::new());
+        let pair = RefCell::new(Pair::connected(Now::system()));
         group.bench_function(format!("open/{name}"), |b| {
             b.iter_batched(
-                || pair.borrow_mut().sealed_batch(PACKET),
+                || sealed_batch(&mut pair.borrow_mut(), PACKET),
                 |messages| {
                     let delivered = receive_batch(&mut pair.borrow_mut(), pool, messages);
                     assert_eq!(delivered, BATCH);
@@ -229,11 +157,11 @@ fn steps(c: &mut Criterion) {
     let mut group = c.benchmark_group("steps_64x20");
     group.throughput(Throughput::Elements(BATCH as u64));
     let tiny = ipv4(20);
-    let mut pair = Pair::new();
+    let mut pair = Pair::connected(Now::system());
     group.bench_function("prepare_send_and_complete", |b| {
         b.iter(|| {
             let now = Now::system();
-            let jobs = pair.prepare_sends(now, &tiny);
+            let jobs = prepare_sends(&mut pair, now, &tiny);
             let mut tally = SendTally::new();
             for job in &jobs {
                 tally.record(job.peer, job.wire_len());
@@ -251,10 +179,10 @@ fn steps(c: &mut Criterion) {
             }
         })
     });
-    let pair = RefCell::new(Pair::new());
+    let pair = RefCell::new(Pair::connected(Now::system()));
     group.bench_function("receive_prepare_open_complete", |b| {
         b.iter_batched(
-            || pair.borrow_mut().sealed_batch(20),
+            || sealed_batch(&mut pair.borrow_mut(), 20),
             |messages| {
                 let delivered = receive_batch(&mut pair.borrow_mut(), None, messages);
                 assert_eq!(delivered, BATCH);

@@ -1,10 +1,9 @@
 //! Tests of the metrics assembly: what a scrape of a real engine shows.
 
 use super::*;
-use ferroguard_proto::crypto::SecretKey;
 use ferroguard_proto::device::{ReceiveOutcome, SendOutcome};
 use ferroguard_proto::peer::Endpoint;
-use std::net::IpAddr;
+use ferroguard_proto::testing::{ipv4_packet, sock, Pair, A_TUN, B_ADDR, B_TUN};
 
 #[test]
 fn base64_matches_rfc_4648_and_wg() {
@@ -29,57 +28,18 @@ fn base64_matches_rfc_4648_and_wg() {
 
 /// Two engines, A and B, after a handshake and one packet each way.
 fn pair() -> (Device, Device, Now) {
-    let (ka, kb) = (
-        SecretKey::from_bytes([0x11; 32]),
-        SecretKey::from_bytes([0x22; 32]),
-    );
-    let (pa, pb) = (ka.public_key(), kb.public_key());
-    let mut a = Device::new([1; 32]);
-    let mut b = Device::new([2; 32]);
-    a.set_private_key(Some(ka));
-    b.set_private_key(Some(kb));
-    let ap = a.add_peer(pb).unwrap();
-    let bp = b.add_peer(pa).unwrap();
-    a.set_endpoint(ap, "192.0.2.2:2".parse().unwrap());
-    b.set_endpoint(bp, "192.0.2.1:1".parse().unwrap());
-    a.add_allowed_ip(ap, IpAddr::from([10, 0, 0, 2]), 32)
-        .unwrap();
-    b.add_allowed_ip(bp, IpAddr::from([10, 0, 0, 1]), 32)
-        .unwrap();
-    let now = Now::system();
-    let mut packet = vec![0u8; 84];
-    packet[0] = 0x45;
-    packet[2..4].copy_from_slice(&84u16.to_be_bytes());
-    packet[12..16].copy_from_slice(&[10, 0, 0, 1]);
-    packet[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    let mut pair = Pair::connected(Now::system());
+    let reply = ipv4_packet(B_TUN, A_TUN, 84);
     let mut out = vec![0u8; 200];
+    let SendOutcome::Sent { len, .. } = pair.b.send(pair.now, &reply, &mut out) else {
+        panic!("B has a session")
+    };
+    let from_b = Endpoint::from(sock(B_ADDR));
     assert!(matches!(
-        a.send(now, &packet, &mut out),
-        SendOutcome::Queued(_)
+        pair.a.receive(pair.now, from_b, &mut out[..len]),
+        ReceiveOutcome::Deliver { .. }
     ));
-    // Move datagrams until both sides are quiet.
-    for _ in 0..10 {
-        let from_a: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
-        let from_b: Vec<_> = std::iter::from_fn(|| b.poll_transmit()).collect();
-        if from_a.is_empty() && from_b.is_empty() {
-            break;
-        }
-        for mut t in from_a {
-            b.receive(
-                now,
-                Endpoint::from("192.0.2.1:1".parse::<SocketAddr>().unwrap()),
-                &mut t.data,
-            );
-        }
-        for mut t in from_b {
-            a.receive(
-                now,
-                Endpoint::from("192.0.2.2:2".parse::<SocketAddr>().unwrap()),
-                &mut t.data,
-            );
-        }
-    }
-    (a, b, now)
+    (pair.a, pair.b, pair.now)
 }
 
 fn value(text: &str, series: &str) -> Option<u64> {

@@ -18,13 +18,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use ferroguard_proto::crypto::{PublicKey, SecretKey};
+use ferroguard_proto::crypto::PublicKey;
 use ferroguard_proto::device::{Device, Now, ReceiveOutcome, SendOutcome};
 use ferroguard_proto::peer::{Endpoint, PeerId};
+use ferroguard_proto::testing::{ipv4_packet, sock, Pair, A_ADDR};
 use rand_core::{RngCore, SeedableRng};
 
-const A_ADDR: &str = "192.0.2.1:51820";
-const B_ADDR: &str = "192.0.2.2:51820";
 /// A's tunnel address (routed to A by B).
 const A_TUN: Ipv4Addr = Ipv4Addr::new(10, 63, 255, 255);
 /// B's tunnel address: the first of a block the extra peers fill.
@@ -41,22 +40,6 @@ fn peer_counts(var: &str, default: &[usize]) -> Vec<usize> {
         })
         .filter(|counts: &Vec<usize>| !counts.is_empty())
         .unwrap_or_else(|| default.to_vec())
-}
-
-fn sock(s: &str) -> SocketAddr {
-    s.parse().expect("a valid socket address")
-}
-
-/// An IPv4 packet of `len` bytes from `src` to `dst`.
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
-    let mut p = vec![0u8; len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    p
 }
 
 /// Adds `count` peers with random keys and one /32 each after `B_TUN`;
@@ -80,67 +63,24 @@ fn add_extra_peers(device: &mut Device, count: usize, seed: u64) -> Vec<PeerId> 
         .collect()
 }
 
-/// Two engines with a session between them, each with `extra` more peers.
-struct Pair {
-    a: Device,
-    b: Device,
-    now: Now,
+/// Two engines with a session between them, each with `extra` more peers
+/// whose /32s follow `B_TUN` (so the routing lookup walks the dense part of
+/// the trie).
+fn pair_with_extra_peers(extra: usize) -> Pair {
+    let mut pair = Pair::configured_with(Now::system(), A_TUN.octets(), B_TUN.octets());
+    add_extra_peers(&mut pair.a, extra, 1);
+    add_extra_peers(&mut pair.b, extra, 2);
+    pair.connect();
+    let mut out = vec![0u8; PACKET_LEN + 64];
+    let reply = ipv4(B_TUN, A_TUN, 100);
+    let outcome = pair.b.send(pair.now, &reply, &mut out);
+    assert!(matches!(outcome, SendOutcome::Sent { .. }), "{outcome:?}");
+    pair
 }
 
-impl Pair {
-    fn new(extra: usize) -> Pair {
-        let ka = SecretKey::from_bytes([0x11; 32]);
-        let kb = SecretKey::from_bytes([0x22; 32]);
-        let (pa, pb) = (ka.public_key(), kb.public_key());
-        let mut a = Device::new([1; 32]);
-        let mut b = Device::new([2; 32]);
-        a.set_private_key(Some(ka));
-        b.set_private_key(Some(kb));
-        add_extra_peers(&mut a, extra, 1);
-        add_extra_peers(&mut b, extra, 2);
-        let a_peer = a.add_peer(pb).expect("B's key");
-        let b_peer = b.add_peer(pa).expect("A's key");
-        a.set_endpoint(a_peer, sock(B_ADDR));
-        b.set_endpoint(b_peer, sock(A_ADDR));
-        a.add_allowed_ip(a_peer, IpAddr::V4(B_TUN), 32)
-            .expect("prefix");
-        b.add_allowed_ip(b_peer, IpAddr::V4(A_TUN), 32)
-            .expect("prefix");
-        let mut pair = Pair {
-            a,
-            b,
-            now: Now::system(),
-        };
-        pair.handshake();
-        pair
-    }
-
-    /// Completes a handshake (A initiates) and confirms the session both ways.
-    fn handshake(&mut self) {
-        let mut out = vec![0u8; PACKET_LEN + 64];
-        let packet = ipv4(A_TUN, B_TUN, 100);
-        let outcome = self.a.send(self.now, &packet, &mut out);
-        assert!(matches!(outcome, SendOutcome::Queued(_)), "{outcome:?}");
-        for _ in 0..10 {
-            let mut moved = false;
-            while let Some(mut t) = self.a.poll_transmit() {
-                moved = true;
-                self.b
-                    .receive(self.now, Endpoint::from(sock(A_ADDR)), &mut t.data);
-            }
-            while let Some(mut t) = self.b.poll_transmit() {
-                moved = true;
-                self.a
-                    .receive(self.now, Endpoint::from(sock(B_ADDR)), &mut t.data);
-            }
-            if !moved {
-                break;
-            }
-        }
-        let reply = ipv4(B_TUN, A_TUN, 100);
-        let outcome = self.b.send(self.now, &reply, &mut out);
-        assert!(matches!(outcome, SendOutcome::Sent { .. }), "{outcome:?}");
-    }
+/// An IPv4 packet of `len` bytes from `src` to `dst`.
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
+    ipv4_packet(src.octets(), dst.octets(), len)
 }
 
 /// `Device::send` and `Device::receive` of one 1420-byte packet of the one
@@ -149,7 +89,7 @@ fn data_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("device");
     group.sample_size(30);
     for peers in peer_counts("FG_BENCH_PEERS", &[1, 100_000]) {
-        let mut pair = Pair::new(peers - 1);
+        let mut pair = pair_with_extra_peers(peers - 1);
         let packet = ipv4(A_TUN, B_TUN, PACKET_LEN);
         let mut out = vec![0u8; PACKET_LEN + 64];
         let now = pair.now;
@@ -189,7 +129,7 @@ fn timers(c: &mut Criterion) {
     let mut group = c.benchmark_group("device_timers");
     group.sample_size(30);
     for peers in peer_counts("FG_BENCH_PEERS", &[1, 100_000]) {
-        let mut pair = Pair::new(peers - 1);
+        let mut pair = pair_with_extra_peers(peers - 1);
         let now = pair.now.advance(Duration::from_millis(1));
         group.bench_with_input(BenchmarkId::new("idle", peers), &peers, |bench, _| {
             bench.iter(|| {
@@ -199,7 +139,7 @@ fn timers(c: &mut Criterion) {
         });
     }
     for peers in peer_counts("FG_BENCH_ARMED_PEERS", &[1, 10_000]) {
-        let mut pair = Pair::new(0);
+        let mut pair = pair_with_extra_peers(0);
         let extra = add_extra_peers(&mut pair.a, peers - 1, 3);
         // Data for every peer with an endpoint starts its handshake.
         let mut out = vec![0u8; 128];

@@ -7,25 +7,7 @@ use crate::constants::{
 };
 use crate::crypto::SecretKey;
 
-const A_ADDR: &str = "192.0.2.1:51820";
-const B_ADDR: &str = "192.0.2.2:51821";
-const A_TUN: [u8; 4] = [192, 168, 241, 1];
-const B_TUN: [u8; 4] = [192, 168, 241, 2];
-
-/// An IPv4 packet of `len` bytes from `src` to `dst`.
-fn ipv4(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
-    let mut p = vec![0u8; len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 1;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    for (i, b) in p[20..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
-}
+use crate::testing::{ipv4_packet as ipv4, sock, Pair, A_ADDR, A_TUN, B_ADDR, B_TUN};
 
 struct Net {
     a: Device,
@@ -39,33 +21,24 @@ struct Net {
     wire: Vec<(bool, Vec<u8>)>,
 }
 
-fn sock(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
 impl Net {
     fn new(psk: [u8; 32]) -> Net {
-        let ka = SecretKey::from_bytes([0x11; 32]);
-        let kb = SecretKey::from_bytes([0x22; 32]);
-        let (pa, pb) = (ka.public_key(), kb.public_key());
-        let mut a = Device::new([1; 32]);
-        let mut b = Device::new([2; 32]);
-        a.set_private_key(Some(ka));
-        b.set_private_key(Some(kb));
-        let a_peer = a.add_peer(pb).unwrap();
-        let b_peer = b.add_peer(pa).unwrap();
+        let Pair {
+            mut a,
+            mut b,
+            a_peer,
+            b_peer,
+            now,
+            ..
+        } = Pair::configured(Now::system());
         a.set_preshared_key(a_peer, SymmetricKey(psk));
         b.set_preshared_key(b_peer, SymmetricKey(psk));
-        a.set_endpoint(a_peer, sock(B_ADDR));
-        b.set_endpoint(b_peer, sock(A_ADDR));
-        a.add_allowed_ip(a_peer, IpAddr::from(B_TUN), 32).unwrap();
-        b.add_allowed_ip(b_peer, IpAddr::from(A_TUN), 32).unwrap();
         Net {
             a,
             b,
             a_peer,
             b_peer,
-            now: Now::system(),
+            now,
             delivered_a: vec![],
             delivered_b: vec![],
             wire: vec![],

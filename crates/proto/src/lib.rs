@@ -71,5 +71,7 @@ pub mod replay;
 #[cfg(feature = "selftest")]
 pub mod selftest;
 pub mod tai64n;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod timers;
 pub mod transport;
