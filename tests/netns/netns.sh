@@ -57,14 +57,9 @@ no_single_targets() {
 	return 0
 }
 
-# NAT topology of the kernel script (daemons in ns1/ns2, their sockets there; ns0 routes and SNATs):
-#   ns1: IF1 192.168.241.1, vethc 192.168.1.100 -> ns0: vethrc 192.168.1.1 | vethrs 10.0.0.1 -> ns2: veths
-#   10.0.0.100, IF2 192.168.241.2
-topo_nat() {
-	make_namespaces
-	must start_daemon 1 "$IF1" "$NS1"
-	must start_daemon 2 "$IF2" "$NS2"
-	configure_peers
+# nat_links: the links and routes of the NAT topology below (ns1's client side 192.168.1.0/24 routed by ns0 to
+# ns2's 10.0.0.0/24), without the daemons and without the NAT rule.
+nat_links() {
 	must ip0 link add vethrc type veth peer name vethc
 	must ip0 link add vethrs type veth peer name veths
 	must ip0 link set vethc netns "$NS1"
@@ -83,6 +78,17 @@ topo_nat() {
 	must wait_iface_up "$NS1" vethc
 	must wait_iface_up "$NS2" veths
 	must sysctl_ns "$NS0" net/ipv4/ip_forward 1
+}
+
+# NAT topology of the kernel script (daemons in ns1/ns2, their sockets there; ns0 routes and SNATs):
+#   ns1: IF1 192.168.241.1, vethc 192.168.1.100 -> ns0: vethrc 192.168.1.1 | vethrs 10.0.0.1 -> ns2: veths
+#   10.0.0.100, IF2 192.168.241.2
+topo_nat() {
+	make_namespaces
+	must start_daemon 1 "$IF1" "$NS1"
+	must start_daemon 2 "$IF2" "$NS2"
+	configure_peers
+	nat_links
 	must in_ns "$NS0" nft -f - <<-'EOF'
 		table ip fgt_nat {
 			chain postrouting {

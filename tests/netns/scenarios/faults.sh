@@ -511,26 +511,10 @@ faults_nat_topology() {
 	pub3=$(wg pubkey <<<"$key3") pub4=$(wg pubkey <<<"$key4")
 	must start_daemon 1 "$IF3" "$NS1"
 	must start_daemon 2 "$IF4" "$NS2"
-	must ip0 link add vethrc type veth peer name vethc
-	must ip0 link add vethrs type veth peer name veths
-	must ip0 link set vethc netns "$NS1"
-	must ip0 link set veths netns "$NS2"
-	must ip0 addr add 192.168.1.1/24 dev vethrc
-	must ip0 addr add 10.0.0.1/24 dev vethrs
-	must ip0 link set vethrc up
-	must ip0 link set vethrs up
+	# Promoting secondaries keeps the route when the client's primary address is removed (roaming check).
 	must sysctl_ns "$NS1" net/ipv4/conf/all/promote_secondaries 1
 	must sysctl_ns "$NS1" net/ipv4/conf/default/promote_secondaries 1
-	must ip1 addr add 192.168.1.100/24 dev vethc
-	must ip1 link set vethc up
-	must ip1 route add default via 192.168.1.1
-	must ip2 addr add 10.0.0.100/24 dev veths
-	must ip2 link set veths up
-	must wait_iface_up "$NS0" vethrc
-	must wait_iface_up "$NS0" vethrs
-	must wait_iface_up "$NS1" vethc
-	must wait_iface_up "$NS2" veths
-	must sysctl_ns "$NS0" net/ipv4/ip_forward 1
+	nat_links
 	must faults_nat_rule 20001
 	must ip1 addr add 192.168.242.1/24 dev "$IF3"
 	must ip2 addr add 192.168.242.2/24 dev "$IF4"
