@@ -835,6 +835,22 @@ split_for() {
 	check "$p: ... showconf lists 30 peers, one with both prefixes" eval \
 		'[[ $(grep -c "^\[Peer\]" <<<"$conf") == 30 && $conf == *"AllowedIPs = 255.2.3.4/32, abcd::255/128"* ]]'
 
+	# More peers than one read of the daemon's state takes under its engine lock (1 000 at a time): the
+	# listing must still be whole and in insertion order across the chunks.
+	python3 - >"$FGT_LOGDIR/many.conf" <<-'EOF'
+		import base64, os
+		for i in range(2500):
+		    print("[Peer]\nPublicKey=%s\nAllowedIPs=10.%d.%d.0/24" % (base64.b64encode(os.urandom(32)).decode(), i >> 8, i & 255))
+	EOF
+	check "$p: setconf with 2500 peers" wgc setconf "$a" "$FGT_LOGDIR/many.conf"
+	local want got
+	want=$(awk '/^PublicKey=/ { sub(/^PublicKey=/, ""); print }' "$FGT_LOGDIR/many.conf")
+	got=$(wg show "$a" peers)
+	if supported peer_order "$p: 2500 peers listed whole, in insertion order" "$n"; then
+		check "$p: 2500 peers listed whole, in insertion order" equals peers "$(md5sum <<<"$got")" "$(md5sum <<<"$want")"
+	fi
+	check "$p: ... each with its /24" equals allowed-ips "$(wg show "$a" allowed-ips | awk 'NF == 2' | wc -l)" 2500
+
 	must wgc setconf "$a" /dev/null
 	local ips
 	ips=$(printf 'abcd::%x,' {1..197})
