@@ -714,6 +714,13 @@ fn handle_batch(
         let (mut jobs, mut bytes) = (0, 0);
         for d in &mut datagrams {
             if is_handshake(d.data) {
+                // Forgeries stop here, under the lock this thread holds
+                // anyway, instead of costing a copy, a queue slot and a
+                // wake-up of the handshake thread each.
+                if let Err(reason) = engine.device.screen_handshake(d.data) {
+                    log::trace!("dropped a datagram from {}: {}", d.from.addr, reason.name());
+                    continue;
+                }
                 if !shared.handshakes.push(d.from, d.data) {
                     log::trace!(
                         "handshake queue full: dropped a message from {}",

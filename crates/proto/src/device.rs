@@ -632,6 +632,31 @@ impl Device {
         self.load.is_under_load(now.mono)
     }
 
+    /// A cheap gate for handshake messages (types 1–3) that a caller may run
+    /// before queueing them for [`Device::receive`] on another thread: the
+    /// length must be the message's, and initiations and responses must
+    /// carry a valid mac1 for our key. A message that fails is dropped and
+    /// counted here (as [`Device::receive`] would), so that a flood of
+    /// forgeries costs one MAC each instead of a queue slot and a hand-off.
+    /// [`Device::receive`] checks everything again.
+    pub fn screen_handshake(&mut self, datagram: &[u8]) -> Result<(), DropReason> {
+        let verdict = match messages::parse(datagram) {
+            Err(_) => Err(DropReason::Malformed),
+            Ok(Message::Initiation(_) | Message::Response(_)) => {
+                if self.cookie_checker.check_mac1(datagram) {
+                    Ok(())
+                } else {
+                    Err(DropReason::BadMac1)
+                }
+            }
+            Ok(_) => Ok(()),
+        };
+        if let Err(reason) = verdict {
+            self.record_drop(reason, None);
+        }
+        verdict
+    }
+
     /// Packets waiting for a session, summed over all peers.
     pub fn staged_packet_count(&self) -> usize {
         self.peers.values().map(|p| p.staged.len()).sum()

@@ -969,3 +969,36 @@ fn initiation_shaped() -> [u8; 148] {
     datagram[0] = 1;
     datagram
 }
+
+#[test]
+fn screening_drops_forged_handshakes_and_passes_genuine_ones() {
+    let mut net = Net::new([0; 32]);
+    let mut out = vec![0u8; 200];
+    net.a.send(net.now, &ipv4(A_TUN, B_TUN, 84), &mut out);
+    let initiation = net.a.poll_transmit().expect("an initiation").data;
+    assert_eq!(net.b.screen_handshake(&initiation), Ok(()));
+    let mut forged = initiation.clone();
+    forged[20] ^= 1; // inside the part mac1 covers
+    assert_eq!(net.b.screen_handshake(&forged), Err(DropReason::BadMac1));
+    assert_eq!(
+        net.b.screen_handshake(&initiation_shaped()),
+        Err(DropReason::BadMac1)
+    );
+    assert_eq!(
+        net.b.screen_handshake(&initiation[..100]),
+        Err(DropReason::Malformed)
+    );
+    // Cookie replies have no mac1: only their length is checked here.
+    let mut cookie_reply = [0u8; 64];
+    cookie_reply[0] = 3;
+    assert_eq!(net.b.screen_handshake(&cookie_reply), Ok(()));
+    assert_eq!(net.b.drop_count(DropReason::BadMac1), 2);
+    assert_eq!(net.b.drop_count(DropReason::Malformed), 1);
+    // Screening changes nothing else: the genuine initiation still works.
+    let mut genuine = initiation;
+    let from = Endpoint::from(sock(A_ADDR));
+    assert_eq!(
+        net.b.receive(net.now, from, &mut genuine),
+        ReceiveOutcome::Handled
+    );
+}

@@ -28,10 +28,13 @@
 #   daemon under load). Measured on the 2-core development machine (RELIABILITY.md): one unniced hsflood thread
 #   sends about 110 000 datagrams/s; niced beside iperf3 it still gets 48 000-66 000/s, where Ferroguard keeps
 #   71-76 % of its goodput (it spends about 4 us per rejected and 10 us per cookie-answered datagram); at
-#   20 000/s it keeps 92-95 %. FGT_FLOOD_RATE=0 floods at full (niced) speed.
+#   20 000/s it keeps 92-95 %. FGT_FLOOD_RATE=0 floods at full (niced) speed. FLOOD_TEST_PORT=9 aims the flood at
+#   a port where nothing listens instead of the daemon (for measuring what the flood costs without any daemon
+#   work: the goodput failing then is the machine's floor, not the daemon's; see RELIABILITY.md).
 #
 #   wireguard-go pairs: everything is measured and printed; checks it does not meet are SKIPped (flood_supported:
-#   only the RSS bound, as wireguard-go's RSS grows from ~43 MB to 88-166 MB under this flood).
+#   the RSS bound, as wireguard-go's RSS grows from ~43 MB to 88-166 MB under this flood, and the goodput bound,
+#   which is Ferroguard's target: wireguard-go kept 78-97 % over our runs).
 
 FLOOD_SECONDS=5
 FLOOD_ROUNDS=3
@@ -63,6 +66,8 @@ flood_supported() {
 	case "$(impl_kind 2):$1" in
 	wireguard-go:rss)
 		reason="wireguard-go's RSS grows by more than 16 MiB under the flood (43 MB to 88-166 MB here; figure above)" ;;
+	wireguard-go:goodput)
+		reason="the 80 % bound is Ferroguard's target; wireguard-go kept 78-97 % over our runs (figure above)" ;;
 	esac
 	[[ -z $reason ]] && return 0
 	skip "$2" "$reason"
@@ -106,7 +111,7 @@ flood_state() {
 # to $FGT_LOGDIR/flood-N.out.
 flood_with_iperf() {
 	local n=$1 fpid mbits
-	in_ns "$NS0" timeout --foreground 30 nice -n 19 "$FLOOD_BIN" flood --target 127.0.0.1:2 \
+	in_ns "$NS0" timeout --foreground 30 nice -n 19 "$FLOOD_BIN" flood --target "127.0.0.1:${FLOOD_TEST_PORT:-2}" \
 		--target-public "$(flood_hex "$pub2")" --replay "$FLOOD_REPLAY" --seconds $((FLOOD_SECONDS + 2)) \
 		--rate "${FGT_FLOOD_RATE:-20000}" --sources 64 --source-base 127.0.0.10 --ports 4 \
 		>"$FGT_LOGDIR/flood-$n.out" 2>>"$FGT_LOGDIR/flood-$n.log" &
@@ -201,8 +206,10 @@ scenario_flood() {
 	check "flood: the flooder sent (at least 100 000 datagrams in all)" test "$(flood_sum sent)" -ge 100000
 	check "flood: both daemons still run" \
 		eval 'pid_running "${FGT_DAEMON_PID[$IF1]}" && pid_running "${FGT_DAEMON_PID[$IF2]}"'
-	check "flood: goodput under flood >= 80 % of the baseline ($flooded vs $baseline Mbit/s)" \
-		eval '((baseline > 0 && flooded * 100 >= baseline * 80))'
+	if flood_supported goodput "flood: goodput under flood >= 80 % of the baseline ($flooded vs $baseline Mbit/s)"; then
+		check "flood: goodput under flood >= 80 % of the baseline ($flooded vs $baseline Mbit/s)" \
+			eval '((baseline > 0 && flooded * 100 >= baseline * 80))'
+	fi
 	cookies=$(flood_sum mac1_cookies)
 	check "flood: ns2's daemon went under load: cookie replies to the valid-mac1 initiations ($cookies)" \
 		test "$cookies" -gt 0
