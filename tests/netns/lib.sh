@@ -191,7 +191,15 @@ impl_kind() {
 
 # The scenarios a given implementation is known not to support: prints the reason, or nothing.
 # Keep this list short and each entry explained: a skip must never hide a regression.
+# Known differences that a scenario file adds for its own checks, keyed "KIND:FEATURE" (set at the top level
+# of tests/netns/scenarios/NAME.sh, e.g. FGT_UNSUPPORTED[wireguard-go:some_feature]="why").
+declare -gA FGT_UNSUPPORTED=()
+
 unsupported_reason() { # KIND FEATURE
+	if [[ -n ${FGT_UNSUPPORTED["$1:$2"]-} ]]; then
+		echo "${FGT_UNSUPPORTED["$1:$2"]}"
+		return
+	fi
 	case "$1:$2" in
 	wireguard-go:icmp_unreachable)
 		echo "wireguard-go drops packets without a peer silently (no ICMP unreachable)" ;;

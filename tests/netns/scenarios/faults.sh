@@ -63,7 +63,7 @@
 #      left for the name, and a new daemon for the same name starts at once (≤ 5 s, start_daemon) and the
 #      tunnel works again. (d) is done while the interface is in the other namespace: SIGTERM must
 #      remove it there too. netns.sh lifetime checks the same events without traffic.
-#   Known differences of Debian's wireguard-go 0.0.20220316 are reported as SKIP (faults_supported).
+#   Known differences of Debian's wireguard-go 0.0.20220316 are reported as SKIP (lib.sh's "supported").
 
 FAULTS_PY="$(dirname "${BASH_SOURCE[0]}")/faults.py"
 FAULTS_RELAY_PORT=10
@@ -71,24 +71,23 @@ FAULTS_CTRL_PORT=11
 
 faults_py() { python3 "$FAULTS_PY" "$@"; }
 
-# faults_supported FEATURE CHECKNAME N: like lib.sh's "supported" for implementation N, with this scenario's
-# own list of known differences (found by running Debian's wireguard-go 0.0.20220316).
-faults_supported() {
-	local reason=""
-	case "$(impl_kind "$3"):$1" in
-	wireguard-go:roam_v4_source_gone)
-		reason=$(unsupported_reason wireguard-go sticky_v4_source_gone) ;;
-	esac
-	[[ -z $reason ]] && return 0
-	skip "$2" "$reason"
-	return 1
-}
-
 # faults_now: wall-clock seconds with fractions (comparable with ping -D and the sniffer's timestamps).
 faults_now() { date +%s.%N; }
 
 # faults_elapsed_ms START: milliseconds since START (faults_now).
 faults_elapsed_ms() { awk -v s="$1" -v n="$(faults_now)" 'BEGIN { printf "%d", (n - s) * 1000 }'; }
+
+# faults_wait_first_reply PING_LOG START TRIES: the ping-gaps summary from START, once it shows a first reply
+# after START or after TRIES polls 0.1 s apart.
+faults_wait_first_reply() {
+	local summary i
+	for ((i = 0; i < $3; i++)); do
+		summary=$(faults_py ping-gaps "$1" "$2")
+		[[ $summary == *"first_after none"* ]] || break
+		sleep 0.1
+	done
+	printf '%s\n' "$summary"
+}
 
 # faults_between VALUE LOW HIGH: LOW <= VALUE <= HIGH (decimals).
 faults_between() { awk -v v="$1" -v l="$2" -v h="$3" 'BEGIN { exit !(v != "" && v + 0 >= l && v + 0 <= h) }'; }
@@ -473,11 +472,7 @@ faults_restart() {
 	must faults_restart_daemon "$n"
 	restarted=$(faults_now)
 	note "impl$n restarted and configured $(faults_elapsed_ms "$kill_time") ms after the kill"
-	for ((i = 0; i < 80; i++)); do
-		first=$(faults_py ping-gaps "$log" "$restarted")
-		[[ $first == *"first_after none"* ]] || break
-		sleep 0.1
-	done
+	first=$(faults_wait_first_reply "$log" "$restarted" 80)
 	kill_pids "$ppid"
 	wait "$ppid" 2>/dev/null
 	gaps=$(faults_py ping-gaps "$log" "$kill_time")
@@ -547,11 +542,7 @@ faults_nat_event() {
 		sleep 0.05
 	done
 	note "$name: the server saw the client move from $before to $endpoint after $(faults_elapsed_ms "$start") ms"
-	for ((i = 0; i < 50; i++)); do
-		first=$(faults_py ping-gaps "$log" "$start")
-		[[ $first == *"first_after none"* ]] || break
-		sleep 0.1
-	done
+	first=$(faults_wait_first_reply "$log" "$start" 50)
 	sleep 0.5
 	kill_pids "$ppid"
 	wait "$ppid" 2>/dev/null
@@ -582,7 +573,7 @@ faults_nat() {
 	check "faults: NAT: session up through the SNAT (client -> server)" ping_retry "$NS1" 192.168.242.2
 	check "faults: NAT: the server sees the client at 10.0.0.1:20001" endpoint_is "$IF4" "$pub3" 10.0.0.1:20001
 	faults_nat_event "faults: NAT mapping lost (new SNAT port, conntrack flushed)" 10.0.0.1:20001 faults_nat_reboot
-	if faults_supported roam_v4_source_gone "faults: client address changed mid-transfer" 1; then
+	if supported sticky_v4_source_gone "faults: client address changed mid-transfer" 1; then
 		faults_nat_event "faults: client address changed mid-transfer (192.168.1.100 -> .101)" "$FAULTS_ENDPOINT" \
 			faults_client_moves
 	fi

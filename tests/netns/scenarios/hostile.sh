@@ -18,7 +18,7 @@
 #      errno=-N or the connection is closed, and wg showconf is unchanged after each; a client that stops
 #      mid-request is cut off (wg show answers within 12 s), one that trickles bytes is measured; wg show
 #      still answers and the daemon still runs afterwards.
-#   Known differences of Debian's wireguard-go 0.0.20220316 (impl1) are reported as SKIP (hostile_supported).
+#   Known differences of Debian's wireguard-go 0.0.20220316 (impl1) are reported as SKIP (FGT_UNSUPPORTED, below).
 
 HOSTILE_PY="$(dirname "${BASH_SOURCE[0]}")/hostile.py"
 HOSTILE_RELAY_PORT=10
@@ -213,7 +213,7 @@ hostile_socket_access() {
 	note "socket mode $mode, directory mode $dir_mode"
 	check "hostile: the configuration socket gives no permission to group or others" \
 		eval '(( (8#$mode & 8#077) == 0 ))'
-	if hostile_supported socket_mode_0600 "hostile: the configuration socket has mode 0600"; then
+	if supported socket_mode_0600 "hostile: the configuration socket has mode 0600" 1; then
 		check "hostile: the configuration socket has mode 0600" equals mode "$mode" 600
 	fi
 	check "hostile: the socket directory is writable by its owner only" \
@@ -233,22 +233,10 @@ hostile_socket_access() {
 # The private key inside one refused request of the corpus (hostile.py's "a8" * 32), in base64.
 HOSTILE_CORPUS_KEY=qKioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKg=
 
-# hostile_supported FEATURE CHECKNAME: like lib.sh's "supported" for impl1, with this scenario's own list of
-# known differences (found by running Debian's wireguard-go 0.0.20220316); records a skip when unsupported.
-hostile_supported() {
-	local reason=""
-	case "$(impl_kind 1):$1" in
-	wireguard-go:socket_mode_0600)
-		reason="wireguard-go leaves its socket at mode 0700 (still owner-only, checked above)" ;;
-	wireguard-go:stall_timeout)
-		reason="wireguard-go has no read timeout on its configuration socket" ;;
-	wireguard-go:atomic_set)
-		reason="wireguard-go applies the lines of a set request as it reads them, before an invalid line or EOF" ;;
-	esac
-	[[ -z $reason ]] && return 0
-	skip "$2" "$reason"
-	return 1
-}
+# Known differences of Debian's wireguard-go 0.0.20220316 for this scenario's checks (see lib.sh's "supported").
+FGT_UNSUPPORTED[wireguard-go:socket_mode_0600]="wireguard-go leaves its socket at mode 0700 (still owner-only, checked above)"
+FGT_UNSUPPORTED[wireguard-go:stall_timeout]="wireguard-go has no read timeout on its configuration socket"
+FGT_UNSUPPORTED[wireguard-go:atomic_set]="wireguard-go applies the lines of a set request as it reads them, before an invalid line or EOF"
 
 # hostile_uapi_case INDEX BEFORE: case INDEX is refused (errno=-N or closed) and wg showconf still gives BEFORE.
 hostile_uapi_case() {
@@ -269,7 +257,7 @@ hostile_uapi_corpus() {
 		# Cases this implementation is known to get wrong are skipped (they would change the configuration).
 		case $name in
 		"half a set request"* | "valid line then"* | "private_key then"*)
-			hostile_supported atomic_set "hostile: malformed request refused, configuration unchanged: $name" ||
+			supported atomic_set "hostile: malformed request refused, configuration unchanged: $name" 1 ||
 				{ ((index++)); continue; } ;;
 		esac
 		check "hostile: malformed request refused, configuration unchanged: $name" hostile_uapi_case "$index" "$before"
@@ -306,7 +294,7 @@ hostile_beside_stalled_client() {
 # (the timeout is per read): measured, not checked (wireguard-go blocks the same way, and only root can
 # connect).
 hostile_stalled_clients() {
-	if hostile_supported stall_timeout "hostile: wg show answers within 12 s beside a client silent mid-request"; then
+	if supported stall_timeout "hostile: wg show answers within 12 s beside a client silent mid-request" 1; then
 		hostile_beside_stalled_client silent 12
 		check "hostile: wg show answers within 12 s beside a client silent mid-request" \
 			eval '[[ $HOSTILE_ELAPSED =~ ^[0-9]+$ ]] && ((HOSTILE_ELAPSED < 12000))'
