@@ -6,6 +6,7 @@
 #                    [--setconf-timeout S] IMPL [IMPL...]
 #   scripts/bench.sh --rtt [--pin] [--rounds R] [--count C] IMPL [IMPL...]
 #   scripts/bench.sh --rtt-profile [--pin] [--count C] IMPL [IMPL...]
+#   scripts/bench.sh --rtt-trace [--pin] [--count C] IMPL [IMPL...]
 #
 # IMPL is a command that follows wireguard-go's convention (`IMPL -f IFACE`
 # creates the TUN IFACE and /var/run/wireguard/IFACE.sock), e.g.
@@ -39,6 +40,12 @@
 #   per round trip: system calls by name (strace -f -c), context switches
 #   and wake-ups (perf stat); needs strace and perf (mounts tracefs for the
 #   run if it is not mounted).
+# --rtt-trace: per IMPL, records C pings with ftrace (scheduler wake-ups and
+#   switches, system calls of the daemons and ping) and sorts the round trips
+#   by how many of their wake-ups crossed to another CPU ("remote": on a VM a
+#   halted vCPU is woken by an inter-processor interrupt, tens of µs), with
+#   the median traced time of each group. Tracing slows every hop, so compare
+#   the groups and the implementations, not the times with untraced pings.
 # --pin: namespace A's daemon and clients on CPU 0, B's on CPU 1.
 # Needs root. Cleans up after itself.
 set -euo pipefail
@@ -53,6 +60,7 @@ while [ $# -gt 0 ]; do
     --setconf-timeout) SETCONF_TIMEOUT=$2; shift 2 ;;
     --rtt) RTT_ONLY=1; shift ;;
     --rtt-profile) RTT_ONLY=2; shift ;;
+    --rtt-trace) RTT_ONLY=3; shift ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --count) COUNT=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
@@ -238,8 +246,14 @@ profile_rtt() {
   perf stat -x, --per-thread -e context-switches,raw_syscalls:sys_enter,sched:sched_wakeup \
     -p "$PA,$PB" -o "$TMP/perf" & perf_pid=$!
   sleep 0.5
+  cat /proc/interrupts >"$TMP/irq0"
   ping_stats "$COUNT" >/dev/null
+  cat /proc/interrupts >"$TMP/irq1"
   kill -INT $perf_pid; wait $perf_pid 2>/dev/null || true
+  echo "  interrupts per round trip (all CPUs, whole machine):"
+  awk -v n="$COUNT" 'FNR == NR && $1 ~ /^(RES|CAL|LOC):$/ { before[$1] = $2 + $3; next }
+    $1 in before { printf "    %-28s %6.2f\n", $1, ($2 + $3 - before[$1]) / n }' \
+    "$TMP/irq0" "$TMP/irq1"
   echo "  perf stat per round trip (thread: context switches, syscalls, wake-ups it caused):"
   python3 - "$TMP/perf" "$COUNT" <<'PY'
 import collections, sys
@@ -267,6 +281,63 @@ PY
       printf "    %-20s %6.2f\n", $NF, $4 / n; sum += $4 }
     END { printf "    %-20s %6.2f\n", "total", sum / n }' "$TMP/strace"
 }
+
+# trace_rtt: ftrace of COUNT pings; prints round trips grouped by remote wake-ups.
+trace_rtt() {
+  local t=/sys/kernel/tracing e events="sched/sched_switch sched/sched_wakeup raw_syscalls/sys_enter raw_syscalls/sys_exit"
+  echo 0 >$t/tracing_on; echo >$t/trace; echo 8192 >$t/buffer_size_kb
+  for e in $events; do echo 1 >"$t/events/$e/enable"; done
+  # Only the system calls of ping and the daemons' threads (any other process id is left out).
+  echo "common_pid == $(ps -L -o lwp= -p "$PA,$PB" | xargs | sed 's/ / || common_pid == /g') || comm == \"ping\"" \
+    >$t/events/raw_syscalls/filter
+  echo 1 >$t/tracing_on
+  ping_stats "$COUNT" >/dev/null
+  echo 0 >$t/tracing_on
+  for e in $events; do echo 0 >"$t/events/$e/enable"; done
+  echo 0 >$t/events/raw_syscalls/filter
+  cp $t/trace "$TMP/trace"; echo >$t/trace
+  python3 - "$TMP/trace" "$(ps -L -o lwp= -p "$PA,$PB" | xargs)" <<'PY'
+import collections, re, statistics, sys
+tids = set(sys.argv[2].split())
+event = re.compile(r"^\s*(\S+)-(\d+)\s+\[(\d+)\]\s+\S+\s+([\d.]+): (\w+): (.*)$")
+groups, trip = collections.defaultdict(list), None
+for line in open(sys.argv[1]):
+    m = event.match(line)
+    if not m:
+        continue
+    comm, cpu, t, name, rest = m.group(1), int(m.group(3)), float(m.group(4)), m.group(5), m.group(6)
+    if comm == "ping" and name == "sys_enter" and rest.startswith("NR 44 "):  # sendto
+        trip = {"start": t, "remote": 0}
+    elif trip is not None and name == "sched_wakeup":
+        woken = re.search(r"comm=(.*) pid=(\d+) .*target_cpu=(\d+)", rest)
+        if woken and (woken.group(2) in tids or woken.group(1) == "ping") and int(woken.group(3)) != cpu:
+            trip["remote"] += 1
+    elif trip is not None and comm == "ping" and name == "sys_exit" and rest.startswith("NR 47 = 84"):
+        groups[trip["remote"]].append((t - trip["start"]) * 1e6)  # recvmsg of the reply
+        trip = None
+total = sum(len(v) for v in groups.values())
+for remote in sorted(groups):
+    v = groups[remote]
+    print("    %d remote wake-ups: %3d of %d round trips, median %4.0f us traced"
+          % (remote, len(v), total, statistics.median(v)))
+PY
+}
+
+if [ "$RTT_ONLY" = 3 ]; then
+  if [ ! -d /sys/kernel/tracing/events ]; then
+    mount -t tracefs nodev /sys/kernel/tracing && MOUNTED_TRACEFS=1
+  fi
+  index=0
+  for impl in "$@"; do
+    start_pair "$impl" "$index"
+    sleep 0.5
+    echo "$impl ($COUNT pings at 10 ms, A -> B, traced):"
+    trace_rtt
+    stop_pair
+    index=$((index + 1))
+  done
+  exit 0
+fi
 
 if [ "$RTT_ONLY" = 2 ]; then
   for tool in perf strace; do

@@ -56,8 +56,10 @@ if [ "$QUICK" = 0 ]; then
   # Three pairs (ferroguard/ferroguard and both interop directions), about 12 minutes on 2 cores.
   step "network-namespace suite" 2400 env FGT_TOTAL_TIMEOUT=2200 tests/netns/run.sh
   step "network-namespace suite without TUN offloads (quick)" 900 env FERROGUARD_NO_OFFLOAD=1 tests/netns/run.sh --quick
-  # The default on 2 cores is one crypto thread; this covers the shared (pool) path end to end.
-  step "network-namespace suite with two crypto threads (quick)" 900 env FERROGUARD_CRYPTO_THREADS=2 tests/netns/run.sh --quick
+  # The defaults on 2 cores are one crypto thread and one I/O thread; this covers the defaults of a
+  # machine with more cores end to end: the shared (pool) crypto path and one I/O thread per descriptor.
+  step "network-namespace suite with two crypto threads and per-source I/O threads (quick)" 900 \
+    env FERROGUARD_CRYPTO_THREADS=2 FERROGUARD_IO_THREADS=per-source tests/netns/run.sh --quick
   # ~20 rekeys in 60 s: engine clock at 40x (cargo feature test-clock, built in target/variants like the above).
   step "soak with a sped-up clock (60 s)" 1200 scripts/soak.sh --seconds 60 --min-rekeys 10
 else

@@ -185,6 +185,9 @@ Environment:
   FERROGUARD_CRYPTO_THREADS=N    threads that encrypt and decrypt large batches
                                  (1 = the I/O threads alone; default: one per
                                  core from 3 cores on, else 1)
+  FERROGUARD_IO_THREADS=MODE     'one' thread for the TUN and both sockets, or
+                                 'per-source' (one each); default: one below
+                                 3 cores, else per-source
 
 Use with wg-quick: WG_QUICK_USERSPACE_IMPLEMENTATION=ferroguard wg-quick up wg0
 Manual: man ferroguard (doc/ferroguard.8 in the source tree)

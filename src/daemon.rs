@@ -17,11 +17,12 @@ use ferroguard_proto::device::Device;
 
 use crate::cli::Options;
 use crate::config::ConfigHandler;
+use crate::io_threads::IoThreads;
 use crate::runtime::{self, Shared};
 use crate::sys::privileges::{self, Account};
 use crate::sys::process;
 use crate::sys::tun::{Tun, TunOptions};
-use crate::sys::udp::{Family, UdpSockets};
+use crate::sys::udp::UdpSockets;
 use crate::uapi::{serve_connection, UapiListener};
 
 /// Why the daemon stopped.
@@ -168,21 +169,18 @@ fn create_tun(name: &str) -> std::io::Result<Tun> {
 }
 
 fn spawn_threads(shared: &Arc<Shared>, listener: UapiListener, stop: mpsc::Sender<Stop>) {
-    let s = shared.clone();
-    thread::Builder::new()
-        .name("tun".into())
-        .spawn(move || {
-            let error = runtime::tun_loop(s);
-            log::info!("TUN device closed: {error}");
-            let _ = stop.send(Stop::InterfaceGone);
-        })
-        .expect("spawn tun thread");
-    for family in [Family::V4, Family::V6] {
+    for (name, role) in IoThreads::from_env().roles() {
         let s = shared.clone();
+        let stop = stop.clone();
         thread::Builder::new()
-            .name(format!("udp-{family:?}"))
-            .spawn(move || runtime::udp_loop(s, family))
-            .expect("spawn udp thread");
+            .name(name.into())
+            .spawn(move || {
+                // Only a thread that reads the TUN returns, when it is gone.
+                let error = runtime::io_loop(s, role);
+                log::info!("TUN device closed: {error}");
+                let _ = stop.send(Stop::InterfaceGone);
+            })
+            .expect("spawn I/O thread");
     }
     let s = shared.clone();
     thread::Builder::new()

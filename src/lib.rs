@@ -6,6 +6,7 @@ pub mod config;
 pub mod crypto_pool;
 pub mod daemon;
 pub mod icmp;
+pub mod io_threads;
 pub mod logging;
 pub mod metrics;
 pub mod offload;

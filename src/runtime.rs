@@ -1,9 +1,9 @@
 //! The runtime: threads that connect the protocol engine to the TUN device,
 //! the UDP sockets, the clock and the configuration socket.
 //!
-//! * one thread reads the TUN device and encrypts (`tun_loop`);
-//! * one thread per address family receives datagrams in batches and
-//!   decrypts (`udp_loop`);
+//! * the I/O threads (`io_loop`) read the TUN device and encrypt, and
+//!   receive datagrams in batches and decrypt: one thread for all of it, or
+//!   one for the TUN and one per address family (`io_threads`);
 //! * large batches are encrypted or decrypted outside the engine lock by
 //!   the reading thread and the crypto workers together (`crypto_pool`);
 //! * one thread sleeps until the engine's next deadline (`timer_loop`);
@@ -467,30 +467,6 @@ fn drain_tun(shared: &Shared, reader: &mut TunReader, limit: usize) -> std::io::
     std::io::ErrorKind::WouldBlock.into()
 }
 
-/// Waits for the TUN device and drains it, forever. Returns when the
-/// interface is gone.
-pub fn tun_loop(shared: Arc<Shared>) -> std::io::Error {
-    if let Err(e) = shared.tun().set_nonblocking(true) {
-        return e;
-    }
-    let fd = shared.tun().as_raw_fd();
-    loop {
-        if let Err(e) = crate::sys::poll_readable(&[fd], None) {
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return e;
-            }
-        }
-        let mut reader = shared.tun_reader.lock().unwrap_or_else(|e| e.into_inner());
-        let error = drain_tun(&shared, &mut reader, usize::MAX);
-        if !matches!(
-            error.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-        ) {
-            return error;
-        }
-    }
-}
-
 /// Routes and encrypts `packets`, then sends them. The packets are
 /// prepared (routed, counters reserved) under one engine lock, releasing it
 /// only when the batch buffer is full. A small batch is sealed under that
@@ -612,38 +588,166 @@ fn answer_unreachable(shared: &Shared, packet: &[u8]) {
     }
 }
 
-/// Receives datagrams of one family in batches, forever.
-pub fn udp_loop(shared: Arc<Shared>, family: Family) {
-    let waker = &shared.receiver_wakers[family as usize];
-    let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
-    let mut meta = vec![RecvMeta::default(); RECV_BATCH];
+/// Which of the data path's descriptors one I/O thread serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoRole {
+    /// Reads the TUN device (and encrypts what it reads).
+    pub tun: bool,
+    /// Receives (and decrypts) on these families' sockets.
+    pub v4: bool,
+    /// See `v4`.
+    pub v6: bool,
+}
+
+impl IoRole {
+    /// Everything: the one I/O thread of [`IoThreads::One`].
+    pub const ALL: IoRole = IoRole {
+        tun: true,
+        v4: true,
+        v6: true,
+    };
+    /// Only the TUN device.
+    pub const TUN: IoRole = IoRole {
+        tun: true,
+        v4: false,
+        v6: false,
+    };
+
+    /// Only the socket of `family`.
+    pub fn socket(family: Family) -> IoRole {
+        IoRole {
+            tun: false,
+            v4: family == Family::V4,
+            v6: family == Family::V6,
+        }
+    }
+
+    fn families(self) -> impl Iterator<Item = Family> {
+        [(self.v4, Family::V4), (self.v6, Family::V6)]
+            .into_iter()
+            .filter_map(|(served, family)| served.then_some(family))
+    }
+}
+
+/// TUN reads per turn of a thread that also serves sockets, so that a
+/// stream read from the TUN cannot starve the receive side (and the
+/// reverse: a socket turn is one receive batch).
+const TUN_READS_PER_TURN: usize = 64;
+
+/// The I/O buffers and offload state of one I/O thread.
+struct IoThreadState {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+    coalescer: Option<Coalescer>,
+}
+
+/// One descriptor an I/O thread waits for.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The sockets of this family were replaced.
+    Rebound(Family),
+    Tun,
+    Socket(Family),
+}
+
+/// Serves the descriptors of `role` forever: drains the TUN device
+/// (route, encrypt, send) and receives datagrams in batches (decrypt,
+/// write to the TUN). Returns only when the TUN device is gone.
+pub fn io_loop(shared: Arc<Shared>, role: IoRole) -> std::io::Error {
+    if role.tun {
+        if let Err(e) = shared.tun().set_nonblocking(true) {
+            return e;
+        }
+    }
     let offloads = shared.tun().offloads();
-    let mut coalescer = offloads.vnet_hdr.then(|| Coalescer::new(offloads.uso));
+    let mut state = IoThreadState {
+        bufs: Vec::new(),
+        meta: Vec::new(),
+        coalescer: offloads.vnet_hdr.then(|| Coalescer::new(offloads.uso)),
+    };
+    if role.v4 || role.v6 {
+        state.bufs = (0..RECV_BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
+        state.meta = vec![RecvMeta::default(); RECV_BATCH];
+    }
+    // A thread that also receives takes the TUN in turns; alone, it drains it.
+    let tun_reads = if role.v4 || role.v6 {
+        TUN_READS_PER_TURN
+    } else {
+        usize::MAX
+    };
     loop {
         let sockets = shared.sockets();
-        let (v4, v6) = sockets.raw_fds();
-        let fd = match family {
-            Family::V4 => v4,
-            Family::V6 => v6,
-        };
-        let mut fds = vec![waker.as_raw_fd()];
-        fds.extend(fd);
+        let (sources, fds) = wait_list(&shared, &sockets, role);
         let ready = match crate::sys::poll_readable(&fds, None) {
             Ok(ready) => ready,
             Err(_) => continue,
         };
-        if ready[0] {
-            let _ = waker.drain();
-            continue; // sockets changed: pick up the new ones
+        for (&source, _) in sources.iter().zip(ready).filter(|(_, ready)| *ready) {
+            match source {
+                Source::Rebound(family) => {
+                    let _ = shared.receiver_wakers[family as usize].drain();
+                }
+                Source::Tun => {
+                    if let Some(error) = serve_tun(&shared, tun_reads) {
+                        return error;
+                    }
+                }
+                Source::Socket(family) => receive(&shared, &sockets, family, &mut state),
+            }
         }
-        if !ready.get(1).copied().unwrap_or(false) {
-            continue;
-        }
-        let n = match sockets.recv_batch(family, &mut bufs, &mut meta) {
-            Ok(n) => n,
-            Err(_) => continue,
+    }
+}
+
+/// The descriptors a thread of `role` waits for, and what each one is.
+fn wait_list(
+    shared: &Shared,
+    sockets: &UdpSockets,
+    role: IoRole,
+) -> (Vec<Source>, Vec<std::os::fd::RawFd>) {
+    let (v4, v6) = sockets.raw_fds();
+    let mut sources = Vec::with_capacity(5);
+    let mut fds = Vec::with_capacity(5);
+    for family in role.families() {
+        sources.push(Source::Rebound(family));
+        fds.push(shared.receiver_wakers[family as usize].as_raw_fd());
+    }
+    if role.tun {
+        sources.push(Source::Tun);
+        fds.push(shared.tun().as_raw_fd());
+    }
+    for family in role.families() {
+        let fd = match family {
+            Family::V4 => v4,
+            Family::V6 => v6,
         };
-        handle_batch(&shared, &mut bufs[..n], &meta[..n], coalescer.as_mut());
+        if let Some(fd) = fd {
+            sources.push(Source::Socket(family));
+            fds.push(fd);
+        }
+    }
+    (sources, fds)
+}
+
+/// Reads up to `limit` packets from the TUN device and sends them on.
+/// Returns the error that shows the device is gone, if one ended the reads.
+fn serve_tun(shared: &Shared, limit: usize) -> Option<std::io::Error> {
+    let mut reader = shared.tun_reader.lock().unwrap_or_else(|e| e.into_inner());
+    let error = drain_tun(shared, &mut reader, limit);
+    match error.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
+        _ => Some(error),
+    }
+}
+
+/// Receives one batch from the socket of `family` and handles it.
+fn receive(shared: &Shared, sockets: &UdpSockets, family: Family, state: &mut IoThreadState) {
+    let IoThreadState {
+        bufs,
+        meta,
+        coalescer,
+    } = state;
+    if let Ok(n) = sockets.recv_batch(family, bufs, meta) {
+        handle_batch(shared, &mut bufs[..n], &meta[..n], coalescer.as_mut());
     }
 }
 
@@ -765,8 +869,10 @@ fn handle_batch(
     write_to_tun(shared, coalescer, bufs, &deliveries);
     shared.send_all(pending);
     if wrote {
-        // The host may have answered within the write: send the answer now
-        // rather than waking the TUN thread (unless it is already at it).
+        // The host may have answered within the write: send the answer now.
+        // With one I/O thread this is that thread's turn at the TUN anyway;
+        // with a TUN thread, it saves waiting for that thread to wake
+        // (unless it is already at it).
         if let Ok(mut reader) = shared.tun_reader.try_lock() {
             let _ = drain_tun(shared, &mut reader, OPPORTUNISTIC_TUN_READS);
         }
