@@ -36,7 +36,9 @@ use crate::offload::virtio::{
 };
 use crate::offload::{self, Coalescer, SegmentBatch};
 use crate::sys::tun::Tun;
-use crate::sys::udp::{Family, LocalSource, RecvMeta, SendError, UdpSockets};
+use crate::sys::udp::{
+    Datagram, DatagramOutcome, Family, LocalSource, RecvMeta, SendError, UdpSockets,
+};
 use crate::sys::EventFd;
 
 /// Largest datagram or packet handled (UDP's limit).
@@ -208,14 +210,40 @@ impl Shared {
         self.timer.kick_if_earlier(engine.device.poll_timeout());
     }
 
-    /// Sends queued datagrams, outside the engine lock.
+    /// Sends queued datagrams, outside the engine lock: all of them with one
+    /// `sendmmsg` per address family (see [`UdpSockets::send_datagrams`]).
     pub fn send_all(&self, transmits: Vec<Transmit>) {
-        if transmits.is_empty() {
+        // An empty payload has no datagram to send.
+        let nonempty: Vec<&Transmit> = transmits.iter().filter(|t| !t.data.is_empty()).collect();
+        if nonempty.is_empty() {
             return;
         }
-        let sockets = self.sockets();
-        for t in transmits {
-            self.send_datagram(&sockets, &t.data, t.endpoint, t.peer);
+        let datagrams: Vec<Datagram<'_>> = nonempty
+            .iter()
+            .map(|t| Datagram {
+                data: &t.data,
+                dst: t.endpoint.addr,
+                src: local_source(&t.endpoint),
+            })
+            .collect();
+        let outcomes = self.sockets().send_datagrams(&datagrams);
+        for (t, outcome) in nonempty.iter().zip(outcomes) {
+            match outcome {
+                DatagramOutcome::Sent => {}
+                DatagramOutcome::SourceDropped { refused, retry } => {
+                    let source = local_source(&t.endpoint);
+                    log::debug!("source {source:?} unusable ({refused}); sent without it");
+                    if let Some(peer) = t.peer {
+                        self.engine().device.clear_sticky_source(peer);
+                    }
+                    if let Err(e) = retry {
+                        log::debug!("send to {} failed: {e}", t.endpoint.addr);
+                    }
+                }
+                DatagramOutcome::Failed(e) => {
+                    log::debug!("send to {} failed: {e}", t.endpoint.addr)
+                }
+            }
         }
     }
 
@@ -229,10 +257,7 @@ impl Shared {
         endpoint: Endpoint,
         peer: Option<PeerId>,
     ) {
-        let source = endpoint.local.map(|l| LocalSource {
-            addr: l.ip,
-            ifindex: l.ifindex,
-        });
+        let source = local_source(&endpoint);
         match sockets.send_segments(data, segment_size, endpoint.addr, source.as_ref()) {
             Ok(()) => {}
             Err(SendError::SourceUnusable(e)) => {
@@ -249,16 +274,14 @@ impl Shared {
             Err(SendError::Other(e)) => log::debug!("send to {} failed: {e}", endpoint.addr),
         }
     }
+}
 
-    fn send_datagram(
-        &self,
-        sockets: &UdpSockets,
-        data: &[u8],
-        endpoint: Endpoint,
-        peer: Option<PeerId>,
-    ) {
-        self.send_run(sockets, data, data.len().max(1), endpoint, peer);
-    }
+/// The sticky source of `endpoint` as the socket layer takes it.
+fn local_source(endpoint: &Endpoint) -> Option<LocalSource> {
+    endpoint.local.map(|l| LocalSource {
+        addr: l.ip,
+        ifindex: l.ifindex,
+    })
 }
 
 /// Takes every datagram waiting in the engine's outbox, and logs the

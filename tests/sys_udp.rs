@@ -10,8 +10,8 @@ use common::*;
 use ferroguard::sys::poll_readable;
 use ferroguard::sys::process::if_nametoindex;
 use ferroguard::sys::udp::{
-    Family, LocalSource, RecvMeta, SegmentRun, SendError, UdpSockets, GRO_BUFFER_BYTES,
-    MAX_GSO_SEGMENTS,
+    Datagram, DatagramOutcome, Family, LocalSource, RecvMeta, SegmentRun, SendError, UdpSockets,
+    GRO_BUFFER_BYTES, MAX_GSO_SEGMENTS,
 };
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -615,6 +615,169 @@ fn segment_sends_check_their_input_and_source() {
     let (datagrams, metas) = receive_datagrams(&b, Family::V4, 3, GRO_BUFFER_BYTES);
     assert_eq!(datagrams.concat(), data);
     assert_eq!(metas[0].src, Some(SocketAddr::new(here.addr, a.port())));
+}
+
+/// Asserts that nothing more is queued on `family` of `sockets` (loopback
+/// delivers during the send, so whatever was sent is queued already).
+fn assert_nothing_queued(sockets: &UdpSockets, family: Family) {
+    let mut bufs = vec![vec![0u8; 2048]; 4];
+    let mut meta = vec![RecvMeta::default(); 4];
+    match sockets.recv_batch(family, &mut bufs, &mut meta) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        other => panic!("unexpected datagrams on {family:?}: {other:?}"),
+    }
+}
+
+/// A pktinfo source on `addr`.
+fn source(addr: IpAddr) -> LocalSource {
+    LocalSource { addr, ifindex: 1 }
+}
+
+#[test]
+fn datagrams_to_many_destinations_arrive_in_order_per_destination() {
+    let a = UdpSockets::bind(0, 0).unwrap();
+    let receivers = [
+        UdpSockets::bind(0, 0).unwrap(),
+        UdpSockets::bind(0, 0).unwrap(),
+    ];
+    // 127.0.0.2 is on lo as well (all of 127/8 is), and shows that each
+    // datagram leaves from its own source.
+    let second_v4 = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let mut routes = Vec::new(); // (receiver, family, source of odd datagrams)
+    for family in families(&a) {
+        let odd_source = match family {
+            Family::V4 => second_v4,
+            Family::V6 => loopback(family),
+        };
+        for receiver in 0..receivers.len() {
+            routes.push((receiver, family, odd_source));
+        }
+    }
+    // More than MAX_BATCH (128) per family: the sends take several calls.
+    let count = 150 * routes.len();
+    let payloads: Vec<Vec<u8>> = (0..count as u32)
+        .map(|i| i.to_be_bytes().to_vec())
+        .collect();
+    let datagrams: Vec<Datagram<'_>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| {
+            let (receiver, family, odd_source) = routes[i % routes.len()];
+            Datagram {
+                data: payload,
+                dst: SocketAddr::new(loopback(family), receivers[receiver].port()),
+                src: (i % 2 == 1).then(|| source(odd_source)),
+            }
+        })
+        .collect();
+
+    let outcomes = a.send_datagrams(&datagrams);
+    assert_eq!(outcomes.len(), count);
+    for (i, outcome) in outcomes.iter().enumerate() {
+        assert!(
+            matches!(outcome, DatagramOutcome::Sent),
+            "datagram {i}: {outcome:?}"
+        );
+    }
+    for (route, &(receiver, family, odd_source)) in routes.iter().enumerate() {
+        let expected: Vec<usize> = (route..count).step_by(routes.len()).collect();
+        let got = receive(&receivers[receiver], family, expected.len());
+        for ((payload, meta), &i) in got.iter().zip(&expected) {
+            assert_eq!(
+                payload, &payloads[i],
+                "to receiver {receiver} over {family:?}"
+            );
+            let from = if i % 2 == 1 {
+                odd_source
+            } else {
+                loopback(family)
+            };
+            assert_eq!(meta.src, Some(SocketAddr::new(from, a.port())));
+        }
+        assert_nothing_queued(&receivers[receiver], family);
+    }
+}
+
+#[test]
+fn a_refused_datagram_does_not_stop_the_batch() {
+    let a = UdpSockets::bind(0, 0).unwrap();
+    let b = UdpSockets::bind(0, 0).unwrap();
+    let oversized = vec![0u8; 70_000]; // above UDP's 65 535: EMSGSIZE
+    let mut cases: Vec<(Family, IpAddr, IpAddr)> = vec![(
+        Family::V4,
+        "192.0.2.77".parse().unwrap(),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    )];
+    if has_ipv6(&a) {
+        cases.push((
+            Family::V6,
+            "2001:db8::77".parse().unwrap(),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ));
+    }
+    // Per family: sent; source not on the host (the kernel refuses it);
+    // usable source; oversized with a usable source (not the source's
+    // fault: not retried); source of the other family (refused before any
+    // system call); sent. The families interleave in the batch.
+    let labels = [
+        "plain",
+        "foreign",
+        "here",
+        "oversized",
+        "other-family",
+        "last",
+    ];
+    let mut payloads = Vec::new();
+    let mut datagrams = Vec::new();
+    for (step, label) in labels.iter().enumerate() {
+        for &(family, foreign, other_family) in &cases {
+            let here = loopback(family);
+            let (data, src) = match step {
+                0 | 5 => (format!("{family:?} {label}").into_bytes(), None),
+                1 => (format!("{family:?} {label}").into_bytes(), Some(foreign)),
+                2 => (format!("{family:?} {label}").into_bytes(), Some(here)),
+                3 => (oversized.clone(), Some(here)),
+                _ => (
+                    format!("{family:?} {label}").into_bytes(),
+                    Some(other_family),
+                ),
+            };
+            payloads.push((family, step, data, src));
+        }
+    }
+    for (family, _, data, src) in &payloads {
+        datagrams.push(Datagram {
+            data,
+            dst: SocketAddr::new(loopback(*family), b.port()),
+            src: src.map(source),
+        });
+    }
+
+    let outcomes = a.send_datagrams(&datagrams);
+    assert_eq!(outcomes.len(), datagrams.len());
+    for ((family, step, _, _), outcome) in payloads.iter().zip(&outcomes) {
+        let what = format!("{family:?} {}: {outcome:?}", labels[*step]);
+        match (step, outcome) {
+            (0 | 2 | 5, DatagramOutcome::Sent) => {}
+            (1 | 4, DatagramOutcome::SourceDropped { retry: Ok(()), .. }) => println!("{what}"),
+            (3, DatagramOutcome::Failed(e)) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{what}")
+            }
+            _ => panic!("unexpected outcome for {what}"),
+        }
+    }
+    for &(family, _, _) in &cases {
+        let expected: Vec<&Vec<u8>> = payloads
+            .iter()
+            .filter(|(f, step, _, _)| *f == family && *step != 3)
+            .map(|(_, _, data, _)| data)
+            .collect();
+        let got = receive(&b, family, expected.len());
+        let got: Vec<&Vec<u8>> = got.iter().map(|(payload, _)| payload).collect();
+        // In order: a dropped source's datagram went again at once.
+        assert_eq!(got, expected);
+        assert_nothing_queued(&b, family);
+    }
 }
 
 /// Measures loopback throughput with 1420-byte datagrams: sendmmsg of 64

@@ -35,6 +35,16 @@
 //! source are reported as [`SendError::SourceUnusable`], so the caller
 //! clears its sticky source and sends again without one.
 //!
+//! # Batches to many destinations
+//!
+//! [`UdpSockets::send_datagrams`] sends datagrams that each have their own
+//! destination and source (the engine's outbox: handshake messages, cookie
+//! replies, keepalives) with one `sendmmsg` per family, each message with
+//! its own name and pktinfo. `sendmmsg` stops at the first message the
+//! kernel refuses; that message is dealt with alone (a refused source is
+//! dropped and the message sent again at once, so the order per
+//! destination holds) and the batch goes on after it.
+//!
 //! # Offloads: UDP GSO and GRO
 //!
 //! With *generic segmentation offload* one `sendmsg` carries many datagrams
@@ -157,6 +167,37 @@ pub struct LocalSource {
     pub addr: IpAddr,
     /// The interface index the datagram arrived on.
     pub ifindex: u32,
+}
+
+/// One datagram of a [`UdpSockets::send_datagrams`] batch: its own
+/// destination and, optionally, its own source.
+#[derive(Clone, Copy, Debug)]
+pub struct Datagram<'a> {
+    /// The UDP payload (an empty one is sent as an empty datagram).
+    pub data: &'a [u8],
+    /// Where it goes.
+    pub dst: SocketAddr,
+    /// The local address to send from (a pktinfo control message).
+    pub src: Option<LocalSource>,
+}
+
+/// What became of one datagram of a [`UdpSockets::send_datagrams`] batch.
+#[derive(Debug)]
+pub enum DatagramOutcome {
+    /// Sent as asked.
+    Sent,
+    /// The kernel refused its source address (what a single send reports
+    /// as [`SendError::SourceUnusable`]), so it was sent once more without
+    /// one, before any later datagram of the batch; `retry` is how that went.
+    /// The caller should clear its sticky source.
+    SourceDropped {
+        /// Why the source was refused.
+        refused: io::Error,
+        /// The outcome of the send without a source.
+        retry: io::Result<()>,
+    },
+    /// Not sent, for a reason other than its source.
+    Failed(io::Error),
 }
 
 /// Why a send failed.
@@ -515,6 +556,53 @@ impl UdpSockets {
         send_all_datagrams(&target, &datagrams).map_err(|e| classify_send_error(e, src.is_some()))
     }
 
+    /// Sends datagrams to many destinations, each with its own source: one
+    /// `sendmmsg` per family for up to [`MAX_BATCH`] datagrams (IPv4 ones
+    /// first, then IPv6 ones, each family in the given order, so the order
+    /// per destination is kept). Returns one outcome per datagram, in the
+    /// order given.
+    ///
+    /// `sendmmsg` stops at the first datagram the kernel refuses; that one
+    /// gets its outcome and the call goes on with the next. A refused
+    /// source is dropped and the datagram sent again at once without it
+    /// ([`DatagramOutcome::SourceDropped`]), so it still arrives before the
+    /// later datagrams to its destination. No GSO: each datagram is one
+    /// message.
+    pub fn send_datagrams(&self, datagrams: &[Datagram<'_>]) -> Vec<DatagramOutcome> {
+        let mut outcomes: Vec<Option<DatagramOutcome>> = datagrams.iter().map(|_| None).collect();
+        for family in [Family::V4, Family::V6] {
+            let batch: Vec<PreparedDatagram<'_>> = datagrams
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| family_of(&normalize(d.dst).ip()) == family)
+                .map(|(index, d)| PreparedDatagram::new(index, d))
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            match self.socket(family) {
+                Ok(socket) => send_prepared(socket.as_raw_fd(), batch, &mut outcomes),
+                Err(e) => {
+                    for prepared in batch {
+                        let error = e.raw_os_error().map_or_else(
+                            || io::Error::from(e.kind()),
+                            io::Error::from_raw_os_error,
+                        );
+                        outcomes[prepared.index] = Some(DatagramOutcome::Failed(error));
+                    }
+                }
+            }
+        }
+        // Every index is in exactly one family's batch; the default is for
+        // the impossible case only.
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| DatagramOutcome::Failed(io::Error::other("not sent")))
+            })
+            .collect()
+    }
+
     /// The descriptors of the IPv4 and IPv6 sockets (`None`: not open).
     pub fn raw_fds(&self) -> (Option<RawFd>, Option<RawFd>) {
         (
@@ -836,7 +924,7 @@ fn send_chunk(
     name: &SockAddr,
     control: Option<&ControlBuffer>,
 ) -> io::Result<usize> {
-    send_messages_with(fd, packets, name, |_| control)
+    send_messages_with(fd, packets, |_| name, |_| control)
 }
 
 /// One `sendmmsg` call for at most `MAX_BATCH` packets, packet `i` with the
@@ -847,16 +935,16 @@ fn send_messages(
     name: &SockAddr,
     controls: &[ControlBuffer],
 ) -> io::Result<usize> {
-    send_messages_with(fd, packets, name, |i| controls.get(i))
+    send_messages_with(fd, packets, |_| name, |i| controls.get(i))
 }
 
-/// One `sendmmsg` call, packet `i` with the control messages
-/// `control_of(i)` (none when `None` or empty); returns how many were sent.
-/// Interrupted calls are retried.
-fn send_messages_with<'c>(
+/// One `sendmmsg` call, packet `i` to the destination `name_of(i)` with the
+/// control messages `control_of(i)` (none when `None` or empty); returns
+/// how many were sent. Interrupted calls are retried.
+fn send_messages_with<'n, 'c>(
     fd: RawFd,
     packets: &[&[u8]],
-    name: &SockAddr,
+    name_of: impl Fn(usize) -> &'n SockAddr,
     control_of: impl Fn(usize) -> Option<&'c ControlBuffer>,
 ) -> io::Result<usize> {
     let mut iovecs: Vec<libc::iovec> = packets
@@ -872,6 +960,7 @@ fn send_messages_with<'c>(
         .enumerate()
         .map(|(i, iov)| {
             let mut header = empty_msghdr();
+            let name = name_of(i);
             header.msg_name = name.as_ptr().cast_mut().cast();
             header.msg_namelen = name.len();
             header.msg_iov = iov;
@@ -888,10 +977,11 @@ fn send_messages_with<'c>(
         .collect();
     let count = libc::c_uint::try_from(headers.len()).unwrap_or(0);
     loop {
-        // SAFETY: each header points to live data for the whole call: the
-        // destination `name`, one iovec over a borrowed packet, and the
-        // borrowed control buffer with its exact length. sendmmsg only
-        // reads them, except for writing each `msg_len`.
+        // SAFETY: each header points to live data for the whole call: its
+        // borrowed destination name with its exact length, one iovec over
+        // a borrowed packet, and the borrowed control buffer with its
+        // exact length. sendmmsg only reads them, except for writing each
+        // `msg_len`.
         let ret = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), count, 0) };
         match check(ret) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -971,6 +1061,95 @@ fn send_all_datagrams(target: &SendTarget, datagrams: &[&[u8]]) -> io::Result<()
         }
     }
     Ok(())
+}
+
+/// A datagram of [`UdpSockets::send_datagrams`] ready for `sendmmsg`: its
+/// normalised destination and its pktinfo control message.
+struct PreparedDatagram<'a> {
+    /// Its position in the caller's batch.
+    index: usize,
+    data: &'a [u8],
+    name: SockAddr,
+    pktinfo: Option<ControlBuffer>,
+    /// Why its source cannot be used, found before any system call (e.g.
+    /// a source of the other family); taken when it is dealt with.
+    refused: Option<SendError>,
+}
+
+impl<'a> PreparedDatagram<'a> {
+    fn new(index: usize, datagram: &Datagram<'a>) -> PreparedDatagram<'a> {
+        let dst = normalize(datagram.dst);
+        let control = datagram.src.map(|src| source_control(&src, &dst));
+        PreparedDatagram {
+            index,
+            data: datagram.data,
+            name: SockAddr::from(dst),
+            pktinfo: control.as_ref().and_then(|c| c.as_ref().ok().copied()),
+            refused: control.and_then(Result::err),
+        }
+    }
+}
+
+/// Sends one family's prepared datagrams from `fd`, [`MAX_BATCH`] per
+/// `sendmmsg`, and records each one's outcome at its index. A refused
+/// datagram is dealt with alone (see [`settle_refused`]) before the next
+/// `sendmmsg` goes on after it.
+fn send_prepared(
+    fd: RawFd,
+    mut batch: Vec<PreparedDatagram<'_>>,
+    outcomes: &mut [Option<DatagramOutcome>],
+) {
+    let mut next = 0;
+    while next < batch.len() {
+        let refusal = match batch[next].refused.take() {
+            Some(refused) => refused,
+            None => {
+                // The run up to the next datagram refused beforehand.
+                let run: Vec<&PreparedDatagram<'_>> = batch[next..]
+                    .iter()
+                    .take(MAX_BATCH)
+                    .take_while(|p| p.refused.is_none())
+                    .collect();
+                let packets: Vec<&[u8]> = run.iter().map(|p| p.data).collect();
+                let sent =
+                    send_messages_with(fd, &packets, |i| &run[i].name, |i| run[i].pktinfo.as_ref());
+                match sent {
+                    Ok(n) if n > 0 => {
+                        let n = n.min(run.len());
+                        for prepared in &run[..n] {
+                            outcomes[prepared.index] = Some(DatagramOutcome::Sent);
+                        }
+                        next += n;
+                        continue;
+                    }
+                    // Not expected for a non-empty run; never spin.
+                    Ok(_) => SendError::Other(io::Error::from(io::ErrorKind::WriteZero)),
+                    // sendmmsg fails only when its first datagram failed.
+                    Err(e) => classify_send_error(e, run[0].pktinfo.is_some()),
+                }
+            }
+        };
+        let prepared = &batch[next];
+        outcomes[prepared.index] = Some(settle_refused(fd, prepared, refusal));
+        next += 1;
+    }
+}
+
+/// The outcome of a datagram the kernel (or the preparation of its source)
+/// refused: an unusable source is dropped and the datagram sent once more
+/// without it; any other error is final.
+fn settle_refused(fd: RawFd, prepared: &PreparedDatagram<'_>, err: SendError) -> DatagramOutcome {
+    match err {
+        SendError::SourceUnusable(refused) => {
+            let retry = send_messages_with(fd, &[prepared.data], |_| &prepared.name, |_| None)
+                .and_then(|sent| match sent {
+                    0 => Err(io::Error::from(io::ErrorKind::WriteZero)),
+                    _ => Ok(()),
+                });
+            DatagramOutcome::SourceDropped { refused, retry }
+        }
+        SendError::Other(e) => DatagramOutcome::Failed(e),
+    }
 }
 
 /// The buffers of one `recvmmsg` call. The headers point into the other

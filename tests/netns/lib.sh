@@ -14,6 +14,8 @@
 # group, which run.sh signals as a whole.
 FGT_PREFIX=fgt
 FGT_SOCK_DIR=/var/run/wireguard
+# The suite's shared Python helpers: run as a command for the probes below, imported by scenarios/*.py.
+FGT_NET_PY="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/fgnet.py"
 export LANG=C LC_ALL=C WG_HIDE_KEYS=never
 
 # ---------------------------------------------------------------------------------------------------------
@@ -155,6 +157,19 @@ wait_pid_exit() {
 		sleep 0.05
 	done
 	! pid_running "$1"
+}
+
+# wait_ready_file FILE PID [WHAT]: wait (≤ 5 s) for the ready file a helper creates once it is set up, while
+# PID runs; false (and, given WHAT, a log line "WHAT did not start") if it does not appear.
+wait_ready_file() {
+	local i
+	for ((i = 0; i < 100; i++)); do
+		[[ -e $1 ]] && return 0
+		pid_running "$2" || break
+		sleep 0.05
+	done
+	[[ -n ${3:-} ]] && fgt_log "$3 did not start"
+	return 1
 }
 
 # kill_pids PID...: SIGTERM, up to 3 s of grace, then SIGKILL. Only ever given ids this suite started.
@@ -340,16 +355,8 @@ delete_namespaces() {
 	return 0
 }
 
-# socket_connectable PATH: true if something accepts connections on that UNIX socket.
-socket_connectable() {
-	python3 -c 'import socket,sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(1)
-try:
-    s.connect(sys.argv[1])
-except OSError:
-    sys.exit(1)' "$1" 2>/dev/null
-}
+# socket_connectable PATH: true if something accepts connections on that UNIX socket (within 1 s).
+socket_connectable() { python3 "$FGT_NET_PY" connectable "$1" 2>/dev/null; }
 
 # remove_stale_sockets ID_REGEX: remove our sockets that nobody serves any more.
 remove_stale_sockets() {
@@ -518,33 +525,7 @@ wait_listening() {
 }
 
 # iperf_throughput JSONFILE: prints bits/s received (TCP) or the UDP figure; false if none or an error.
-iperf_throughput() {
-	python3 - "$1" <<'EOF'
-import json, sys
-try:
-    with open(sys.argv[1]) as f:
-        data = json.load(f)
-except (OSError, ValueError) as err:
-    print("unreadable iperf3 output: %s" % err)
-    sys.exit(1)
-if data.get("error"):
-    print("iperf3 error: %s" % data["error"])
-    sys.exit(1)
-end = data.get("end", {})
-udp = data.get("start", {}).get("test_start", {}).get("protocol") == "UDP"
-summary = end.get("sum") if udp else end.get("sum_received")
-if not summary:
-    print("no summary in iperf3 output")
-    sys.exit(1)
-bps = summary.get("bits_per_second", 0)
-if udp:
-    lost = summary.get("lost_percent", 100)
-    print("%.1f Mbit/s, %.1f%% lost" % (bps / 1e6, lost))
-    sys.exit(0 if bps > 0 and lost < 100 else 1)
-print("%.1f Mbit/s" % (bps / 1e6))
-sys.exit(0 if bps > 0 else 1)
-EOF
-}
+iperf_throughput() { python3 "$FGT_NET_PY" iperf-summary "$1"; }
 
 FGT_IPERF_TIME=${FGT_IPERF_TIME:-2}
 
@@ -627,71 +608,20 @@ traffic_tests() {
 }
 
 # ---------------------------------------------------------------------------------------------------------
-# UDP probes (python3 standard library only: neither ncat nor socat nor tcpdump is installed)
+# UDP probes (fgnet.py)
 # ---------------------------------------------------------------------------------------------------------
-
-FGT_UDP_PY='
-import socket, sys, time
-mode = sys.argv[1]
-if mode == "listen":
-    # listen ADDR PORT SECONDS READYFILE FIRST: count datagrams for SECONDS (or until the first one if FIRST=1)
-    addr, port, seconds, ready, first = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.bind((addr, port))
-    open(ready, "w").close()
-    deadline = time.monotonic() + seconds
-    count = 0
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        sock.settimeout(left)
-        try:
-            data, source = sock.recvfrom(65535)
-        except socket.timeout:
-            break
-        count += 1
-        sys.stderr.write("datagram %d from %s: %r\n" % (count, source, data[:16]))
-        if first:
-            break
-    print(count)
-elif mode == "send":
-    # send ADDR PORT PAYLOAD
-    addr, port = sys.argv[2], int(sys.argv[3])
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    socket.socket(family, socket.SOCK_DGRAM).sendto(sys.argv[4].encode(), (addr, port))
-elif mode == "hold":
-    # hold ADDR PORT READYFILE: keep a UDP port bound until killed
-    addr, port, ready = sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.bind((addr, port))
-    open(ready, "w").close()
-    time.sleep(3600)
-elif mode == "stale":
-    # stale PATH: leave a UNIX socket file behind that nobody serves
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(sys.argv[2])
-    sock.close()
-'
 
 # udp_listen_start NS ADDR PORT SECONDS FIRST: starts a counting listener; sets UDP_LISTENER_PID and
 # UDP_LISTENER_OUT; waits until it is bound.
 udp_listen_start() {
-	local ns=$1 ready i
+	local ns=$1 ready
 	ready=$(mktemp -u "$FGT_LOGDIR/udp-ready-XXXXXX")
 	UDP_LISTENER_OUT=$(mktemp "$FGT_LOGDIR/udp-count-XXXXXX")
-	in_ns "$ns" timeout --foreground 30 python3 -c "$FGT_UDP_PY" listen "$2" "$3" "$4" "$ready" "$5" >"$UDP_LISTENER_OUT" &
+	in_ns "$ns" timeout --foreground 30 python3 "$FGT_NET_PY" udp-listen "$2" "$3" "$4" "$ready" "$5" \
+		>"$UDP_LISTENER_OUT" &
 	UDP_LISTENER_PID=$!
 	FGT_PIDS+=("$UDP_LISTENER_PID")
-	for ((i = 0; i < 100; i++)); do
-		[[ -e $ready ]] && return 0
-		pid_running "$UDP_LISTENER_PID" || break
-		sleep 0.05
-	done
-	fgt_log "UDP listener did not start"
-	return 1
+	wait_ready_file "$ready" "$UDP_LISTENER_PID" "UDP listener"
 }
 
 # udp_listen_result: waits for the listener (≤ its time), sets UDP_RECEIVED to the number of datagrams.
@@ -702,6 +632,8 @@ udp_listen_result() {
 	UDP_RECEIVED=${UDP_RECEIVED:-none}
 }
 
-make_stale_socket() { python3 -c "$FGT_UDP_PY" stale "$1"; }
+# make_stale_socket PATH: a UNIX socket file that nobody serves.
+make_stale_socket() { python3 "$FGT_NET_PY" stale-socket "$1"; }
 
-udp_send() { in_ns "$1" python3 -c "$FGT_UDP_PY" send "$2" "$3" "$4"; }
+# udp_send NS ADDR PORT PAYLOAD: one datagram from NS.
+udp_send() { in_ns "$1" python3 "$FGT_NET_PY" udp-send "$2" "$3" "$4"; }

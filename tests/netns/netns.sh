@@ -358,12 +358,12 @@ dump_ok() {
 # port_held_refused IFNAME PORT: with PORT taken by another socket in ns0, "wg set listen-port" must fail with
 # "Address already in use".
 port_held_refused() {
-	local ready pid out rc i
+	local ready pid out rc
 	ready=$(mktemp -u "$FGT_LOGDIR/hold-XXXXXX")
-	in_ns "$NS0" timeout --foreground 30 python3 -c "$FGT_UDP_PY" hold 0.0.0.0 "$2" "$ready" &
+	in_ns "$NS0" timeout --foreground 30 python3 "$FGT_NET_PY" udp-hold 0.0.0.0 "$2" "$ready" &
 	pid=$!
 	FGT_PIDS+=("$pid")
-	for ((i = 0; i < 100; i++)); do [[ -e $ready ]] && break; sleep 0.05; done
+	wait_ready_file "$ready" "$pid" "port holder"  # not fatal: the refusal checked below fails without it
 	out=$(wg set "$1" listen-port "$2" 2>&1)
 	rc=$?
 	kill_pids "$pid"

@@ -312,6 +312,36 @@ impl DropReason {
     }
 }
 
+/// A datagram the receive path refused: why, and the peer it had already
+/// been tied to, if any (by the receiver index of one of the peer's sessions
+/// or handshakes, or by the static key of its initiation).
+///
+/// Each step that can fail names the peer at the point of failure, and the
+/// refusal travels back with the error: a drop is charged to a peer only if
+/// the very datagram that failed was tied to it, never through state left
+/// behind by an earlier one. [`Device::charge_drop`] counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    reason: DropReason,
+    peer: Option<PeerId>,
+}
+
+impl Refusal {
+    /// Refused before the datagram could be tied to a peer: counted for the
+    /// device only.
+    fn untied(reason: DropReason) -> Refusal {
+        Refusal { reason, peer: None }
+    }
+
+    /// Refused after the datagram was tied to `peer`: charged to it too.
+    fn tied(peer: PeerId, reason: DropReason) -> Refusal {
+        Refusal {
+            reason,
+            peer: Some(peer),
+        }
+    }
+}
+
 struct Identity {
     secret: SecretKey,
     public: PublicKey,
@@ -336,9 +366,6 @@ pub struct Device {
     drops: [u64; DropReason::ALL.len()],
     /// The part of `drops` also counted in a peer's [`PeerStats::drops`].
     peer_drops: DropCounts,
-    /// The peer the datagram being received was tied to, if any: a drop is
-    /// charged to it (see [`Device::receive`]).
-    receiving_from: Option<PeerId>,
     events: VecDeque<Event>,
 }
 
@@ -408,7 +435,6 @@ impl Device {
             timer_heap: BinaryHeap::new(),
             drops: [0; DropReason::ALL.len()],
             peer_drops: DropCounts::default(),
-            receiving_from: None,
             events: VecDeque::new(),
         }
     }
@@ -652,7 +678,7 @@ impl Device {
             Ok(_) => Ok(()),
         };
         if let Err(reason) = verdict {
-            self.record_drop(reason, None);
+            self.charge_drop(Refusal::untied(reason));
         }
         verdict
     }
@@ -928,7 +954,7 @@ impl Device {
     /// that peer's [`PeerStats::drops`] too.
     pub fn receive(&mut self, now: Now, from: Endpoint, datagram: &mut [u8]) -> ReceiveOutcome {
         let outcome = match messages::parse(datagram) {
-            Err(_) => Err(DropReason::Malformed),
+            Err(_) => Err(Refusal::untied(DropReason::Malformed)),
             Ok(Message::Transport(header)) => self
                 .prepare_transport(now, from, header.receiver, header.counter)
                 .and_then(|mut job| {
@@ -942,25 +968,22 @@ impl Device {
         self.count_drop(outcome)
     }
 
-    /// Counts a failed outcome as a drop, charged to the peer the datagram
-    /// was tied to (and clears that tie in any case).
-    fn count_drop(&mut self, outcome: Result<ReceiveOutcome, DropReason>) -> ReceiveOutcome {
-        let tied_to = self.receiving_from.take();
-        match outcome {
-            Ok(outcome) => outcome,
-            Err(reason) => {
-                self.record_drop(reason, tied_to);
-                ReceiveOutcome::Dropped(reason)
-            }
-        }
+    /// Turns a refusal into [`ReceiveOutcome::Dropped`], counting it.
+    fn count_drop(&mut self, outcome: Result<ReceiveOutcome, Refusal>) -> ReceiveOutcome {
+        outcome.unwrap_or_else(|refusal| ReceiveOutcome::Dropped(self.charge_drop(refusal)))
     }
 
-    fn record_drop(&mut self, reason: DropReason, tied_to: Option<PeerId>) {
+    /// Counts a drop for the device and, if the datagram was tied to a peer
+    /// that still exists, for that peer; returns the reason. Every drop of
+    /// the receive path is counted here and only here.
+    fn charge_drop(&mut self, refusal: Refusal) -> DropReason {
+        let Refusal { reason, peer } = refusal;
         self.drops[reason.slot()] += 1;
-        if let Some(peer) = tied_to.and_then(|id| self.peers.get_mut(&id)) {
+        if let Some(peer) = peer.and_then(|id| self.peers.get_mut(&id)) {
             peer.stats.drops.add(reason);
             self.peer_drops.add(reason);
         }
+        reason
     }
 
     /// The first, cheap step for a datagram received from `from`: a
@@ -977,17 +1000,13 @@ impl Device {
         let header = match messages::parse(datagram) {
             Ok(Message::Transport(header)) => Ok(header),
             Ok(_) => return ReceivePrepared::NotTransport,
-            Err(_) => Err(DropReason::Malformed),
+            Err(_) => Err(Refusal::untied(DropReason::Malformed)),
         };
         let prepared =
             header.and_then(|h| self.prepare_transport(now, from, h.receiver, h.counter));
-        let tied_to = self.receiving_from.take();
         match prepared {
             Ok(job) => ReceivePrepared::Open(job),
-            Err(reason) => {
-                self.record_drop(reason, tied_to);
-                ReceivePrepared::Dropped(reason)
-            }
+            Err(refusal) => ReceivePrepared::Dropped(self.charge_drop(refusal)),
         }
     }
 
@@ -997,17 +1016,15 @@ impl Device {
         from: Endpoint,
         receiver: u32,
         counter: u64,
-    ) -> Result<ReceiveJob, DropReason> {
-        let id = self.indices.get(receiver).ok_or(DropReason::UnknownIndex)?;
-        let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
-        let (keypair, _) = peer
-            .keypairs
-            .by_index_mut(receiver)
-            .ok_or(DropReason::UnknownIndex)?;
-        self.receiving_from = Some(id);
+    ) -> Result<ReceiveJob, Refusal> {
+        let unknown_index = Refusal::untied(DropReason::UnknownIndex);
+        let id = self.indices.get(receiver).ok_or(unknown_index)?;
+        let peer = self.peers.get_mut(&id).ok_or(unknown_index)?;
+        // Tied to the peer once the index names one of its sessions.
+        let (keypair, _) = peer.keypairs.by_index_mut(receiver).ok_or(unknown_index)?;
         let open = keypair
             .precheck_open(now.mono, counter)
-            .map_err(transport_drop_reason)?;
+            .map_err(|error| Refusal::tied(id, transport_drop_reason(error)))?;
         Ok(ReceiveJob {
             peer: id,
             from,
@@ -1033,14 +1050,26 @@ impl Device {
         self.count_drop(outcome)
     }
 
+    /// [`Device::finish_transport`], whose every failure is charged to the
+    /// job's peer: the job was tied to it when it was prepared.
     fn complete_transport(
+        &mut self,
+        now: Now,
+        job: ReceiveJob,
+        datagram: &[u8],
+    ) -> Result<ReceiveOutcome, Refusal> {
+        let id = job.peer;
+        self.finish_transport(now, job, datagram)
+            .map_err(|reason| Refusal::tied(id, reason))
+    }
+
+    fn finish_transport(
         &mut self,
         now: Now,
         job: ReceiveJob,
         datagram: &[u8],
     ) -> Result<ReceiveOutcome, DropReason> {
         let id = job.peer;
-        self.receiving_from = Some(id);
         let padded_len = job
             .opened
             .unwrap_or(Err(TransportError::Decryption))
@@ -1113,18 +1142,17 @@ impl Device {
         now: Now,
         reply: messages::CookieReply,
         datagram: &[u8],
-    ) -> Result<ReceiveOutcome, DropReason> {
-        let id = self
-            .indices
-            .get(reply.receiver)
-            .ok_or(DropReason::UnknownIndex)?;
-        let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
-        self.receiving_from = Some(id);
-        let bytes: &[u8; COOKIE_REPLY_LEN] =
-            datagram.try_into().map_err(|_| DropReason::Malformed)?;
+    ) -> Result<ReceiveOutcome, Refusal> {
+        let unknown_index = Refusal::untied(DropReason::UnknownIndex);
+        let id = self.indices.get(reply.receiver).ok_or(unknown_index)?;
+        let peer = self.peers.get_mut(&id).ok_or(unknown_index)?;
+        // Tied to the peer whose index it names.
+        let bytes: &[u8; COOKIE_REPLY_LEN] = datagram
+            .try_into()
+            .map_err(|_| Refusal::tied(id, DropReason::Malformed))?;
         peer.cookie
             .consume_reply(now.mono, bytes)
-            .map_err(|_| DropReason::BadCookieReply)?;
+            .map_err(|_| Refusal::tied(id, DropReason::BadCookieReply))?;
         Ok(ReceiveOutcome::Handled)
     }
 
@@ -1175,17 +1203,20 @@ impl Device {
         from: Endpoint,
         message: Message,
         datagram: &[u8],
-    ) -> Result<ReceiveOutcome, DropReason> {
+    ) -> Result<ReceiveOutcome, Refusal> {
+        // Admission comes before any peer is known.
         match message {
             Message::Initiation(init) => {
-                self.admit_handshake(now, from, init.sender, datagram)?;
+                self.admit_handshake(now, from, init.sender, datagram)
+                    .map_err(Refusal::untied)?;
                 self.consume_initiation(now, from, &init)
             }
             Message::Response(response) => {
-                self.admit_handshake(now, from, response.sender, datagram)?;
+                self.admit_handshake(now, from, response.sender, datagram)
+                    .map_err(Refusal::untied)?;
                 self.consume_response(now, from, &response)
             }
-            _ => Err(DropReason::Malformed),
+            _ => Err(Refusal::untied(DropReason::Malformed)),
         }
     }
 
@@ -1194,40 +1225,43 @@ impl Device {
         now: Now,
         from: Endpoint,
         init: &messages::Initiation,
-    ) -> Result<ReceiveOutcome, DropReason> {
-        let identity = self.identity.as_ref().ok_or(DropReason::NoPrivateKey)?;
+    ) -> Result<ReceiveOutcome, Refusal> {
+        let identity = self
+            .identity
+            .as_ref()
+            .ok_or(Refusal::untied(DropReason::NoPrivateKey))?;
         let progress = noise::open_initiation_static(&identity.secret, &identity.public, init)
-            .map_err(|_| DropReason::HandshakeFailed)?;
+            .map_err(|_| Refusal::untied(DropReason::HandshakeFailed))?;
+        let unknown_peer = Refusal::untied(DropReason::UnknownPeer);
         let id = self
             .by_public_key
             .get(&progress.peer_public)
             .copied()
-            .ok_or(DropReason::UnknownPeer)?;
-        let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownPeer)?;
-        self.receiving_from = Some(id);
-        let static_static = peer
-            .static_static(&identity.secret)
-            .ok_or(DropReason::HandshakeFailed)?;
-        let consumed = noise::finish_initiation(progress, static_static, init)
-            .map_err(|_| DropReason::HandshakeFailed)?;
+            .ok_or(unknown_peer)?;
+        let peer = self.peers.get_mut(&id).ok_or(unknown_peer)?;
+        // Tied to the peer by the static key it claims.
+        let failed = Refusal::tied(id, DropReason::HandshakeFailed);
+        let static_static = peer.static_static(&identity.secret).ok_or(failed)?;
+        let consumed =
+            noise::finish_initiation(progress, static_static, init).map_err(|_| failed)?;
         if peer
             .latest_timestamp
             .is_some_and(|t| consumed.timestamp <= t)
         {
-            return Err(DropReason::TimestampReplay);
+            return Err(Refusal::tied(id, DropReason::TimestampReplay));
         }
         let flood = peer.last_initiation_consumed.is_some_and(|last| {
             now.mono.saturating_duration_since(last) < crate::constants::MIN_INITIATION_INTERVAL
         });
         if flood {
-            return Err(DropReason::InitiationFlood);
+            return Err(Refusal::tied(id, DropReason::InitiationFlood));
         }
         let local_index = self.indices.allocate(&mut self.rng, id);
         let created =
             noise::create_response(&consumed, &peer.preshared_key, &mut self.rng, local_index);
         let Ok((response, keys)) = created else {
             self.indices.remove(local_index);
-            return Err(DropReason::HandshakeFailed);
+            return Err(failed);
         };
         peer.latest_timestamp = Some(consumed.timestamp);
         peer.last_initiation_consumed = Some(now.mono);
@@ -1269,22 +1303,23 @@ impl Device {
         now: Now,
         from: Endpoint,
         response: &messages::Response,
-    ) -> Result<ReceiveOutcome, DropReason> {
-        let identity = self.identity.as_ref().ok_or(DropReason::NoPrivateKey)?;
-        let id = self
-            .indices
-            .get(response.receiver)
-            .ok_or(DropReason::UnknownIndex)?;
-        let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
+    ) -> Result<ReceiveOutcome, Refusal> {
+        let identity = self
+            .identity
+            .as_ref()
+            .ok_or(Refusal::untied(DropReason::NoPrivateKey))?;
+        let unknown_index = Refusal::untied(DropReason::UnknownIndex);
+        let id = self.indices.get(response.receiver).ok_or(unknown_index)?;
+        let peer = self.peers.get_mut(&id).ok_or(unknown_index)?;
         let HandshakeState::InitiationSent(state) = &peer.handshake else {
-            return Err(DropReason::UnknownIndex);
+            return Err(unknown_index);
         };
         if state.local_index != response.receiver {
-            return Err(DropReason::UnknownIndex);
+            return Err(unknown_index);
         }
-        self.receiving_from = Some(id);
+        // Tied to the peer once the index names its handshake in flight.
         let keys = noise::consume_response(state, &identity.secret, &peer.preshared_key, response)
-            .map_err(|_| DropReason::HandshakeFailed)?;
+            .map_err(|_| Refusal::tied(id, DropReason::HandshakeFailed))?;
         let keypair = Keypair::new(&keys, state.local_index, response.sender, now.mono, true);
         // The handshake's index now names the keypair.
         peer.handshake = HandshakeState::None;

@@ -1002,3 +1002,452 @@ fn screening_drops_forged_handshakes_and_passes_genuine_ones() {
         ReceiveOutcome::Handled
     );
 }
+
+// ----- drop attribution: which peer, if any, each drop is charged to --------
+//
+// A drop is charged to a peer only if the datagram that failed was tied to
+// it. These tests alternate drops tied to a peer with drops that cannot be
+// tied, through every step that ties a datagram, so that a tie left over
+// from one datagram (the bug class of a hidden "receiving from" field that
+// an early return forgets to clear) would show as a misplaced charge.
+
+/// A device's drops by where they were charged: (reason, the peer or `None`
+/// for device-wide) → count; zero counts are left out.
+type Charges = std::collections::BTreeMap<(&'static str, Option<PeerId>), u64>;
+
+/// Where `dev`'s drops were charged. Also checks that the parts add up to
+/// [`Device::drop_count`] (true as long as no peer was removed).
+fn charges(dev: &Device) -> Charges {
+    let mut found = Charges::new();
+    for reason in DropReason::ALL {
+        let mut parts = vec![(None, dev.drop_count_without_peer(reason))];
+        for id in dev.peer_ids() {
+            let stats = dev.peer_stats(id).expect("a listed peer");
+            parts.push((Some(id), stats.drops.get(reason)));
+        }
+        let total: u64 = parts.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, dev.drop_count(reason), "{reason:?}: parts and total");
+        for (peer, n) in parts.into_iter().filter(|(_, n)| *n > 0) {
+            found.insert((reason.name(), peer), n);
+        }
+    }
+    found
+}
+
+/// The charges that a list of (reason, peer charged) drops should leave.
+fn expected_charges(drops: &[(DropReason, Option<PeerId>)]) -> Charges {
+    let mut expected = Charges::new();
+    for &(reason, peer) in drops {
+        *expected.entry((reason.name(), peer)).or_insert(0) += 1;
+    }
+    expected
+}
+
+/// A copy of a transport message or cookie reply naming receiver `index`.
+fn with_receiver(message: &[u8], index: u32) -> Vec<u8> {
+    let mut copy = message.to_vec();
+    copy[4..8].copy_from_slice(&index.to_le_bytes());
+    copy
+}
+
+/// An index no session of these tests has (fixed seeds make this certain).
+const UNKNOWN_INDEX: u32 = 0xdead_beef;
+
+/// A cookie reply naming receiver `index`, with contents that cannot
+/// decrypt.
+fn cookie_reply_to(index: u32) -> Vec<u8> {
+    let mut reply = vec![0x5a; COOKIE_REPLY_LEN];
+    reply[..4].copy_from_slice(&3u32.to_le_bytes());
+    with_receiver(&reply, index)
+}
+
+/// A copy of handshake message `message` with byte `at` flipped and mac1
+/// made valid again by `sender`'s peer `peer` (so it passes admission and
+/// fails in the handshake itself).
+fn tampered_handshake(
+    sender: &mut Device,
+    peer: PeerId,
+    now: Now,
+    message: &[u8],
+    at: usize,
+) -> Vec<u8> {
+    let mut copy = message.to_vec();
+    copy[at] ^= 1;
+    let peer = sender.peers.get_mut(&peer).expect("the sender's peer");
+    peer.cookie.add_macs(now.mono, &mut copy);
+    copy
+}
+
+impl Net {
+    /// Hands `datagram` to B as coming from A's endpoint.
+    fn receive_at_b(&mut self, mut datagram: Vec<u8>) -> ReceiveOutcome {
+        self.b
+            .receive(self.now, Endpoint::from(sock(A_ADDR)), &mut datagram)
+    }
+
+    /// Like [`Net::seal_a_to_b`] for a given IP packet.
+    fn seal_packet_a_to_b(&mut self, packet: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; packet.len() + 64];
+        let outcome = self.a.send(self.now, packet, &mut out);
+        let SendOutcome::Sent { len, .. } = outcome else {
+            panic!("a session was expected, got {outcome:?}")
+        };
+        out.truncate(len);
+        out
+    }
+
+    /// The first initiation A sent to B.
+    fn first_initiation_a_to_b(&self) -> Vec<u8> {
+        let (_, initiation) = self
+            .wire
+            .iter()
+            .find(|(from_a, d)| *from_a && d[0] == 1)
+            .expect("A sent an initiation");
+        initiation.clone()
+    }
+
+    /// Hands datagrams to B the way the daemon does: each is prepared (one
+    /// that is not a transport message goes to `receive` at once), then
+    /// every job is opened, then the jobs are completed in order. The
+    /// outcomes, in datagram order.
+    fn receive_split_at_b(&mut self, datagrams: Vec<Vec<u8>>) -> Vec<ReceiveOutcome> {
+        let (now, from) = (self.now, Endpoint::from(sock(A_ADDR)));
+        let mut slots = Vec::new();
+        for mut datagram in datagrams {
+            let slot = match self.b.prepare_receive(now, from, &datagram) {
+                ReceivePrepared::Open(job) => Ok(job),
+                ReceivePrepared::NotTransport => Err(self.b.receive(now, from, &mut datagram)),
+                ReceivePrepared::Dropped(reason) => Err(ReceiveOutcome::Dropped(reason)),
+            };
+            slots.push((datagram, slot));
+        }
+        for (datagram, slot) in &mut slots {
+            if let Ok(job) = slot {
+                job.open(datagram);
+            }
+        }
+        slots
+            .into_iter()
+            .map(|(datagram, slot)| match slot {
+                Ok(job) => self.b.complete_receive(now, job, &datagram),
+                Err(outcome) => outcome,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_transport_drop_tied_to_a_peer_leaves_no_tie_for_the_next_datagram() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let peer = Some(net.b_peer);
+    let genuine = net.seal_a_to_b(84);
+    assert!(matches!(
+        net.receive_at_b(genuine.clone()),
+        ReceiveOutcome::Deliver { .. }
+    ));
+    let mut bad_tag = net.seal_a_to_b(84);
+    let last = bad_tag.len() - 1;
+    bad_tag[last] ^= 1;
+    let spoofed = net.seal_packet_a_to_b(&ipv4([10, 9, 9, 9], B_TUN, 84));
+    let unknown = with_receiver(&genuine, UNKNOWN_INDEX);
+    let steps = [
+        // Refused by the pre-check, after the index named the session.
+        (genuine, DropReason::Replay, peer),
+        (unknown.clone(), DropReason::UnknownIndex, None),
+        // Refused at completion: the tag does not verify.
+        (bad_tag, DropReason::Decryption, peer),
+        (vec![9u8; 3], DropReason::Malformed, None),
+        // Refused after decryption: the inner source is not A's.
+        (spoofed, DropReason::SourceNotAllowed, peer),
+        (unknown, DropReason::UnknownIndex, None),
+    ];
+    for (datagram, reason, _) in steps.clone() {
+        assert_eq!(net.receive_at_b(datagram), ReceiveOutcome::Dropped(reason));
+    }
+    let drops = steps.map(|(_, reason, peer)| (reason, peer));
+    assert_eq!(charges(&net.b), expected_charges(&drops));
+}
+
+#[test]
+fn a_handshake_drop_tied_to_a_peer_leaves_no_tie_for_the_next_datagram() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    net.now = net.now.advance(Duration::from_millis(50)); // past the flood guard
+    let now = net.now;
+    let (a_peer, b_peer) = (net.a_peer, net.b_peer);
+    let initiation = net.first_initiation_a_to_b();
+    // The index B gave its session with A, as A's transport messages name it.
+    let b_session_index = u32::from_le_bytes(net.seal_a_to_b(84)[4..8].try_into().unwrap());
+    // Both fail to authenticate: the first before its static key names A,
+    // the second (its timestamp broken) after.
+    let bad_static = tampered_handshake(&mut net.a, a_peer, now, &initiation, 50);
+    let bad_timestamp = tampered_handshake(&mut net.a, a_peer, now, &initiation, 100);
+    let steps = [
+        (initiation, DropReason::TimestampReplay, Some(b_peer)),
+        (initiation_shaped().to_vec(), DropReason::BadMac1, None),
+        (bad_timestamp, DropReason::HandshakeFailed, Some(b_peer)),
+        (bad_static, DropReason::HandshakeFailed, None),
+        (
+            cookie_reply_to(b_session_index),
+            DropReason::BadCookieReply,
+            Some(b_peer),
+        ),
+        (
+            cookie_reply_to(UNKNOWN_INDEX),
+            DropReason::UnknownIndex,
+            None,
+        ),
+    ];
+    for (datagram, reason, _) in steps.clone() {
+        assert_eq!(net.receive_at_b(datagram), ReceiveOutcome::Dropped(reason));
+    }
+    let mut drops = steps.map(|(_, reason, peer)| (reason, peer)).to_vec();
+    assert_eq!(charges(&net.b), expected_charges(&drops));
+
+    // Responses, at A: one naming A's handshake in flight but failing to
+    // authenticate is A's peer's; one naming no handshake is not.
+    net.a.peers.get_mut(&a_peer).unwrap().last_sent_handshake = None;
+    net.a.send_initiation(now, a_peer, false);
+    let fresh = net.a.poll_transmit().expect("an initiation").data;
+    assert_eq!(net.receive_at_b(fresh), ReceiveOutcome::Handled);
+    let response = net.b.poll_transmit().expect("a response").data;
+    let bad_response = tampered_handshake(&mut net.b, b_peer, now, &response, 50);
+    let mut stray_response = response.clone();
+    stray_response[8..12].copy_from_slice(&UNKNOWN_INDEX.to_le_bytes());
+    let stray_response = tampered_handshake(&mut net.b, b_peer, now, &stray_response, 50);
+    let from = Endpoint::from(sock(B_ADDR));
+    for (mut datagram, reason) in [
+        (bad_response, DropReason::HandshakeFailed),
+        (stray_response, DropReason::UnknownIndex),
+    ] {
+        assert_eq!(
+            net.a.receive(now, from, &mut datagram),
+            ReceiveOutcome::Dropped(reason)
+        );
+    }
+    assert_eq!(
+        charges(&net.a),
+        expected_charges(&[
+            (DropReason::HandshakeFailed, Some(a_peer)),
+            (DropReason::UnknownIndex, None),
+        ])
+    );
+
+    // Back at B: a genuine initiation too soon after the one B just took
+    // (newer timestamp, 17 ms later) is A's flood.
+    net.now = net.now.advance(Duration::from_millis(17));
+    net.a.peers.get_mut(&a_peer).unwrap().last_sent_handshake = None;
+    let later = net.now;
+    net.a.send_initiation(later, a_peer, false);
+    let too_soon = net.a.poll_transmit().expect("an initiation").data;
+    for (datagram, reason, peer) in [
+        (too_soon, DropReason::InitiationFlood, Some(b_peer)),
+        (initiation_shaped().to_vec(), DropReason::BadMac1, None),
+    ] {
+        assert_eq!(net.receive_at_b(datagram), ReceiveOutcome::Dropped(reason));
+        drops.push((reason, peer));
+    }
+    assert_eq!(charges(&net.b), expected_charges(&drops));
+}
+
+/// C's UDP endpoint, for tests with a third engine.
+const C_ADDR: &str = "192.0.2.3:51822";
+/// C's tunnel address (B's allowed IP for C).
+const C_TUN: [u8; 4] = [192, 168, 241, 3];
+
+/// A third engine, C, added to B as its second peer, with a session to B.
+struct Third {
+    c: Device,
+    /// C as seen by B.
+    at_b: PeerId,
+}
+
+impl Third {
+    fn connect(net: &mut Net) -> Third {
+        let key = SecretKey::from_bytes([0x33; 32]);
+        let mut c = Device::new([3; 32]);
+        let at_b = net.b.add_peer(key.public_key()).expect("a new key");
+        c.set_private_key(Some(key));
+        let b_at_c = c.add_peer(net.b.public_key().unwrap()).expect("B's key");
+        c.set_endpoint(b_at_c, sock(B_ADDR));
+        c.add_allowed_ip(b_at_c, IpAddr::from(B_TUN), 32).unwrap();
+        net.b.set_endpoint(at_b, sock(C_ADDR));
+        net.b.add_allowed_ip(at_b, IpAddr::from(C_TUN), 32).unwrap();
+        let mut third = Third { c, at_b };
+        third.seal_to_b(net.now); // queued: starts the handshake
+        for _ in 0..100 {
+            let mut moved = false;
+            while let Some(mut t) = third.c.poll_transmit() {
+                moved = true;
+                net.b
+                    .receive(net.now, Endpoint::from(sock(C_ADDR)), &mut t.data);
+            }
+            while let Some(mut t) = net.b.poll_transmit() {
+                moved = true;
+                assert_eq!(t.endpoint.addr, sock(C_ADDR), "B talks only to C here");
+                third
+                    .c
+                    .receive(net.now, Endpoint::from(sock(B_ADDR)), &mut t.data);
+            }
+            if !moved {
+                return third;
+            }
+        }
+        panic!("B and C never went quiet");
+    }
+
+    /// A transport message from C to B, not delivered (`None` while C has
+    /// no session: the packet is queued).
+    fn seal_to_b(&mut self, now: Now) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; 256];
+        match self.c.send(now, &ipv4(C_TUN, B_TUN, 84), &mut out) {
+            SendOutcome::Sent { len, .. } => Some(out[..len].to_vec()),
+            _ => None,
+        }
+    }
+
+    fn seal_with_bad_tag(&mut self, now: Now) -> Vec<u8> {
+        let mut message = self.seal_to_b(now).expect("a session with B");
+        let last = message.len() - 1;
+        message[last] ^= 1;
+        message
+    }
+}
+
+#[test]
+fn drops_from_two_peers_are_charged_each_to_its_own() {
+    let mut net = Net::new([0; 32]);
+    net.ping_a_to_b(84);
+    let mut third = Third::connect(&mut net);
+    let now = net.now;
+    let (a, c) = (Some(net.b_peer), Some(third.at_b));
+    let a_genuine = net.seal_a_to_b(84);
+    let c_genuine = third.seal_to_b(now).expect("a session with B");
+    assert!(matches!(
+        net.receive_at_b(a_genuine.clone()),
+        ReceiveOutcome::Deliver { .. }
+    ));
+    assert!(matches!(
+        net.receive_at_b(c_genuine.clone()),
+        ReceiveOutcome::Deliver { .. }
+    ));
+    let mut a_bad_tag = net.seal_a_to_b(84);
+    let last = a_bad_tag.len() - 1;
+    a_bad_tag[last] ^= 1;
+    // One datagram at a time (the endpoint only matters for roaming).
+    let mut drops = vec![];
+    for (datagram, reason, peer) in [
+        (a_genuine, DropReason::Replay, a),
+        (third.seal_with_bad_tag(now), DropReason::Decryption, c),
+        (
+            with_receiver(&c_genuine, UNKNOWN_INDEX),
+            DropReason::UnknownIndex,
+            None,
+        ),
+        (c_genuine, DropReason::Replay, c),
+        (a_bad_tag, DropReason::Decryption, a),
+    ] {
+        assert_eq!(net.receive_at_b(datagram), ReceiveOutcome::Dropped(reason));
+        drops.push((reason, peer));
+    }
+    assert_eq!(charges(&net.b), expected_charges(&drops));
+    // And in one batch through the split path, the two peers' jobs
+    // interleaved: each completion is charged to its own job's peer.
+    let mut a_bad_tag = net.seal_a_to_b(84);
+    a_bad_tag[20] ^= 1;
+    let batch = vec![
+        a_bad_tag,
+        third.seal_to_b(now).unwrap(),
+        third.seal_with_bad_tag(now),
+        vec![9u8; 3],
+        net.seal_a_to_b(84),
+        third.seal_with_bad_tag(now),
+    ];
+    let outcomes = net.receive_split_at_b(batch);
+    let dropped: Vec<_> = outcomes
+        .iter()
+        .map(|o| matches!(o, ReceiveOutcome::Dropped(_)))
+        .collect();
+    assert_eq!(
+        dropped,
+        [true, false, true, true, false, true],
+        "{outcomes:?}"
+    );
+    drops.extend([
+        (DropReason::Decryption, a),
+        (DropReason::Decryption, c),
+        (DropReason::Malformed, None),
+        (DropReason::Decryption, c),
+    ]);
+    assert_eq!(charges(&net.b), expected_charges(&drops));
+}
+
+/// One mix of good and bad datagrams from A to B, made with `net`'s keys.
+fn mixed_datagrams(net: &mut Net) -> Vec<Vec<u8>> {
+    let genuine = net.seal_a_to_b(84);
+    let mut bad_tag = net.seal_a_to_b(84);
+    let last = bad_tag.len() - 1;
+    bad_tag[last] ^= 1;
+    vec![
+        genuine.clone(),
+        genuine.clone(), // a replay
+        with_receiver(&genuine, UNKNOWN_INDEX),
+        bad_tag,
+        vec![9u8; 3],
+        net.seal_packet_a_to_b(&ipv4([10, 9, 9, 9], B_TUN, 84)),
+        initiation_shaped().to_vec(),
+        net.first_initiation_a_to_b(), // a timestamp replay
+        cookie_reply_to(UNKNOWN_INDEX),
+        net.seal_a_to_b(100),
+    ]
+}
+
+#[test]
+fn the_split_path_charges_every_drop_like_receive() {
+    let mut one_call = Net::new([0; 32]);
+    let mut split = Net::new([0; 32]);
+    for net in [&mut one_call, &mut split] {
+        net.ping_a_to_b(84);
+    }
+    let datagrams = mixed_datagrams(&mut one_call);
+    let one_call_outcomes: Vec<ReceiveOutcome> = datagrams
+        .into_iter()
+        .map(|d| one_call.receive_at_b(d))
+        .collect();
+    let datagrams = mixed_datagrams(&mut split);
+    let split_outcomes = split.receive_split_at_b(datagrams);
+
+    let reasons = |outcomes: &[ReceiveOutcome]| -> Vec<Option<DropReason>> {
+        outcomes
+            .iter()
+            .map(|o| match o {
+                ReceiveOutcome::Dropped(reason) => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(reasons(&split_outcomes), reasons(&one_call_outcomes));
+    let peer = Some(one_call.b_peer);
+    assert_eq!(split.b_peer, one_call.b_peer, "same set-up, same ids");
+    let expected = expected_charges(&[
+        (DropReason::Replay, peer),
+        (DropReason::UnknownIndex, None),
+        (DropReason::Decryption, peer),
+        (DropReason::Malformed, None),
+        (DropReason::SourceNotAllowed, peer),
+        (DropReason::BadMac1, None),
+        (DropReason::TimestampReplay, peer),
+        (DropReason::UnknownIndex, None),
+    ]);
+    assert_eq!(charges(&one_call.b), expected);
+    assert_eq!(charges(&split.b), expected);
+    assert!(matches!(
+        one_call_outcomes[0],
+        ReceiveOutcome::Deliver { .. }
+    ));
+    assert!(matches!(
+        one_call_outcomes[9],
+        ReceiveOutcome::Deliver { .. }
+    ));
+}

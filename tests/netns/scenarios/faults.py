@@ -38,13 +38,14 @@ import json
 import os
 import random
 import re
-import select
 import socket
 import struct
 import sys
 import time
 
-LOCALHOST = "127.0.0.1"
+sys.dont_write_bytecode = True  # the suite runs as root: leave no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import fgnet  # noqa: E402 (tests/netns/fgnet.py, found through the path set just above)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -56,17 +57,14 @@ LOCALHOST = "127.0.0.1"
 REORDER_FLUSH_AFTER = 0.02
 
 
-class Relay:
+class Relay(fgnet.PortPairRelay):
     """Forwards datagrams between two ports, with optional reordering, duplication and delay."""
 
+    # Drain what is queued at each wake-up, bounded so that timers still run under a flood.
+    batch = 256
+
     def __init__(self, listen, a_port, b_port, ctrl_port):
-        self.main = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.main.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.main.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        self.main.bind((LOCALHOST, listen))
-        self.ctrl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.ctrl.bind((LOCALHOST, ctrl_port))
-        self.partner = {a_port: b_port, b_port: a_port}
+        super().__init__(listen, a_port, b_port, ctrl_port, buffer_bytes=4 << 20)
         self.reorder = 0
         self.dup = False
         self.delay = 0.0
@@ -110,7 +108,7 @@ class Relay:
     def send_now(self, data, dst):
         stats = self.stats[str(dst)]
         try:
-            self.main.sendto(data, (LOCALHOST, dst))
+            self.send(data, dst)
         except OSError:
             stats["send_errors"] += 1
             return
@@ -146,7 +144,7 @@ class Relay:
         held.clear()
         self.window_since[dst] = None
 
-    def receive(self, data, dst):
+    def datagram(self, data, src_port, dst):
         if self.reorder <= 1:
             self.forward(data, dst)
             return
@@ -171,32 +169,9 @@ class Relay:
             _, _, data, dst = heapq.heappop(self.delayed)
             self.send_now(data, dst)
 
-    def serve(self, ready):
-        open(ready, "w").close()
-        while True:
-            deadline = self.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            readable, _, _ = select.select([self.main, self.ctrl], [], [], timeout)
-            if self.ctrl in readable:
-                text, source = self.ctrl.recvfrom(256)
-                self.ctrl.sendto(self.command(text.decode(errors="replace")).encode(), source)
-            if self.main in readable:
-                # Drain what is queued (bounded, so that timers still run under a flood).
-                for _ in range(256):
-                    try:
-                        data, (host, port) = self.main.recvfrom(65535, socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        break
-                    if host == LOCALHOST and port in self.partner:
-                        self.receive(data, self.partner[port])
-            self.run_timers()
-
 
 def ctrl(ctrl_port, command):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(3)
-    sock.sendto(command.encode(), (LOCALHOST, ctrl_port))
-    answer, _ = sock.recvfrom(65535)
+    answer = fgnet.ask(ctrl_port, command, timeout=3)
     print(answer.decode())
     return not answer.startswith(b"error")
 
@@ -205,38 +180,32 @@ def ctrl(ctrl_port, command):
 # Handshake timestamps
 # ---------------------------------------------------------------------------------------------------------
 
-ETH_P_ALL = 0x0003
-PACKET_OUTGOING = 4
-SO_TIMESTAMPNS = 35
+def receive_stamped(sock):
+    """(packet, ancillary data, flags, address) of the next packet: its first 128 bytes (enough for the
+    IP and UDP headers and the message type) and room for one SO_TIMESTAMPNS timestamp."""
+    return sock.recvmsg(128, socket.CMSG_SPACE(16))
 
 
 def sniff(iface, ports, outfile, ready, seconds):
     wanted = {int(p) for p in ports.split(",")}
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
-    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sock.bind((iface, 0))
-    deadline = time.monotonic() + seconds
+    sock = fgnet.packet_socket(iface, fgnet.ETH_P_ALL, rcvbuf=4 << 20, timestamps=True)
+    deadline = fgnet.deadline_after(seconds)
     with open(outfile, "w") as out:
-        open(ready, "w").close()
-        while (left := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([sock], [], [], left)
-            if not readable:
-                continue
-            packet, ancillary, _, address = sock.recvmsg(128, socket.CMSG_SPACE(16))
+        fgnet.signal_ready(ready)
+        for packet, ancillary, _, address in fgnet.receive_until(sock, deadline, receive_stamped):
             # On loopback every packet is seen twice (leaving and arriving): keep the outgoing copy.
-            if address[2] != PACKET_OUTGOING or len(packet) < 29 or packet[0] >> 4 != 4 or packet[9] != 17:
+            if address[2] != fgnet.PACKET_OUTGOING:
                 continue
-            header = (packet[0] & 0x0F) * 4
-            if len(packet) < header + 9:
+            udp = fgnet.ipv4_udp(packet)
+            if udp is None or not udp[2]:  # not UDP over IPv4, or not even a message type
                 continue
-            sport, dport = struct.unpack_from("!HH", packet, header)
-            kind = packet[header + 8]
+            sport, dport, payload = udp
+            kind = payload[0]
             if sport not in wanted or dport not in wanted or kind not in (1, 2, 3):
                 continue
             stamp = time.time()
             for level, ctype, data in ancillary:
-                if level == socket.SOL_SOCKET and ctype == SO_TIMESTAMPNS and len(data) >= 16:
+                if level == socket.SOL_SOCKET and ctype == fgnet.SO_TIMESTAMPNS and len(data) >= 16:
                     sec, nsec = struct.unpack_from("qq", data)
                     stamp = sec + nsec / 1e9
             out.write("%.6f %d %d %d\n" % (stamp, kind, sport, dport))
@@ -258,30 +227,33 @@ def intervals(sniff_file, kind, dport):
 # Traffic with a verifiable content
 # ---------------------------------------------------------------------------------------------------------
 
-def family_of(addr):
-    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+def receive_chunk(conn):
+    """The next bytes of a stream (empty at its end)."""
+    return conn.recv(1 << 16)
 
 
 def tcp_recv(addr, port, ready, seconds):
-    listener = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    listener = socket.socket(fgnet.family_of(addr), socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((addr, port))
     listener.listen(1)
     listener.settimeout(seconds)
-    open(ready, "w").close()
-    deadline = time.monotonic() + seconds
+    fgnet.signal_ready(ready)
+    deadline = fgnet.deadline_after(seconds)
     digest = hashlib.sha256()
     total = 0
+    ended = False
     try:
         conn, _ = listener.accept()
-        while (left := deadline - time.monotonic()) > 0:
-            conn.settimeout(left)
-            chunk = conn.recv(1 << 16)
+        for chunk in fgnet.receive_until(conn, deadline, receive_chunk):
             if not chunk:
+                ended = True
                 break
             digest.update(chunk)
             total += len(chunk)
-    except (socket.timeout, OSError) as err:
+        if not ended:
+            sys.stderr.write("tcp-recv: timed out after %d bytes\n" % total)
+    except OSError as err:
         sys.stderr.write("tcp-recv: %s after %d bytes\n" % (err, total))
     print("%d %s" % (total, digest.hexdigest()))
 
@@ -292,10 +264,8 @@ def tcp_send(addr, port, size, connected, go):
     rng = random.Random(os.urandom(16))
     digest = hashlib.sha256()
     sock = socket.create_connection((addr, port), timeout=60)
-    open(connected, "w").close()
-    deadline = time.monotonic() + 15
-    while not os.path.exists(go) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    fgnet.signal_ready(connected)
+    fgnet.wait_until(lambda: os.path.exists(go), 15, 0.01)
     start = time.monotonic()
     sent = 0
     try:
@@ -314,19 +284,11 @@ def tcp_send(addr, port, size, connected, go):
 
 
 def udp_recv(addr, port, ready, seconds):
-    sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sock.bind((addr, port))
-    open(ready, "w").close()
+    sock = fgnet.udp_socket(addr, port, rcvbuf=4 << 20)
+    fgnet.signal_ready(ready)
     seen = set()
     received = 0
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            data, _ = sock.recvfrom(65535)
-        except socket.timeout:
-            break
+    for data, _ in fgnet.receive_until(sock, fgnet.deadline_after(seconds)):
         match = re.fullmatch(rb"seq (\d+)", data)
         if match:
             received += 1
@@ -335,7 +297,7 @@ def udp_recv(addr, port, ready, seconds):
 
 
 def udp_send(addr, port, count):
-    sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+    sock = fgnet.udp_socket(addr)
     for number in range(count):
         sock.sendto(b"seq %d" % number, (addr, port))
         time.sleep(0.001)
@@ -390,33 +352,22 @@ def ping_gaps(log, start):
         "%.2f" % after[0] if after else "none", "%.2f" % before[-1] if before else "none"))
 
 
-def main(argv):
-    command = argv[1] if len(argv) > 1 else ""
-    if command == "relay":
-        Relay(int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5])).serve(argv[6])
-    elif command == "ctrl":
-        return 0 if ctrl(int(argv[2]), argv[3]) else 1
-    elif command == "sniff":
-        sniff(argv[2], argv[3], argv[4], argv[5], float(argv[6]))
-    elif command == "intervals":
-        intervals(argv[2], int(argv[3]), int(argv[4]))
-    elif command == "tcp-recv":
-        tcp_recv(argv[2], int(argv[3]), argv[4], float(argv[5]))
-    elif command == "tcp-send":
-        tcp_send(argv[2], int(argv[3]), int(argv[4]), argv[5], argv[6])
-    elif command == "udp-recv":
-        udp_recv(argv[2], int(argv[3]), argv[4], float(argv[5]))
-    elif command == "udp-send":
-        udp_send(argv[2], int(argv[3]), int(argv[4]))
-    elif command == "ct-flush":
-        return 0 if ct_flush() else 1
-    elif command == "ping-gaps":
-        ping_gaps(argv[2], float(argv[3]))
-    else:
-        sys.stderr.write("unknown command %r\n" % command)
-        return 2
-    return 0
+def relay(listen, a_port, b_port, ctrl_port, ready):
+    Relay(listen, a_port, b_port, ctrl_port).serve(ready)
 
+
+COMMANDS = {
+    "relay": (relay, (int, int, int, int, str)),
+    "ctrl": (ctrl, (int, str)),
+    "sniff": (sniff, (str, str, str, str, float)),
+    "intervals": (intervals, (str, int, int)),
+    "tcp-recv": (tcp_recv, (str, int, str, float)),
+    "tcp-send": (tcp_send, (str, int, int, str, str)),
+    "udp-recv": (udp_recv, (str, int, str, float)),
+    "udp-send": (udp_send, (str, int, int)),
+    "ct-flush": (ct_flush, ()),
+    "ping-gaps": (ping_gaps, (str, float)),
+}
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(fgnet.run_command(sys.argv, COMMANDS))

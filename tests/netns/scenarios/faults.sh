@@ -95,17 +95,6 @@ faults_between() { awk -v v="$1" -v l="$2" -v h="$3" 'BEGIN { exit !(v != "" && 
 # faults_rx IFNAME: bytes received from its only peer.
 faults_rx() { wg show "$1" transfer 2>/dev/null | awk -F'\t' 'NR == 1 { print $2 }'; }
 
-# faults_wait_file FILE PID: wait (≤ 5 s) for FILE while PID runs.
-faults_wait_file() {
-	local i
-	for ((i = 0; i < 100; i++)); do
-		[[ -e $1 ]] && return 0
-		pid_running "$2" || return 1
-		sleep 0.05
-	done
-	return 1
-}
-
 # faults_configure N: IFn (in NSn) gets its address, key, listen port and its peer with the direct endpoint.
 faults_configure() {
 	local n=$1 ifname ns key peer_pub port peer_port
@@ -159,7 +148,7 @@ faults_tcp_transfer() {
 		"$ready" $((seconds + 5)) >"$out" 2>>"$FGT_LOGDIR/transfer.log" &
 	rpid=$!
 	FGT_PIDS+=("$rpid")
-	if ! faults_wait_file "$ready" "$rpid"; then
+	if ! wait_ready_file "$ready" "$rpid"; then
 		fail "$name" "the receiver did not start"
 		return 1
 	fi
@@ -167,7 +156,7 @@ faults_tcp_transfer() {
 		"$connected" "$go" >"$sent_out" 2>>"$FGT_LOGDIR/transfer.log" &
 	spid=$!
 	FGT_PIDS+=("$spid")
-	if ! faults_wait_file "$connected" "$spid"; then
+	if ! wait_ready_file "$connected" "$spid"; then
 		fail "$name" "the sender could not connect"
 		kill_pids "$rpid" "$spid"
 		return 1
@@ -241,7 +230,7 @@ faults_sniff_start() {
 		2>>"$FGT_LOGDIR/sniff.log" &
 	FAULTS_SNIFF_PID=$!
 	FGT_PIDS+=("$FAULTS_SNIFF_PID")
-	faults_wait_file "$ready" "$FAULTS_SNIFF_PID"
+	wait_ready_file "$ready" "$FAULTS_SNIFF_PID"
 }
 
 faults_sniff_stop() {
@@ -327,14 +316,14 @@ faults_relay_start() {
 		"$ready" 2>>"$FGT_LOGDIR/relay.log" &
 	FAULTS_RELAY_PID=$!
 	FGT_PIDS+=("$FAULTS_RELAY_PID")
-	faults_wait_file "$ready" "$FAULTS_RELAY_PID"
+	wait_ready_file "$ready" "$FAULTS_RELAY_PID"
 }
 
 faults_relay() { ip netns exec "$NS0" timeout --foreground 5 python3 "$FAULTS_PY" ctrl "$FAULTS_CTRL_PORT" "$1"; }
 
 # faults_relay_stat PORT FIELD: from the relay's statistics (since its last reset).
 faults_relay_stat() {
-	faults_relay stats | python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]][sys.argv[2]])' "$1" "$2"
+	faults_relay stats | python3 "$FGT_NET_PY" json-field "$1" "$2"
 }
 
 # faults_udp_drops PORT: datagrams the kernel dropped (receive buffer full) on ns0's sockets bound to PORT.
@@ -397,7 +386,7 @@ faults_duplicate() {
 	in_ns "$NS2" timeout --foreground 15 python3 "$FAULTS_PY" udp-recv 192.168.241.2 5302 "$ready" 6 >"$out" &
 	rpid=$!
 	FGT_PIDS+=("$rpid")
-	must faults_wait_file "$ready" "$rpid"
+	must wait_ready_file "$ready" "$rpid"
 	in_ns "$NS1" timeout --foreground 10 python3 "$FAULTS_PY" udp-send 192.168.241.2 5302 500
 	wait "$rpid" 2>/dev/null
 	result=$(<"$out")

@@ -27,56 +27,53 @@ import hashlib
 import os
 import random
 import re
-import select
 import socket
 import struct
 import sys
 import time
 
-LOCALHOST = "127.0.0.1"
+sys.dont_write_bytecode = True  # the suite runs as root: leave no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import fgnet  # noqa: E402 (tests/netns/fgnet.py, found through the path set just above)
+
+LOCALHOST = fgnet.LOCALHOST
+
+
+class RecordingRelay(fgnet.PortPairRelay):
+    """Relays between the two daemons and appends every datagram to the capture log; commands "hold",
+    "pass" and "release" (see the module's documentation) are answered "ok"."""
+
+    def __init__(self, listen, a_port, b_port, ctrl_port, log):
+        super().__init__(listen, a_port, b_port, ctrl_port)
+        self.log = log
+        self.mode = "pass"
+        self.held = []
+
+    def command(self, text):
+        if text in ("hold", "pass"):
+            self.mode = text
+        elif text == "release":
+            for data, dst in self.held:
+                self.send(data, dst)
+            self.held.clear()
+        return "ok"
+
+    def datagram(self, data, src_port, dst_port):
+        self.log.write("%s %d %d %s\n" % (self.mode, src_port, dst_port, data.hex()))
+        self.log.flush()
+        if self.mode == "pass":
+            self.send(data, dst_port)
+        else:
+            self.held.append((data, dst_port))
 
 
 def relay(listen, a_port, b_port, ctrl_port, capture, ready):
-    main = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    main.bind((LOCALHOST, listen))
-    ctrl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    ctrl.bind((LOCALHOST, ctrl_port))
-    partner = {a_port: b_port, b_port: a_port}
-    held = []
-    mode = "pass"
     with open(capture, "a") as log:
-        open(ready, "w").close()
-        while True:
-            readable, _, _ = select.select([main, ctrl], [], [])
-            if ctrl in readable:
-                command, source = ctrl.recvfrom(64)
-                command = command.decode(errors="replace")
-                if command in ("hold", "pass"):
-                    mode = command
-                elif command == "release":
-                    for data, dst in held:
-                        main.sendto(data, (LOCALHOST, dst))
-                    held.clear()
-                ctrl.sendto(b"ok", source)
-            if main in readable:
-                data, (host, port) = main.recvfrom(65535)
-                if host != LOCALHOST or port not in partner:
-                    continue
-                dst = partner[port]
-                log.write("%s %d %d %s\n" % (mode, port, dst, data.hex()))
-                log.flush()
-                if mode == "pass":
-                    main.sendto(data, (LOCALHOST, dst))
-                else:
-                    held.append((data, dst))
+        RecordingRelay(listen, a_port, b_port, ctrl_port, log).serve(ready)
 
 
 def ctrl(ctrl_port, command):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(2)
-    sock.sendto(command.encode(), (LOCALHOST, ctrl_port))
-    answer, _ = sock.recvfrom(64)
-    return answer == b"ok"
+    return fgnet.ask(ctrl_port, command, timeout=2) == b"ok"
 
 
 def read_capture(capture, target_port):
@@ -167,9 +164,7 @@ def attack(capture, target_port, source_addr, responder_public):
     rng = random.Random(os.urandom(16))
     forwarded, held = read_capture(capture, target_port)
     corpus = junk_corpus(forwarded, held, rng, responder_public)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    sock.bind((source_addr, 0))
+    sock = fgnet.udp_socket(source_addr, 0, sndbuf=1 << 20)
     kinds = {}
     for number, (kind, data) in enumerate(corpus):
         sock.sendto(data, (LOCALHOST, target_port))
@@ -177,13 +172,7 @@ def attack(capture, target_port, source_addr, responder_public):
         if number % 16 == 15:
             time.sleep(0.002)  # let the daemon keep up: every datagram should be looked at
     answers = 0
-    deadline = time.monotonic() + 1.0
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            data, source = sock.recvfrom(65535)
-        except socket.timeout:
-            break
+    for data, source in fgnet.receive_until(sock, fgnet.deadline_after(1.0)):
         answers += 1
         sys.stderr.write("answer from %s: %s\n" % (source, data[:16].hex()))
     summary = ",".join("%s=%d" % item for item in sorted(kinds.items()))
@@ -201,9 +190,7 @@ NEGATIVE = re.compile(rb"(?:^|\n)errno=-[1-9][0-9]*\n\n$")
 
 def exchange(path, payload, half_close, timeout=5.0):
     """Sends payload; returns (answer bytes, how it ended)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect(path)
+    sock = fgnet.unix_connect(path, timeout)
     answer = b""
     try:
         sock.sendall(payload)
@@ -273,11 +260,10 @@ def uapi_case(path, peer_hex, index):
 def stall(path, mode, seconds, ready):
     """Holds a configuration connection open for `seconds` with an unfinished request: "silent" sends
     nothing more after it, "trickle" sends one more byte of its never-ending line every 2 s."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
+    sock = fgnet.unix_connect(path)
     # An unfinished line that changes nothing even where a request cut short is applied (wireguard-go).
     sock.sendall(b"set=1\nstalled_")
-    open(ready, "w").close()
+    fgnet.signal_ready(ready)
     deadline = time.monotonic() + seconds
     try:
         while time.monotonic() < deadline:
@@ -291,10 +277,8 @@ def stall(path, mode, seconds, ready):
 
 
 def connect(path):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(2)
     try:
-        sock.connect(path)
+        fgnet.unix_connect(path, timeout=2).close()
     except OSError as err:
         print(errno.errorcode.get(err.errno, str(err.errno)))
         return False
@@ -302,28 +286,21 @@ def connect(path):
     return True
 
 
-def main(argv):
-    command = argv[1]
-    if command == "relay":
-        relay(int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5]), argv[6], argv[7])
-    elif command == "ctrl":
-        return 0 if ctrl(int(argv[2]), argv[3]) else 1
-    elif command == "attack":
-        attack(argv[2], int(argv[3]), argv[4], bytes.fromhex(argv[5]))
-    elif command == "uapi-names":
-        for name, _, _ in uapi_cases("00" * 32):
-            print(name)
-    elif command == "uapi-case":
-        return 0 if uapi_case(argv[2], argv[3], int(argv[4])) else 1
-    elif command == "stall":
-        stall(argv[2], argv[3], float(argv[4]), argv[5])
-    elif command == "connect":
-        return 0 if connect(argv[2]) else 1
-    else:
-        sys.stderr.write("unknown command %s\n" % command)
-        return 2
-    return 0
+def uapi_names():
+    """Prints the names of the malformed-request cases, one a line."""
+    for name, _, _ in uapi_cases("00" * 32):
+        print(name)
 
+
+COMMANDS = {
+    "relay": (relay, (int, int, int, int, str, str)),
+    "ctrl": (ctrl, (int, str)),
+    "attack": (attack, (str, int, str, bytes.fromhex)),
+    "uapi-names": (uapi_names, ()),
+    "uapi-case": (uapi_case, (str, str, int)),
+    "stall": (stall, (str, str, float, str)),
+    "connect": (connect, (str,)),
+}
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(fgnet.run_command(sys.argv, COMMANDS))

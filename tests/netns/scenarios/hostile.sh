@@ -26,20 +26,14 @@ HOSTILE_CTRL_PORT=11
 
 # hostile_relay_start: the relay in ns0 between ports 1 and 2; sets HOSTILE_CAPTURE.
 hostile_relay_start() {
-	local ready pid i
+	local ready pid
 	ready=$(mktemp -u "$FGT_LOGDIR/relay-ready-XXXXXX")
 	HOSTILE_CAPTURE="$FGT_LOGDIR/relay-capture.txt"
 	in_ns "$NS0" timeout --foreground 140 python3 "$HOSTILE_PY" relay "$HOSTILE_RELAY_PORT" 1 2 \
 		"$HOSTILE_CTRL_PORT" "$HOSTILE_CAPTURE" "$ready" 2>>"$FGT_LOGDIR/relay.log" &
 	pid=$!
 	FGT_PIDS+=("$pid")
-	for ((i = 0; i < 100; i++)); do
-		[[ -e $ready ]] && return 0
-		pid_running "$pid" || break
-		sleep 0.05
-	done
-	fgt_log "relay did not start"
-	return 1
+	wait_ready_file "$ready" "$pid" relay
 }
 
 hostile_relay() { in_ns "$NS0" timeout --foreground 5 python3 "$HOSTILE_PY" ctrl "$HOSTILE_CTRL_PORT" "$1"; }
@@ -272,13 +266,13 @@ hostile_uapi_corpus() {
 # hostile_beside_stalled_client MODE SECONDS: how long wg show takes (ms, into HOSTILE_ELAPSED) while another
 # client holds a connection with an unfinished request for SECONDS (MODE: silent or trickle, see hostile.py).
 hostile_beside_stalled_client() {
-	local mode=$1 seconds=$2 ready pid i start out
+	local mode=$1 seconds=$2 ready pid start out
 	ready=$(mktemp -u "$FGT_LOGDIR/stall-ready-XXXXXX")
 	timeout --foreground $((seconds + 10)) python3 "$HOSTILE_PY" stall "$(sock_path "$IF1")" "$mode" "$seconds" \
 		"$ready" >"$FGT_LOGDIR/stall-$mode.out" 2>&1 &
 	pid=$!
 	FGT_PIDS+=("$pid")
-	for ((i = 0; i < 100; i++)); do [[ -e $ready ]] && break; sleep 0.05; done
+	wait_ready_file "$ready" "$pid" "stalled client"  # not fatal: a missing ready file means 'unanswered' below
 	sleep 0.5
 	start=$(date +%s%N)
 	out=$(timeout --foreground $((seconds + 10)) wg show "$IF1" listen-port 2>&1)

@@ -8,12 +8,16 @@
                                replay), then with a fresh counter (so only its tag fails: decryption),
                                then with an unknown receiver index
 """
-import socket
+import os
 import struct
 import sys
 import time
 import urllib.error
 import urllib.request
+
+sys.dont_write_bytecode = True  # the suite runs as root: leave no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import fgnet  # noqa: E402 (tests/netns/fgnet.py, found through the path set just above)
 
 
 def scrape(url, out):
@@ -27,25 +31,19 @@ def scrape(url, out):
     print(status)
 
 
+def receive_packet(sock):
+    """The next packet, whole."""
+    return sock.recv(65535)
+
+
 def sniff(iface, port, seconds, out, ready):
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-    sock.bind((iface, 0))
-    open(ready, "w").close()
-    deadline = time.monotonic() + seconds
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        sock.settimeout(left)
-        try:
-            packet = sock.recv(65535)
-        except socket.timeout:
-            break
-        if len(packet) < 28 or packet[9] != 17:  # IPv4 header, UDP
+    sock = fgnet.packet_socket(iface, fgnet.ETH_P_IP)
+    fgnet.signal_ready(ready)
+    for packet in fgnet.receive_until(sock, fgnet.deadline_after(seconds), receive_packet):
+        udp = fgnet.ipv4_udp(packet)
+        if udp is None:
             continue
-        ihl = (packet[0] & 15) * 4
-        dport = struct.unpack("!H", packet[ihl + 2:ihl + 4])[0]
-        payload = packet[ihl + 8:]
+        _, dport, payload = udp
         if dport == port and len(payload) >= 32 and payload[0] == 4:
             with open(out, "w") as f:
                 f.write(payload.hex())
@@ -59,19 +57,17 @@ def forge(hexfile, addr, port):
     fresh[8:16] = struct.pack("<Q", 1 << 40)
     unknown = bytearray(message)
     unknown[4:8] = struct.pack("<I", struct.unpack("<I", message[4:8])[0] ^ 0x5A5A5A5A)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = fgnet.udp_socket(addr)
     for datagram in (message, fresh, unknown):
         sock.sendto(bytes(datagram), (addr, port))
         time.sleep(0.05)
 
 
+COMMANDS = {
+    "scrape": (scrape, (str, str)),
+    "sniff": (sniff, (str, int, float, str, str)),
+    "forge": (forge, (str, str, int)),
+}
+
 if __name__ == "__main__":
-    mode = sys.argv[1]
-    if mode == "scrape":
-        scrape(sys.argv[2], sys.argv[3])
-    elif mode == "sniff":
-        sniff(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6])
-    elif mode == "forge":
-        forge(sys.argv[2], sys.argv[3], int(sys.argv[4]))
-    else:
-        sys.exit("unknown mode " + mode)
+    sys.exit(fgnet.run_command(sys.argv, COMMANDS))

@@ -60,16 +60,14 @@ metrics_quiet_scrape() {
 # metrics_capture: a transport message ns2's daemon sends to daemon 1 (port 1), captured on ns0's
 # loopback while ns2 pings; sets METRICS_CAPTURE (a file of hex).
 metrics_capture() {
-	local ready pid i
+	local ready pid
 	ready=$(mktemp -u "$FGT_LOGDIR/sniff-ready-XXXXXX")
 	METRICS_CAPTURE="$FGT_LOGDIR/captured-transport.hex"
 	in_ns "$NS0" timeout --foreground 20 python3 "$METRICS_PY" sniff lo 1 15 "$METRICS_CAPTURE" "$ready" &
 	pid=$!
 	FGT_PIDS+=("$pid")
-	for ((i = 0; i < 100; i++)); do
-		[[ -e $ready ]] && break
-		sleep 0.05
-	done
+	# Not fatal here: without the sniffer, the capture below is empty and that is the failure reported.
+	wait_ready_file "$ready" "$pid" sniffer
 	ping_once "$NS2" 192.168.241.1
 	wait_pid_exit "$pid" 16 || kill_pids "$pid"
 	wait "$pid" 2>/dev/null
