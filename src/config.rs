@@ -132,10 +132,10 @@ impl UapiHandler for ConfigHandler {
             )
         };
         let mut peers = Vec::with_capacity(ids.len());
+        let mut staged = StagedPeers::new();
         for chunk in ids.chunks(GET_CHUNK) {
-            let engine = self.shared.engine();
-            let device = &engine.device;
-            peers.extend(chunk.iter().filter_map(|&id| peer_snapshot(device, id)));
+            staged.copy_from(&self.shared.engine().device, chunk);
+            staged.snapshots_into(&mut peers);
         }
         DeviceSnapshot {
             private_key,
@@ -157,22 +157,168 @@ impl UapiHandler for ConfigHandler {
     }
 }
 
-/// Peers read per acquisition of the engine lock by a `get` (about 2 ms).
-const GET_CHUNK: usize = 1000;
+/// Peers read per acquisition of the engine lock by a `get` (well under a
+/// millisecond).
+const GET_CHUNK: usize = 256;
 
-/// One peer as `get` reports it, or `None` if it is gone.
-fn peer_snapshot(device: &Device, id: PeerId) -> Option<PeerSnapshot> {
-    let peer = device.peer(id)?;
-    Some(PeerSnapshot {
-        public_key: peer.public_key.0,
-        preshared_key: Zeroizing::new(*peer.preshared_key.as_bytes()),
-        endpoint: peer.endpoint.map(|e| e.addr),
-        last_handshake: peer
-            .last_handshake
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok()),
-        tx_bytes: peer.tx_bytes,
-        rx_bytes: peer.rx_bytes,
-        persistent_keepalive: peer.timers.persistent_keepalive_interval.as_secs() as u16,
-        allowed_ips: device.allowed_ips().prefixes_of(id).collect(),
-    })
+/// One chunk of peers as copied out under the engine lock, into buffers
+/// that are reused from chunk to chunk.
+///
+/// Only copies into memory already touched happen under the lock; every
+/// allocation (the per-peer lists, the growing snapshot) happens after it
+/// is released. With 100 000 peers the snapshot's first touches alone are
+/// thousands of page faults, each far slower on a virtual machine, and a
+/// thread that holds the engine lock while it faults, or is preempted
+/// meanwhile, stalls the data path: pings during `wg show` peaked at
+/// 40 ms before (BENCHMARKS.md, "wg show with 100 000 peers").
+struct StagedPeers {
+    peers: Vec<StagedPeer>,
+    /// The preshared keys, apart so that they are zeroed when this is
+    /// dropped (a `Zeroizing<Vec>` clears its whole capacity).
+    preshared_keys: Zeroizing<Vec<[u8; 32]>>,
+    allowed_ips: Vec<(std::net::IpAddr, u8)>,
+}
+
+/// A peer's plain values; its prefixes are `allowed_ips[prefixes]`.
+struct StagedPeer {
+    public_key: [u8; 32],
+    endpoint: Option<std::net::SocketAddr>,
+    last_handshake: Option<std::time::Duration>,
+    tx_bytes: u64,
+    rx_bytes: u64,
+    persistent_keepalive: u16,
+    prefixes: std::ops::Range<usize>,
+}
+
+impl StagedPeers {
+    fn new() -> Self {
+        StagedPeers {
+            peers: Vec::with_capacity(GET_CHUNK),
+            // Sized once: a growing buffer would leave copies of keys behind
+            // in the memory it gave up.
+            preshared_keys: Zeroizing::new(Vec::with_capacity(GET_CHUNK)),
+            allowed_ips: Vec::new(),
+        }
+    }
+
+    /// Replaces the staged chunk with the peers `ids` that still exist.
+    fn copy_from(&mut self, device: &Device, ids: &[PeerId]) {
+        self.peers.clear();
+        self.preshared_keys.clear();
+        self.allowed_ips.clear();
+        for &id in ids {
+            let Some(peer) = device.peer(id) else {
+                continue;
+            };
+            let first = self.allowed_ips.len();
+            self.allowed_ips
+                .extend(device.allowed_ips().prefixes_of(id));
+            self.preshared_keys.push(*peer.preshared_key.as_bytes());
+            self.peers.push(StagedPeer {
+                public_key: peer.public_key.0,
+                endpoint: peer.endpoint.map(|e| e.addr),
+                last_handshake: peer
+                    .last_handshake
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok()),
+                tx_bytes: peer.tx_bytes,
+                rx_bytes: peer.rx_bytes,
+                persistent_keepalive: peer.timers.persistent_keepalive_interval.as_secs() as u16,
+                prefixes: first..self.allowed_ips.len(),
+            });
+        }
+    }
+
+    /// Appends the staged chunk to `out` as snapshots.
+    fn snapshots_into(&self, out: &mut Vec<PeerSnapshot>) {
+        for (peer, preshared_key) in self.peers.iter().zip(self.preshared_keys.iter()) {
+            out.push(PeerSnapshot {
+                public_key: peer.public_key,
+                preshared_key: Zeroizing::new(*preshared_key),
+                endpoint: peer.endpoint,
+                last_handshake: peer.last_handshake,
+                tx_bytes: peer.tx_bytes,
+                rx_bytes: peer.rx_bytes,
+                persistent_keepalive: peer.persistent_keepalive,
+                allowed_ips: self.allowed_ips[peer.prefixes.clone()].to_vec(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    /// A device with `n` peers: peer i has i % 3 prefixes (so some have
+    /// none), a preshared key on every other one, an endpoint on every
+    /// fourth one.
+    fn device_with_peers(n: u32) -> Device {
+        let mut device = Device::new([7; 32]);
+        for i in 0..n {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            key[31] = 0x42;
+            let id = device
+                .add_peer(SecretKey::from_bytes(key).public_key())
+                .expect("peer added");
+            for p in 0..i % 3 {
+                let addr = if p == 0 {
+                    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | i))
+                } else {
+                    IpAddr::V6(Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i)))
+                };
+                device
+                    .add_allowed_ip(id, addr, 32 * (1 + 3 * p as u8))
+                    .unwrap();
+            }
+            if i % 2 == 0 {
+                device.set_preshared_key(id, SymmetricKey([i as u8 | 1; 32]));
+            }
+            if i % 4 == 0 {
+                device.set_endpoint(id, SocketAddr::from(([192, 0, 2, 1], 1000 + i as u16)));
+            }
+        }
+        device
+    }
+
+    #[test]
+    fn staged_chunks_report_every_peer_whole_and_in_order() {
+        let device = device_with_peers(GET_CHUNK as u32 * 2 + 7);
+        let ids = device.peer_ids();
+        let mut staged = StagedPeers::new();
+        let mut peers = Vec::new();
+        for chunk in ids.chunks(GET_CHUNK) {
+            staged.copy_from(&device, chunk);
+            staged.snapshots_into(&mut peers);
+        }
+        assert_eq!(peers.len(), ids.len());
+        for (snapshot, &id) in peers.iter().zip(&ids) {
+            let peer = device.peer(id).expect("peer exists");
+            assert_eq!(snapshot.public_key, peer.public_key.0);
+            assert_eq!(*snapshot.preshared_key, *peer.preshared_key.as_bytes());
+            assert_eq!(snapshot.endpoint, peer.endpoint.map(|e| e.addr));
+            let prefixes: Vec<_> = device.allowed_ips().prefixes_of(id).collect();
+            assert_eq!(snapshot.allowed_ips, prefixes);
+        }
+        assert!(peers.iter().any(|p| p.allowed_ips.is_empty()));
+        assert!(peers.iter().any(|p| p.allowed_ips.len() == 2));
+    }
+
+    #[test]
+    fn peers_gone_between_chunks_are_left_out() {
+        let mut device = device_with_peers(5);
+        let ids = device.peer_ids();
+        device.remove_peer(ids[2]);
+        let mut staged = StagedPeers::new();
+        let mut peers = Vec::new();
+        staged.copy_from(&device, &ids);
+        staged.snapshots_into(&mut peers);
+        let reported: Vec<[u8; 32]> = peers.iter().map(|p| p.public_key).collect();
+        let expected: Vec<[u8; 32]> = [0, 1, 3, 4]
+            .iter()
+            .map(|&i| device.peer(ids[i]).expect("kept").public_key.0)
+            .collect();
+        assert_eq!(reported, expected);
+    }
 }
