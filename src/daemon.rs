@@ -175,9 +175,14 @@ fn spawn_threads(shared: &Arc<Shared>, listener: UapiListener, stop: mpsc::Sende
         thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                // Only a thread that reads the TUN returns, when it is gone.
+                // A thread returns when the TUN device is gone, or when it
+                // cannot wait at all; either way the daemon cannot go on.
                 let error = runtime::io_loop(s, role);
-                log::info!("TUN device closed: {error}");
+                if role.tun {
+                    log::info!("TUN device closed: {error}");
+                } else {
+                    log::error!("{name} thread stopped: {error}");
+                }
                 let _ = stop.send(Stop::InterfaceGone);
             })
             .expect("spawn I/O thread");

@@ -664,8 +664,8 @@ struct IoThreadState {
     coalescer: Option<Coalescer>,
 }
 
-/// One descriptor an I/O thread waits for.
-#[derive(Clone, Copy)]
+/// One descriptor an I/O thread waits for (its epoll token).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
     /// The sockets of this family were replaced.
     Rebound(Family),
@@ -673,9 +673,28 @@ enum Source {
     Socket(Family),
 }
 
+impl Source {
+    const ALL: [Source; 5] = [
+        Source::Rebound(Family::V4),
+        Source::Rebound(Family::V6),
+        Source::Tun,
+        Source::Socket(Family::V4),
+        Source::Socket(Family::V6),
+    ];
+
+    fn token(self) -> u64 {
+        Source::ALL.iter().position(|&s| s == self).unwrap_or(0) as u64
+    }
+
+    fn from_token(token: u64) -> Option<Source> {
+        Source::ALL.get(usize::try_from(token).ok()?).copied()
+    }
+}
+
 /// Serves the descriptors of `role` forever: drains the TUN device
 /// (route, encrypt, send) and receives datagrams in batches (decrypt,
-/// write to the TUN). Returns only when the TUN device is gone.
+/// write to the TUN). Returns when the TUN device is gone, or with the
+/// error that keeps the thread from waiting at all.
 pub fn io_loop(shared: Arc<Shared>, role: IoRole) -> std::io::Error {
     if role.tun {
         if let Err(e) = shared.tun().set_nonblocking(true) {
@@ -698,17 +717,25 @@ pub fn io_loop(shared: Arc<Shared>, role: IoRole) -> std::io::Error {
     } else {
         usize::MAX
     };
+    let mut sockets = shared.sockets();
+    let epoll = match watch(&shared, &sockets, role) {
+        Ok(epoll) => epoll,
+        Err(e) => return e,
+    };
+    let mut ready = Vec::new();
     loop {
-        let sockets = shared.sockets();
-        let (sources, fds) = wait_list(&shared, &sockets, role);
-        let ready = match crate::sys::poll_readable(&fds, None) {
-            Ok(ready) => ready,
-            Err(_) => continue,
-        };
-        for (&source, _) in sources.iter().zip(ready).filter(|(_, ready)| *ready) {
+        if let Err(e) = epoll.wait(&mut ready, None) {
+            return e;
+        }
+        for source in ready.iter().filter_map(|&t| Source::from_token(t)) {
             match source {
                 Source::Rebound(family) => {
                     let _ = shared.receiver_wakers[family as usize].drain();
+                    let fresh = shared.sockets();
+                    if !Arc::ptr_eq(&fresh, &sockets) {
+                        rewatch_sockets(&epoll, &sockets, &fresh, role);
+                        sockets = fresh;
+                    }
                 }
                 Source::Tun => {
                     if let Some(error) = serve_tun(&shared, tun_reads) {
@@ -721,34 +748,54 @@ pub fn io_loop(shared: Arc<Shared>, role: IoRole) -> std::io::Error {
     }
 }
 
-/// The descriptors a thread of `role` waits for, and what each one is.
-fn wait_list(
+/// An epoll instance watching what a thread of `role` serves.
+fn watch(
     shared: &Shared,
     sockets: &UdpSockets,
     role: IoRole,
-) -> (Vec<Source>, Vec<std::os::fd::RawFd>) {
-    let (v4, v6) = sockets.raw_fds();
-    let mut sources = Vec::with_capacity(5);
-    let mut fds = Vec::with_capacity(5);
+) -> std::io::Result<crate::sys::epoll::Epoll> {
+    let epoll = crate::sys::epoll::Epoll::new()?;
     for family in role.families() {
-        sources.push(Source::Rebound(family));
-        fds.push(shared.receiver_wakers[family as usize].as_raw_fd());
+        let waker = &shared.receiver_wakers[family as usize];
+        epoll.add(waker.as_raw_fd(), Source::Rebound(family).token())?;
     }
     if role.tun {
-        sources.push(Source::Tun);
-        fds.push(shared.tun().as_raw_fd());
+        epoll.add(shared.tun().as_raw_fd(), Source::Tun.token())?;
     }
-    for family in role.families() {
-        let fd = match family {
-            Family::V4 => v4,
-            Family::V6 => v6,
-        };
-        if let Some(fd) = fd {
-            sources.push(Source::Socket(family));
-            fds.push(fd);
+    for (family, fd) in socket_fds(sockets, role) {
+        epoll.add(fd, Source::Socket(family).token())?;
+    }
+    Ok(epoll)
+}
+
+/// Moves the watch from the replaced sockets to the fresh ones (the old
+/// ones are still open: the caller holds them until this returns).
+fn rewatch_sockets(
+    epoll: &crate::sys::epoll::Epoll,
+    old: &UdpSockets,
+    fresh: &UdpSockets,
+    role: IoRole,
+) {
+    for (_, fd) in socket_fds(old, role) {
+        let _ = epoll.remove(fd);
+    }
+    for (family, fd) in socket_fds(fresh, role) {
+        if let Err(e) = epoll.add(fd, Source::Socket(family).token()) {
+            log::warn!("cannot wait on the new {family:?} socket: {e}");
         }
     }
-    (sources, fds)
+}
+
+/// The open sockets among the families `role` serves.
+fn socket_fds(
+    sockets: &UdpSockets,
+    role: IoRole,
+) -> impl Iterator<Item = (Family, std::os::fd::RawFd)> {
+    let (v4, v6) = sockets.raw_fds();
+    role.families().filter_map(move |family| match family {
+        Family::V4 => v4.map(|fd| (family, fd)),
+        Family::V6 => v6.map(|fd| (family, fd)),
+    })
 }
 
 /// Reads up to `limit` packets from the TUN device and sends them on.

@@ -9,6 +9,7 @@
 //!   GSO on send and GRO on receive where the kernel has them;
 //! - [`process`]: daemonizing and interface-name helpers;
 //! - [`privileges`]: switching to an unprivileged user after set-up;
+//! - [`epoll::Epoll`]: the data path's wait on its descriptors;
 //! - here: [`poll_readable`] and [`EventFd`], the means to wait on several
 //!   descriptors and to wake a waiting thread for shutdown.
 //!
@@ -21,6 +22,7 @@
 //! reported ready. Sends block while the socket's send buffer is full, which
 //! is the back-pressure the sender wants.
 
+pub mod epoll;
 pub mod netlink;
 pub mod privileges;
 pub mod process;
