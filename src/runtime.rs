@@ -231,11 +231,7 @@ impl Shared {
             match outcome {
                 DatagramOutcome::Sent => {}
                 DatagramOutcome::SourceDropped { refused, retry } => {
-                    let source = local_source(&t.endpoint);
-                    log::debug!("source {source:?} unusable ({refused}); sent without it");
-                    if let Some(peer) = t.peer {
-                        self.engine().device.clear_sticky_source(peer);
-                    }
+                    self.forget_refused_source(&t.endpoint, t.peer, &refused);
                     if let Err(e) = retry {
                         log::debug!("send to {} failed: {e}", t.endpoint.addr);
                     }
@@ -261,10 +257,7 @@ impl Shared {
         match sockets.send_segments(data, segment_size, endpoint.addr, source.as_ref()) {
             Ok(()) => {}
             Err(SendError::SourceUnusable(e)) => {
-                log::debug!("source {source:?} unusable ({e}); retrying without it");
-                if let Some(peer) = peer {
-                    self.engine().device.clear_sticky_source(peer);
-                }
+                self.forget_refused_source(&endpoint, peer, &e);
                 if let Err(SendError::Other(e) | SendError::SourceUnusable(e)) =
                     sockets.send_segments(data, segment_size, endpoint.addr, None)
                 {
@@ -272,6 +265,21 @@ impl Shared {
                 }
             }
             Err(SendError::Other(e)) => log::debug!("send to {} failed: {e}", endpoint.addr),
+        }
+    }
+
+    /// Forgets `peer`'s sticky source after the kernel refused to send from
+    /// it (the datagram itself goes again without a source).
+    fn forget_refused_source(
+        &self,
+        endpoint: &Endpoint,
+        peer: Option<PeerId>,
+        why: &std::io::Error,
+    ) {
+        let source = local_source(endpoint);
+        log::debug!("source {source:?} unusable ({why}); sending without it");
+        if let Some(peer) = peer {
+            self.engine().device.clear_sticky_source(peer);
         }
     }
 }
@@ -707,12 +715,13 @@ pub fn io_loop(shared: Arc<Shared>, role: IoRole) -> std::io::Error {
         meta: Vec::new(),
         coalescer: offloads.vnet_hdr.then(|| Coalescer::new(offloads.uso)),
     };
-    if role.v4 || role.v6 {
+    let receives = role.v4 || role.v6;
+    if receives {
         state.bufs = (0..RECV_BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
         state.meta = vec![RecvMeta::default(); RECV_BATCH];
     }
     // A thread that also receives takes the TUN in turns; alone, it drains it.
-    let tun_reads = if role.v4 || role.v6 {
+    let tun_reads = if receives {
         TUN_READS_PER_TURN
     } else {
         usize::MAX
