@@ -114,7 +114,7 @@ impl ConfigHandler {
 }
 
 impl UapiHandler for ConfigHandler {
-    /// The device's state, read in chunks of [`GET_CHUNK`] peers with the
+    /// The device's state, read in chunks of `GET_CHUNK` peers with the
     /// engine lock released in between, so that `wg show` of 100 000 peers
     /// does not stall the data path for the whole walk (it took the lock for
     /// up to 0.46 s). A peer removed meanwhile is left out; one added

@@ -631,7 +631,8 @@ pub struct IoRole {
 }
 
 impl IoRole {
-    /// Everything: the one I/O thread of [`IoThreads::One`].
+    /// Everything: the one I/O thread of
+    /// [`IoThreads::One`](crate::io_threads::IoThreads::One).
     pub const ALL: IoRole = IoRole {
         tun: true,
         v4: true,

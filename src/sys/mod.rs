@@ -10,16 +10,16 @@
 //! - [`process`]: daemonizing and interface-name helpers;
 //! - [`privileges`]: switching to an unprivileged user after set-up;
 //! - [`epoll::Epoll`]: the data path's wait on its descriptors;
-//! - here: [`poll_readable`] and [`EventFd`], the means to wait on several
-//!   descriptors and to wake a waiting thread for shutdown.
+//! - here: [`poll_readable`] (a one-off wait on a few descriptors, for
+//!   tests and tools) and [`EventFd`], the means to wake a waiting thread.
 //!
 //! # Blocking model
 //!
 //! [`tun::Tun::read`] blocks; [`udp::UdpSockets::recv_batch`] never blocks
-//! (it returns [`io::ErrorKind::WouldBlock`] when nothing is queued). A reader
-//! thread that must stop on request waits with [`poll_readable`] on its
-//! descriptor plus an [`EventFd`], and reads only when its descriptor is
-//! reported ready. Sends block while the socket's send buffer is full, which
+//! (it returns [`io::ErrorKind::WouldBlock`] when nothing is queued). The
+//! daemon's I/O threads wait with an [`epoll::Epoll`] on their descriptors
+//! plus an [`EventFd`] (which says the sockets were replaced), and read only
+//! what is reported ready. Sends block while the socket's send buffer is full, which
 //! is the back-pressure the sender wants.
 
 pub mod epoll;
@@ -135,7 +135,8 @@ fn poll_once(pollfds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Resul
     check(ret).map(|n| n as usize)
 }
 
-/// An `eventfd(2)` used to wake threads blocked in [`poll_readable`]:
+/// An `eventfd(2)` used to wake threads waiting in [`epoll::Epoll::wait`]
+/// or [`poll_readable`]:
 /// [`notify`](Self::notify) makes it readable until [`drain`](Self::drain).
 ///
 /// It is non-blocking and close-on-exec; it can be shared between threads

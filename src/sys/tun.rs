@@ -47,9 +47,10 @@
 //! in the daemon's namespace or in the one the interface was moved to, a read
 //! that was blocked returns `EFAULT` and later reads and writes return
 //! `EBADFD`. Deleting the namespace the interface was moved to deletes the
-//! interface as well. [`Tun::is_gone`] recognises these errors; `poll(2)`
-//! reports the descriptor as being in error, which
-//! [`poll_readable`](super::poll_readable) counts as readable.
+//! interface as well. [`Tun::is_gone`] recognises these errors; `epoll(7)`
+//! and `poll(2)` report the descriptor as being in error, which
+//! [`Epoll`](super::epoll::Epoll) and [`poll_readable`](super::poll_readable)
+//! pass on as ready, so the next read returns the error.
 
 use super::netns::{control_socket_here, control_socket_in, NetnsId};
 use super::{check, check_len};

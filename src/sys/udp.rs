@@ -6,8 +6,8 @@
 //! is full (back-pressure instead of drops). Receiving never blocks:
 //! [`UdpSockets::recv_batch`] passes `MSG_DONTWAIT` and returns
 //! [`io::ErrorKind::WouldBlock`] when nothing is queued. A receiver waits
-//! with [`poll_readable`](super::poll_readable) on the socket and an
-//! [`EventFd`](super::EventFd) for shutdown. (A blocking receive could hang
+//! until the socket is reported readable ([`Epoll`](super::epoll::Epoll)
+//! in the daemon). (A blocking receive could hang
 //! after a readiness report: the kernel drops a datagram with a bad checksum
 //! only when it is read.)
 //!
