@@ -37,7 +37,7 @@ use crate::offload::virtio::{
 use crate::offload::{self, Coalescer, SegmentBatch};
 use crate::sys::tun::Tun;
 use crate::sys::udp::{
-    Datagram, DatagramOutcome, Family, LocalSource, RecvMeta, SendError, UdpSockets,
+    Datagram, DatagramOutcome, Family, LocalSource, RecvMeta, SegmentRun, SendError, UdpSockets,
 };
 use crate::sys::EventFd;
 
@@ -243,23 +243,27 @@ impl Shared {
         }
     }
 
-    /// Sends `data`, datagrams of `segment_size` bytes back to back (the
-    /// last may be shorter), with UDP GSO where the socket has it.
-    fn send_run(
+    /// Sends `runs` to `endpoint`, together (one `sendmmsg` as far as it
+    /// holds them), each run datagrams of its `segment_size` back to back
+    /// (the last may be shorter), with UDP GSO where the socket has it.
+    fn send_runs(
         &self,
         sockets: &UdpSockets,
-        data: &[u8],
-        segment_size: usize,
+        runs: &[SegmentRun<'_>],
         endpoint: Endpoint,
         peer: Option<PeerId>,
     ) {
         let source = local_source(&endpoint);
-        match sockets.send_segments(data, segment_size, endpoint.addr, source.as_ref()) {
+        match sockets.send_segment_runs(runs, endpoint.addr, source.as_ref()) {
             Ok(()) => {}
             Err(SendError::SourceUnusable(e)) => {
+                // Every datagram has this source, so a refused source fails
+                // the first one and the retry duplicates nothing. (A later
+                // refusal is of the datagram itself, e.g. its size; a copy
+                // sent twice then is dropped by the receiver's replay window.)
                 self.forget_refused_source(&endpoint, peer, &e);
                 if let Err(SendError::Other(e) | SendError::SourceUnusable(e)) =
-                    sockets.send_segments(data, segment_size, endpoint.addr, None)
+                    sockets.send_segment_runs(runs, endpoint.addr, None)
                 {
                     log::debug!("send to {} failed: {e}", endpoint.addr);
                 }
@@ -404,13 +408,43 @@ impl TxBatch {
         self.used += len;
     }
 
-    /// Sends everything: each run of datagrams to one endpoint, all of one
-    /// size but a shorter last one, goes out as one GSO send.
+    /// Sends everything. Each run of datagrams to one endpoint, all of one
+    /// size but a shorter last one, is one GSO message; the consecutive runs
+    /// to one endpoint leave together, in one `sendmmsg`.
     fn flush(&mut self, shared: &Shared) {
         if self.items.is_empty() {
+            self.used = 0; // bytes of forgotten items only
             return;
         }
         let sockets = shared.sockets();
+        let runs = self.runs();
+        let mut start = 0;
+        while start < runs.len() {
+            let endpoint = runs[start].endpoint;
+            let end = start
+                + runs[start..]
+                    .iter()
+                    .take_while(|run| run.endpoint == endpoint)
+                    .count();
+            let segment_runs: Vec<SegmentRun<'_>> = runs[start..end]
+                .iter()
+                .map(|run| SegmentRun {
+                    data: &self.data[run.bytes.clone()],
+                    segment_size: run.segment_size,
+                })
+                .collect();
+            shared.send_runs(&sockets, &segment_runs, endpoint, Some(runs[start].peer));
+            start = end;
+        }
+        self.items.clear();
+        self.used = 0;
+    }
+
+    /// The items cut into GSO runs: contiguous items to one endpoint, all of
+    /// the first one's length but a shorter last one, at most
+    /// `MAX_GSO_SEGMENTS` each.
+    fn runs(&self) -> Vec<TxRun> {
+        let mut runs = Vec::new();
         let mut i = 0;
         while i < self.items.len() {
             let first = &self.items[i];
@@ -425,13 +459,24 @@ impl TxBatch {
                 end += 1;
             }
             let last = &self.items[end - 1];
-            let bytes = &self.data[first.offset..last.offset + last.len];
-            shared.send_run(&sockets, bytes, first.len, first.endpoint, Some(first.peer));
+            runs.push(TxRun {
+                bytes: first.offset..last.offset + last.len,
+                segment_size: first.len,
+                endpoint: first.endpoint,
+                peer: first.peer,
+            });
             i = end;
         }
-        self.items.clear();
-        self.used = 0;
+        runs
     }
+}
+
+/// One GSO run of a [`TxBatch`]: where its bytes are and where they go.
+struct TxRun {
+    bytes: std::ops::Range<usize>,
+    segment_size: usize,
+    endpoint: Endpoint,
+    peer: PeerId,
 }
 
 /// What reading the TUN device needs: the read buffer, the segments of a
@@ -444,6 +489,8 @@ pub struct TunReader {
     read_buf: Vec<u8>,
     segments: SegmentBatch,
     tx: TxBatch,
+    /// Packets the previous drain read: tells a burst from a lone packet.
+    last_drain_reads: usize,
 }
 
 impl TunReader {
@@ -452,61 +499,110 @@ impl TunReader {
             read_buf: vec![0u8; MAX_PACKET + VNET_HDR_LEN],
             segments: SegmentBatch::new(),
             tx: TxBatch::new(),
+            last_drain_reads: 0,
         }
     }
 }
 
+/// When a drain sends what it has encrypted.
+///
+/// Datagrams wait in the batch until the queue is empty, the batch buffer
+/// is full or `limit` reads are done, so that a burst leaves in one
+/// `sendmmsg` with GSO instead of one system call per packet. The
+/// exception is a lone packet (a ping, a request): when the previous drain
+/// read at most one packet, the first packet goes out at once, before the
+/// read that would only find the queue empty. Latency stays that of
+/// unbatched sending when traffic is sparse; batching starts with the
+/// second packet of a burst.
+fn send_first_at_once(last_drain_reads: usize) -> bool {
+    last_drain_reads <= 1
+}
+
 /// Reads queued packets from the (non-blocking) TUN device, at most `limit`
-/// reads: split super-packets, route, encrypt, send. Returns the error that
-/// ended it, `WouldBlock` once the queue is empty.
+/// reads: split super-packets, route, encrypt, send (see
+/// [`send_first_at_once`] for when). Returns the error that ended it,
+/// `WouldBlock` once the queue is empty.
 fn drain_tun(shared: &Shared, reader: &mut TunReader, limit: usize) -> std::io::Error {
     let header_len = shared.tun().header_len();
     let TunReader {
         read_buf,
         segments,
         tx,
+        last_drain_reads,
     } = reader;
-    for _ in 0..limit {
+    let eager = send_first_at_once(*last_drain_reads);
+    let mut reads = 0;
+    let error = loop {
+        if reads == limit {
+            break std::io::ErrorKind::WouldBlock.into();
+        }
         let n = match shared.tun().read(read_buf) {
             Ok(n) => n,
-            Err(e) => return e,
+            Err(e) => break e,
         };
-        let read = &read_buf[..n];
-        if header_len == 0 {
-            encrypt_and_send(shared, &[read], tx);
-            continue;
+        reads += 1;
+        encrypt_read(shared, &read_buf[..n], header_len, segments, tx);
+        if eager && reads == 1 {
+            tx.flush(shared);
         }
-        let Ok(header) = VirtioNetHdr::decode(read) else {
-            continue;
-        };
-        let packet = &read[VNET_HDR_LEN..];
-        if header.gso_type == VIRTIO_NET_HDR_GSO_NONE && !header.needs_csum() {
-            encrypt_and_send(shared, &[packet], tx);
-            continue;
-        }
-        match offload::split(&header, packet, segments) {
-            Ok(_) => {
-                let packets: Vec<&[u8]> = segments.packets().collect();
-                encrypt_and_send(shared, &packets, tx);
-            }
-            Err(e) => log::trace!(
-                "dropped a {}-byte super-packet from the TUN: {e}",
-                packet.len()
-            ),
-        }
-    }
-    std::io::ErrorKind::WouldBlock.into()
+    };
+    tx.flush(shared);
+    *last_drain_reads = reads;
+    error
 }
 
-/// Routes and encrypts `packets`, then sends them. The packets are
+/// Encrypts what one TUN read returned (a packet, or a super-packet to
+/// split first) into the batch.
+fn encrypt_read(
+    shared: &Shared,
+    read: &[u8],
+    header_len: usize,
+    segments: &mut SegmentBatch,
+    tx: &mut TxBatch,
+) {
+    if header_len == 0 {
+        return encrypt_into_batch(shared, &[read], tx);
+    }
+    let Ok(header) = VirtioNetHdr::decode(read) else {
+        return;
+    };
+    let packet = &read[VNET_HDR_LEN..];
+    if header.gso_type == VIRTIO_NET_HDR_GSO_NONE && !header.needs_csum() {
+        return encrypt_into_batch(shared, &[packet], tx);
+    }
+    match offload::split(&header, packet, segments) {
+        Ok(_) => {
+            let packets: Vec<&[u8]> = segments.packets().collect();
+            encrypt_into_batch(shared, &packets, tx);
+        }
+        Err(e) => log::trace!(
+            "dropped a {}-byte super-packet from the TUN: {e}",
+            packet.len()
+        ),
+    }
+}
+
+/// Routes and encrypts `packets` into the batch `tx`, sending the batch
+/// first whenever it is too full for the next packet. The packets are
 /// prepared (routed, counters reserved) under one engine lock, releasing it
 /// only when the batch buffer is full. A small batch is sealed under that
 /// same lock, as one call each; a large one is sealed outside it by the
 /// crypto threads together, and its bookkeeping done under a second lock.
-/// Either way the datagrams leave in the order of `packets`.
-fn encrypt_and_send(shared: &Shared, packets: &[&[u8]], tx: &mut TxBatch) {
+/// Either way the datagrams leave in the order of `packets`; messages the
+/// engine queued meanwhile (a handshake initiation, say) go out after the
+/// data sealed before them.
+fn encrypt_into_batch(shared: &Shared, packets: &[&[u8]], tx: &mut TxBatch) {
     let mut next = 0;
     while next < packets.len() {
+        if tx.space_for(packets[next].len()).is_none() {
+            tx.flush(shared);
+            if tx.space_for(packets[next].len()).is_none() {
+                // Larger than the empty batch: cannot happen (it holds
+                // MAX_PACKET), but must not loop.
+                next += 1;
+                continue;
+            }
+        }
         let mut unreachable = Vec::new();
         let mut jobs: Vec<(usize, SendJob)> = Vec::new();
         let mut tally = SendTally::new();
@@ -547,8 +643,10 @@ fn encrypt_and_send(shared: &Shared, packets: &[&[u8]], tx: &mut TxBatch) {
             pending.extend(drain(&mut engine.device));
             shared.after_engine_change(&mut engine);
         }
-        tx.flush(shared);
-        shared.send_all(pending);
+        if !pending.is_empty() {
+            tx.flush(shared);
+            shared.send_all(pending);
+        }
         for index in unreachable {
             log::trace!("no peer or no endpoint for a packet: ICMP unreachable");
             answer_unreachable(shared, packets[index]);
@@ -1115,5 +1213,84 @@ pub fn timer_loop(shared: Arc<Shared>) {
             drain(&mut engine.device)
         };
         shared.send_all(pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(port: u16) -> Endpoint {
+        Endpoint::from(std::net::SocketAddr::from(([192, 0, 2, 1], port)))
+    }
+
+    /// A batch holding items of these (length, port) in order.
+    fn batch(items: &[(usize, u16)]) -> TxBatch {
+        let mut tx = TxBatch::new();
+        for &(len, port) in items {
+            assert!(tx.space_for(len - OVERHEAD).is_some());
+            tx.push(len, endpoint(port), PeerId(u64::from(port)));
+        }
+        tx
+    }
+
+    fn shape(runs: &[TxRun]) -> Vec<(std::ops::Range<usize>, usize, u16)> {
+        runs.iter()
+            .map(|r| (r.bytes.clone(), r.segment_size, r.endpoint.addr.port()))
+            .collect()
+    }
+
+    #[test]
+    fn equal_datagrams_to_one_endpoint_are_one_run() {
+        let tx = batch(&[(100, 1), (100, 1), (100, 1)]);
+        assert_eq!(shape(&tx.runs()), vec![(0..300, 100, 1)]);
+    }
+
+    #[test]
+    fn a_shorter_datagram_ends_its_run_and_a_longer_one_starts_the_next() {
+        let tx = batch(&[(100, 1), (100, 1), (60, 1), (100, 1), (120, 1)]);
+        assert_eq!(
+            shape(&tx.runs()),
+            vec![(0..260, 100, 1), (260..360, 100, 1), (360..480, 120, 1)]
+        );
+    }
+
+    #[test]
+    fn another_endpoint_starts_a_run_and_runs_keep_the_order() {
+        let tx = batch(&[(100, 1), (100, 2), (100, 2), (100, 1)]);
+        let runs = tx.runs();
+        assert_eq!(
+            shape(&runs),
+            vec![(0..100, 100, 1), (100..300, 100, 2), (300..400, 100, 1)]
+        );
+        assert_eq!(runs[1].peer, PeerId(2));
+    }
+
+    #[test]
+    fn a_run_holds_at_most_the_gso_segment_limit() {
+        let max = crate::sys::udp::MAX_GSO_SEGMENTS;
+        let tx = batch(&vec![(100, 1); max + 1]);
+        let runs = tx.runs();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].bytes, 0..max * 100);
+        assert_eq!(runs[1].bytes, max * 100..(max + 1) * 100);
+    }
+
+    #[test]
+    fn a_forgotten_item_splits_the_run_around_its_bytes() {
+        let mut tx = batch(&[(100, 1), (100, 1), (100, 1)]);
+        tx.forget(&[1]);
+        assert_eq!(
+            shape(&tx.runs()),
+            vec![(0..100, 100, 1), (200..300, 100, 1)]
+        );
+    }
+
+    #[test]
+    fn only_a_drain_after_a_lone_packet_sends_its_first_packet_at_once() {
+        assert!(send_first_at_once(0));
+        assert!(send_first_at_once(1));
+        assert!(!send_first_at_once(2));
+        assert!(!send_first_at_once(TUN_READS_PER_TURN));
     }
 }
