@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
+use rustc_hash::FxBuildHasher;
 
 use crate::allowedips::{AllowedIps, AllowedIpsError};
 use crate::constants::{
@@ -350,7 +351,9 @@ struct Identity {
 /// A WireGuard interface: identity, peers, routing and sessions.
 pub struct Device {
     identity: Option<Identity>,
-    peers: HashMap<PeerId, Peer>,
+    /// Fx-hashed (see [`IndexTable`]): looked up several times per packet,
+    /// and its keys are ids this device hands out in sequence.
+    peers: HashMap<PeerId, Peer, FxBuildHasher>,
     by_public_key: HashMap<PublicKey, PeerId>,
     next_peer_id: u64,
     indices: IndexTable,
@@ -420,7 +423,7 @@ impl Device {
     pub fn new(seed: [u8; 32]) -> Self {
         Device {
             identity: None,
-            peers: HashMap::new(),
+            peers: HashMap::default(),
             by_public_key: HashMap::new(),
             next_peer_id: 1,
             indices: IndexTable::new(),
