@@ -418,23 +418,16 @@ impl TxBatch {
         }
         let sockets = shared.sockets();
         let runs = self.runs();
-        let mut start = 0;
-        while start < runs.len() {
-            let endpoint = runs[start].endpoint;
-            let end = start
-                + runs[start..]
-                    .iter()
-                    .take_while(|run| run.endpoint == endpoint)
-                    .count();
-            let segment_runs: Vec<SegmentRun<'_>> = runs[start..end]
+        for group in runs.chunk_by(|a, b| a.endpoint == b.endpoint) {
+            let segment_runs: Vec<SegmentRun<'_>> = group
                 .iter()
                 .map(|run| SegmentRun {
                     data: &self.data[run.bytes.clone()],
                     segment_size: run.segment_size,
                 })
                 .collect();
-            shared.send_runs(&sockets, &segment_runs, endpoint, Some(runs[start].peer));
-            start = end;
+            let first = &group[0];
+            shared.send_runs(&sockets, &segment_runs, first.endpoint, Some(first.peer));
         }
         self.items.clear();
         self.used = 0;
