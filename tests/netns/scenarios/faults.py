@@ -20,9 +20,11 @@
         Connects, creates CONNECTEDFILE, waits (up to 15 s) for GOFILE, sends BYTES pseudo-random bytes and
         waits for the receiver to close; prints "BYTES SHA256 SECONDS" (from the first byte to the close).
     faults.py udp-recv ADDR PORT READYFILE SECONDS
-        Counts datagrams carrying "seq N" for SECONDS; prints "received R unique U duplicates D".
-    faults.py udp-send ADDR PORT COUNT
-        Sends COUNT datagrams "seq 0" .. "seq COUNT-1", paced (1 per ms).
+        Counts datagrams carrying "seq N" for SECONDS; prints "received R unique U duplicates D corrupt C"
+        (corrupt: a datagram "seq N" whose bytes are not those udp-send gave datagram N; not counted in R).
+    faults.py udp-send ADDR PORT COUNT SIZE
+        Sends COUNT datagrams "seq 0" .. "seq COUNT-1", paced (1 per ms); with SIZE > 0 each is filled up
+        to SIZE bytes with bytes derived from its number.
     faults.py ct-flush
         Flushes the IPv4 and IPv6 conntrack tables of the current network namespace (ctnetlink), like
         "conntrack -F".
@@ -283,23 +285,38 @@ def tcp_send(addr, port, size, connected, go):
     print("%d %s %.2f" % (sent, digest.hexdigest(), time.monotonic() - start))
 
 
+def udp_payload(number, size):
+    """Datagram NUMBER of a burst: "seq N", then (when SIZE leaves room) a space and bytes derived from N,
+    so that the receiver can tell an intact datagram from a damaged one."""
+    head = b"seq %d" % number
+    if size <= len(head) + 1:
+        return head
+    filler = hashlib.sha256(head).digest() * (size // 32 + 1)
+    return head + b" " + filler[: size - len(head) - 1]
+
+
 def udp_recv(addr, port, ready, seconds):
     sock = fgnet.udp_socket(addr, port, rcvbuf=4 << 20)
     fgnet.signal_ready(ready)
     seen = set()
-    received = 0
+    received = corrupt = 0
     for data, _ in fgnet.receive_until(sock, fgnet.deadline_after(seconds)):
-        match = re.fullmatch(rb"seq (\d+)", data)
-        if match:
-            received += 1
-            seen.add(int(match.group(1)))
-    print("received %d unique %d duplicates %d" % (received, len(seen), received - len(seen)))
+        match = re.match(rb"seq (\d+)", data)
+        if not match:
+            continue
+        number = int(match.group(1))
+        if data != udp_payload(number, len(data)):
+            corrupt += 1
+            continue
+        received += 1
+        seen.add(number)
+    print("received %d unique %d duplicates %d corrupt %d" % (received, len(seen), received - len(seen), corrupt))
 
 
-def udp_send(addr, port, count):
+def udp_send(addr, port, count, size):
     sock = fgnet.udp_socket(addr)
     for number in range(count):
-        sock.sendto(b"seq %d" % number, (addr, port))
+        sock.sendto(udp_payload(number, size), (addr, port))
         time.sleep(0.001)
 
 
@@ -364,7 +381,7 @@ COMMANDS = {
     "tcp-recv": (tcp_recv, (str, int, str, float)),
     "tcp-send": (tcp_send, (str, int, int, str, str)),
     "udp-recv": (udp_recv, (str, int, str, float)),
-    "udp-send": (udp_send, (str, int, int)),
+    "udp-send": (udp_send, (str, int, int, int)),
     "ct-flush": (ct_flush, ()),
     "ping-gaps": (ping_gaps, (str, float)),
 }

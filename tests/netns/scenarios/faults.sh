@@ -17,13 +17,20 @@
 #      Loss (nftables in ns0, prerouting: "numgen random mod 100 < N drop" on the tunnel's UDP between
 #      ports 1 and 2, both directions; no netem). Loopback carries a UDP GSO batch (up to 64 datagrams)
 #      as one packet through nftables, so ns0's lo gets gso_max_segs 1 for these checks: the kernel splits
-#      the batches before the receive hooks and the loss is per datagram. With N = 10 and N = 30 a TCP
-#      transfer through the tunnel (4 MB; 2 MB at 30 %) arrives complete with the sender's sha256 within
-#      40 s. The connection is opened before the loss starts and the TCP endpoints' minimum retransmission
-#      timeout is 20 ms (route rto_min): at 30 % loss both ways a retransmission round fails half the time,
-#      and with the default 200 ms (1 s for a SYN) chains of doubling timeouts once stalled a 2 MB transfer
-#      for over 40 s; the check is about the tunnel, not TCP's backoff. The loss applied, measured with
-#      nftables counters over at least 1000 datagrams, must be N ± 5 % (over 6 standard deviations at 30 %).
+#      the batches before the receive hooks and the loss is per datagram.
+#      - N = 10: a 4 MB TCP transfer through the tunnel arrives complete with the sender's sha256 within
+#        40 s. The connection is opened before the loss starts and the TCP endpoints' minimum
+#        retransmission timeout is 20 ms (route rto_min), so that TCP's backoff does not decide the check.
+#      - N = 30: 2000 numbered UDP datagrams of 1200 bytes each way at once (faults.py udp-send, 1 per ms,
+#        so only the loss table removes datagrams). In each direction every datagram that arrives has the
+#        bytes it was sent with and arrives once, and 70 ± 6 % of them arrive (6 % is over 5 standard
+#        deviations for 2000 datagrams). This was a 2 MB TCP transfer until CI showed that TCP itself does
+#        not survive 30 % loss both ways: its smoothed RTT grows to tens or hundreds of milliseconds from
+#        samples taken across lost ACKs, the retransmission timeout doubles from there, and the transfer
+#        stalls past 40 s in about 2 of 100 runs through the tunnel (wireguard-go/ferroguard), and in most
+#        runs over a bare veth with the same nftables loss (measured 2026-11-26, bbr and cubic alike). A
+#        check of the tunnel must not depend on that.
+#      The loss applied, measured with nftables counters over at least 1000 datagrams, must be N ± 5 %.
 #   2. A UDP relay of our own (faults.py relay, in ns0, port 10; both endpoints point at it):
 #      - reordering: the relay holds up to 64 datagrams per direction and releases them shuffled (or
 #        after 20 ms). A 4 MB TCP transfer arrives with the right sha256; the relay counts how many
@@ -207,17 +214,63 @@ faults_nft_packets() {
 	[[ $out =~ packets\ ([0-9]+) ]] && printf '%s' "${BASH_REMATCH[1]}" || printf 0
 }
 
-# faults_loss_run PERCENT BYTES
-faults_loss_run() {
-	local percent=$1 bytes=$2 seen dropped
-	faults_tcp_transfer "faults: $percent % loss both ways: a $((bytes >> 20)) MB TCP transfer arrives intact" \
-		"$bytes" 40 faults_loss_set "$percent"
+# faults_loss_rate_check PERCENT: the loss the nftables table applied, over at least 1000 datagrams.
+faults_loss_rate_check() {
+	local percent=$1 seen dropped
 	seen=$(faults_nft_packets "$NS0" fgt_faults_loss seen)
 	dropped=$(faults_nft_packets "$NS0" fgt_faults_loss dropped)
 	note "nftables dropped $dropped of $seen tunnel datagrams ($(awk -v d="$dropped" -v s="$seen" \
 		'BEGIN { printf "%.1f", s ? 100 * d / s : 0 }') %)"
 	check "faults: $percent % loss: the drop rate applied is within $percent ± 5 % (of $seen datagrams)" \
 		awk -v d="$dropped" -v s="$seen" -v p="$percent" 'BEGIN { exit !(s >= 1000 && (100 * d / s - p)^2 <= 25) }'
+}
+
+# faults_loss_tcp PERCENT BYTES
+faults_loss_tcp() {
+	local percent=$1 bytes=$2
+	faults_tcp_transfer "faults: $percent % loss both ways: a $((bytes >> 20)) MB TCP transfer arrives intact" \
+		"$bytes" 40 faults_loss_set "$percent"
+	faults_loss_rate_check "$percent"
+	must faults_loss_set 0
+}
+
+# faults_loss_udp_check PERCENT COUNT DIRECTION RESULT: RESULT is udp-recv's line for the COUNT datagrams
+# sent in DIRECTION; all that arrive are intact and unique, and (100 - PERCENT) ± 6 % of them arrive.
+faults_loss_udp_check() {
+	local percent=$1 count=$2 direction=$3 result=$4 unique
+	note "$direction: $result"
+	check "faults: $percent % loss both ways, $direction: every datagram that arrives is intact and arrives once" \
+		eval '[[ $result =~ ^received\ [1-9][0-9]*\ unique\ [0-9]+\ duplicates\ 0\ corrupt\ 0$ ]]'
+	unique=$(awk '{ print $4 }' <<<"$result")
+	check "faults: $percent % loss both ways, $direction: $((100 - percent)) ± 6 % of $count datagrams arrive (${unique:-none})" \
+		awk -v u="${unique:-0}" -v c="$count" -v p="$percent" 'BEGIN { exit !((100 * u / c - (100 - p))^2 <= 36) }'
+}
+
+# faults_loss_udp PERCENT COUNT SIZE: COUNT numbered datagrams of SIZE bytes each way at once, paced (1 per ms)
+# so that no socket buffer overflows: only the loss table removes datagrams.
+faults_loss_udp() {
+	local percent=$1 count=$2 size=$3 seconds ready1 ready2 out1 out2 pid1 pid2 spid
+	seconds=$((count / 1000 + 5))
+	ready1=$(mktemp -u "$FGT_LOGDIR/udp-ready-XXXXXX") ready2=$(mktemp -u "$FGT_LOGDIR/udp-ready-XXXXXX")
+	out1=$(mktemp "$FGT_LOGDIR/udp-recv-XXXXXX") out2=$(mktemp "$FGT_LOGDIR/udp-recv-XXXXXX")
+	in_ns "$NS2" timeout --foreground $((seconds + 5)) python3 "$FAULTS_PY" udp-recv 192.168.241.2 5302 "$ready2" \
+		"$seconds" >"$out2" &
+	pid2=$!
+	in_ns "$NS1" timeout --foreground $((seconds + 5)) python3 "$FAULTS_PY" udp-recv 192.168.241.1 5302 "$ready1" \
+		"$seconds" >"$out1" &
+	pid1=$!
+	FGT_PIDS+=("$pid1" "$pid2")
+	must wait_ready_file "$ready1" "$pid1"
+	must wait_ready_file "$ready2" "$pid2"
+	must faults_loss_set "$percent"
+	in_ns "$NS1" timeout --foreground "$seconds" python3 "$FAULTS_PY" udp-send 192.168.241.2 5302 "$count" "$size" &
+	spid=$!
+	FGT_PIDS+=("$spid")
+	in_ns "$NS2" timeout --foreground "$seconds" python3 "$FAULTS_PY" udp-send 192.168.241.1 5302 "$count" "$size"
+	wait "$spid" "$pid1" "$pid2" 2>/dev/null
+	faults_loss_udp_check "$percent" "$count" "ns1 -> ns2" "$(<"$out2")"
+	faults_loss_udp_check "$percent" "$count" "ns2 -> ns1" "$(<"$out1")"
+	faults_loss_rate_check "$percent"
 	must faults_loss_set 0
 }
 
@@ -292,13 +345,12 @@ faults_loss() {
 	# segment per packet the kernel splits them before ns0's prerouting hook, so the loss is per datagram.
 	must ip0 link set dev lo gso_max_segs 1
 	# The TCP endpoints' retransmission timer starts at 20 ms instead of 200 ms (and the connection is open
-	# before the loss starts: no 1 s SYN timer): at 30 % loss both ways a retransmission round fails half
-	# the time, and chains of doubling timeouts from 200 ms stalled a 2 MB transfer for over 40 s. What is
-	# measured is the tunnel, not TCP's backoff.
+	# before the loss starts: no 1 s SYN timer), so that chains of doubling timeouts do not decide the
+	# 10 % check. What is measured is the tunnel, not TCP's backoff; at 30 % UDP is used (header, 1.).
 	must ip1 route add 192.168.241.2/32 dev "$IF1" rto_min 20ms
 	must ip2 route add 192.168.241.1/32 dev "$IF2" rto_min 20ms
-	faults_loss_run 10 $((4 << 20))
-	faults_loss_run 30 $((2 << 20))
+	faults_loss_tcp 10 $((4 << 20))
+	faults_loss_udp 30 2000 1200
 	must ip1 route del 192.168.241.2/32 dev "$IF1"
 	must ip2 route del 192.168.241.1/32 dev "$IF2"
 	must ip0 link set dev lo gso_max_segs 65535
@@ -387,14 +439,14 @@ faults_duplicate() {
 	rpid=$!
 	FGT_PIDS+=("$rpid")
 	must wait_ready_file "$ready" "$rpid"
-	in_ns "$NS1" timeout --foreground 10 python3 "$FAULTS_PY" udp-send 192.168.241.2 5302 500
+	in_ns "$NS1" timeout --foreground 10 python3 "$FAULTS_PY" udp-send 192.168.241.2 5302 500 0
 	wait "$rpid" 2>/dev/null
 	result=$(<"$out")
 	dups=$(faults_relay_stat 2 duplicates)
 	note "UDP burst of 500 through a duplicating relay: $result; relay duplicated $dups datagrams to ns2"
 	check "faults: duplication: the relay sent at least 500 duplicates ($dups)" test "${dups:-0}" -ge 500
 	check "faults: duplication: every datagram delivered exactly once ($result)" \
-		equals udp "$result" "received 500 unique 500 duplicates 0"
+		equals udp "$result" "received 500 unique 500 duplicates 0 corrupt 0"
 	check "faults: duplication: ns2's daemon counted each datagram once (rx = half the relay's bytes)" \
 		faults_rx_matches "$IF2" 2 2
 }
