@@ -25,11 +25,11 @@
 #        so only the loss table removes datagrams). In each direction every datagram that arrives has the
 #        bytes it was sent with and arrives once, and 70 ± 6 % of them arrive (6 % is over 5 standard
 #        deviations for 2000 datagrams). This was a 2 MB TCP transfer until CI showed that TCP itself does
-#        not survive 30 % loss both ways: its smoothed RTT grows to tens or hundreds of milliseconds from
-#        samples taken across lost ACKs, the retransmission timeout doubles from there, and the transfer
-#        stalls past 40 s in about 2 of 100 runs through the tunnel (wireguard-go/ferroguard), and in most
-#        runs over a bare veth with the same nftables loss (measured 2026-11-26, bbr and cubic alike). A
-#        check of the tunnel must not depend on that.
+#        not survive 30 % loss both ways: its smoothed RTT grows to tens of milliseconds on a 0.155 ms
+#        path (61 ms, timeout 484 ms and doubling, in one stall; rto_min does not bound it), and the
+#        transfer stalls past 40 s in about 2 of 100 runs through the tunnel (wireguard-go/ferroguard), and
+#        in most runs over a bare veth with the same nftables loss (measured 2026-11-26, bbr and cubic
+#        alike; RELIABILITY.md). A check of the tunnel must not depend on that.
 #      The loss applied, measured with nftables counters over at least 1000 datagrams, must be N ± 5 %.
 #   2. A UDP relay of our own (faults.py relay, in ns0, port 10; both endpoints point at it):
 #      - reordering: the relay holds up to 64 datagrams per direction and releases them shuffled (or
