@@ -246,22 +246,27 @@ faults_loss_udp_check() {
 		awk -v u="${unique:-0}" -v c="$count" -v p="$percent" 'BEGIN { exit !((100 * u / c - (100 - p))^2 <= 36) }'
 }
 
+# faults_udp_recv_start NS ADDR SECONDS GUARD OUT: faults.py udp-recv on ADDR port 5302 in NS for SECONDS
+# (killed after GUARD seconds), its line to OUT; returns once it listens, its pid in FAULTS_UDP_RECV_PID.
+faults_udp_recv_start() {
+	local ns=$1 addr=$2 seconds=$3 guard=$4 out=$5 ready
+	ready=$(mktemp -u "$FGT_LOGDIR/udp-ready-XXXXXX")
+	in_ns "$ns" timeout --foreground "$guard" python3 "$FAULTS_PY" udp-recv "$addr" 5302 "$ready" "$seconds" >"$out" &
+	FAULTS_UDP_RECV_PID=$!
+	FGT_PIDS+=("$FAULTS_UDP_RECV_PID")
+	must wait_ready_file "$ready" "$FAULTS_UDP_RECV_PID"
+}
+
 # faults_loss_udp PERCENT COUNT SIZE: COUNT numbered datagrams of SIZE bytes each way at once, paced (1 per ms)
 # so that no socket buffer overflows: only the loss table removes datagrams.
 faults_loss_udp() {
-	local percent=$1 count=$2 size=$3 seconds ready1 ready2 out1 out2 pid1 pid2 spid
+	local percent=$1 count=$2 size=$3 seconds out1 out2 pid1 pid2 spid
 	seconds=$((count / 1000 + 5))
-	ready1=$(mktemp -u "$FGT_LOGDIR/udp-ready-XXXXXX") ready2=$(mktemp -u "$FGT_LOGDIR/udp-ready-XXXXXX")
 	out1=$(mktemp "$FGT_LOGDIR/udp-recv-XXXXXX") out2=$(mktemp "$FGT_LOGDIR/udp-recv-XXXXXX")
-	in_ns "$NS2" timeout --foreground $((seconds + 5)) python3 "$FAULTS_PY" udp-recv 192.168.241.2 5302 "$ready2" \
-		"$seconds" >"$out2" &
-	pid2=$!
-	in_ns "$NS1" timeout --foreground $((seconds + 5)) python3 "$FAULTS_PY" udp-recv 192.168.241.1 5302 "$ready1" \
-		"$seconds" >"$out1" &
-	pid1=$!
-	FGT_PIDS+=("$pid1" "$pid2")
-	must wait_ready_file "$ready1" "$pid1"
-	must wait_ready_file "$ready2" "$pid2"
+	faults_udp_recv_start "$NS2" 192.168.241.2 "$seconds" $((seconds + 5)) "$out2"
+	pid2=$FAULTS_UDP_RECV_PID
+	faults_udp_recv_start "$NS1" 192.168.241.1 "$seconds" $((seconds + 5)) "$out1"
+	pid1=$FAULTS_UDP_RECV_PID
 	must faults_loss_set "$percent"
 	in_ns "$NS1" timeout --foreground "$seconds" python3 "$FAULTS_PY" udp-send 192.168.241.2 5302 "$count" "$size" &
 	spid=$!
@@ -431,14 +436,11 @@ faults_reorder() {
 }
 
 faults_duplicate() {
-	local ready out rpid result dups
+	local out rpid result dups
 	faults_relay_phase "reorder=0 dup=1 delay=0"
-	ready=$(mktemp -u "$FGT_LOGDIR/udp-ready-XXXXXX")
 	out=$(mktemp "$FGT_LOGDIR/udp-recv-XXXXXX")
-	in_ns "$NS2" timeout --foreground 15 python3 "$FAULTS_PY" udp-recv 192.168.241.2 5302 "$ready" 6 >"$out" &
-	rpid=$!
-	FGT_PIDS+=("$rpid")
-	must wait_ready_file "$ready" "$rpid"
+	faults_udp_recv_start "$NS2" 192.168.241.2 6 15 "$out"
+	rpid=$FAULTS_UDP_RECV_PID
 	in_ns "$NS1" timeout --foreground 10 python3 "$FAULTS_PY" udp-send 192.168.241.2 5302 500 0
 	wait "$rpid" 2>/dev/null
 	result=$(<"$out")
