@@ -24,7 +24,9 @@ pub mod virtio;
 
 pub use coalesce::{Coalescer, MAX_COALESCED_LEN, MAX_COALESCED_SEGMENTS};
 pub use packet::verify_packet;
-pub use split::{split, SegmentBatch, HEADROOM, MAX_SEGMENTS, TAILROOM};
+pub use split::{
+    split, SegmentBatch, HEADROOM, MAX_SEGMENTS, MAX_SUPER_PACKET, MIN_SEGMENT_PAYLOAD, TAILROOM,
+};
 pub use virtio::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
 use std::fmt;

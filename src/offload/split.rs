@@ -19,10 +19,18 @@ pub const HEADROOM: usize = 16;
 /// Bytes at least available after every segment: room for the zero padding
 /// to a multiple of 16 (at most 15 bytes) and the 16-byte Poly1305 tag.
 pub const TAILROOM: usize = 32;
-/// Default limit on the segments one super-packet may produce. A 64 KiB
-/// super-packet with an MSS of 1024 or more stays below it; use
-/// [`SegmentBatch::with_max_segments`] for smaller MTUs.
-pub const MAX_SEGMENTS: usize = 64;
+/// The largest super-packet a TUN read returns (the device's GSO limit).
+pub const MAX_SUPER_PACKET: usize = 65535;
+/// The smallest segment payload the default limit admits: Linux never
+/// sends a TCP segment with less (`net.ipv4.tcp_min_snd_mss`, default 48).
+pub const MIN_SEGMENT_PAYLOAD: usize = 48;
+/// Default limit on the segments one super-packet may produce: every
+/// 64 KiB super-packet whose segments carry at least
+/// [`MIN_SEGMENT_PAYLOAD`] bytes, so any MTU (576, 1000, …) splits. The
+/// limit bounds the batch's buffers (about 200 KiB at the most), not the
+/// MTU: a limit sized for MTU 1420 (64 segments) dropped every full
+/// super-packet below MTU 1064, and TCP fell to 1 % of its speed there.
+pub const MAX_SEGMENTS: usize = MAX_SUPER_PACKET.div_ceil(MIN_SEGMENT_PAYLOAD);
 
 /// Reusable output of [`split`].
 ///

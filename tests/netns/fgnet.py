@@ -20,13 +20,27 @@ probes (neither ncat nor socat nor tcpdump is installed):
         none, the run failed or nothing got through.
     fgnet.py json-field KEY...
         Prints the value at KEY/KEY/... of the JSON object read from stdin.
+    fgnet.py tcp-recv ADDR PORT READYFILE SECONDS
+        Accepts one TCP connection, reads it to the end; prints "BYTES SHA256".
+    fgnet.py tcp-send ADDR PORT BYTES CONNECTEDFILE GOFILE
+        Connects, creates CONNECTEDFILE, waits (up to 15 s) for GOFILE, sends BYTES pseudo-random bytes and
+        waits for the receiver to close; prints "BYTES SHA256 SECONDS" (from the first byte to the close).
+    fgnet.py udp-recv ADDR PORT READYFILE SECONDS
+        Counts datagrams carrying "seq N" for SECONDS; prints "received R unique U duplicates D corrupt C"
+        (corrupt: a datagram "seq N" whose bytes are not those udp-burst gave datagram N; not counted in R).
+    fgnet.py udp-burst ADDR PORT COUNT SIZE
+        Sends COUNT datagrams "seq 0" .. "seq COUNT-1", paced (1 per ms); with SIZE > 0 each is filled up
+        to SIZE bytes with bytes derived from its number.
 
 READYFILE arguments: the file is created once the socket is bound, so that the shell can wait for it
 (lib.sh's wait_ready_file) instead of sleeping.
 """
 
+import hashlib
 import json
 import os
+import random
+import re
 import select
 import socket
 import sys
@@ -218,6 +232,101 @@ def ipv4_udp(packet):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Traffic with a verifiable content
+# ---------------------------------------------------------------------------------------------------------
+
+def receive_chunk(conn):
+    """The next bytes of a stream (empty at its end)."""
+    return conn.recv(1 << 16)
+
+
+def tcp_recv(addr, port, ready, seconds):
+    listener = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((addr, port))
+    listener.listen(1)
+    listener.settimeout(seconds)
+    signal_ready(ready)
+    deadline = deadline_after(seconds)
+    digest = hashlib.sha256()
+    total = 0
+    ended = False
+    try:
+        conn, _ = listener.accept()
+        for chunk in receive_until(conn, deadline, receive_chunk):
+            if not chunk:
+                ended = True
+                break
+            digest.update(chunk)
+            total += len(chunk)
+        if not ended:
+            sys.stderr.write("tcp-recv: timed out after %d bytes\n" % total)
+    except OSError as err:
+        sys.stderr.write("tcp-recv: %s after %d bytes\n" % (err, total))
+    print("%d %s" % (total, digest.hexdigest()))
+
+
+def tcp_send(addr, port, size, connected, go):
+    """Connects, says so (CONNECTED file), waits for the GO file, then sends; the time runs from the first
+    byte until the receiver has closed (everything was read)."""
+    rng = random.Random(os.urandom(16))
+    digest = hashlib.sha256()
+    sock = socket.create_connection((addr, port), timeout=60)
+    signal_ready(connected)
+    wait_until(lambda: os.path.exists(go), 15, 0.01)
+    start = time.monotonic()
+    sent = 0
+    try:
+        while sent < size:
+            chunk = rng.randbytes(min(1 << 16, size - sent))
+            sock.sendall(chunk)
+            digest.update(chunk)
+            sent += len(chunk)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+    except OSError as err:
+        sys.stderr.write("tcp-send: %s after %d bytes\n" % (err, sent))
+        return
+    print("%d %s %.2f" % (sent, digest.hexdigest(), time.monotonic() - start))
+
+
+def udp_payload(number, size):
+    """Datagram NUMBER of a burst: "seq N", then (when SIZE leaves room) a space and bytes derived from N,
+    so that the receiver can tell an intact datagram from a damaged one."""
+    head = b"seq %d" % number
+    if size <= len(head) + 1:
+        return head
+    filler = hashlib.sha256(head).digest() * (size // 32 + 1)
+    return head + b" " + filler[: size - len(head) - 1]
+
+
+def udp_recv(addr, port, ready, seconds):
+    sock = udp_socket(addr, port, rcvbuf=4 << 20)
+    signal_ready(ready)
+    seen = set()
+    received = corrupt = 0
+    for data, _ in receive_until(sock, deadline_after(seconds)):
+        match = re.match(rb"seq (\d+)", data)
+        if not match:
+            continue
+        number = int(match.group(1))
+        if data != udp_payload(number, len(data)):
+            corrupt += 1
+            continue
+        received += 1
+        seen.add(number)
+    print("received %d unique %d duplicates %d corrupt %d" % (received, len(seen), received - len(seen), corrupt))
+
+
+def udp_burst(addr, port, count, size):
+    sock = udp_socket(addr)
+    for number in range(count):
+        sock.sendto(udp_payload(number, size), (addr, port))
+        time.sleep(0.001)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Command lines
 # ---------------------------------------------------------------------------------------------------------
 
@@ -335,6 +444,10 @@ COMMANDS = {
     "connectable": (connectable, (str,)),
     "iperf-summary": (iperf_summary, (str,)),
     "json-field": (json_field, None),
+    "tcp-recv": (tcp_recv, (str, int, str, float)),
+    "tcp-send": (tcp_send, (str, int, int, str, str)),
+    "udp-recv": (udp_recv, (str, int, str, float)),
+    "udp-burst": (udp_burst, (str, int, int, int)),
 }
 
 if __name__ == "__main__":

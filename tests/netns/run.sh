@@ -8,7 +8,7 @@
 # wireguard-go is installed. ferroguard = ${FERROGUARD:-target/release/ferroguard}, relative to the repo root.
 # impl1 serves the interface in ns1, impl2 the one in ns2.
 #
-# --quick runs traffic, counters, roaming, crypto_rp and lifetime for the first pair only.
+# --quick runs traffic, counters, roaming, crypto_rp, lifetime and a shorter mtu sweep for the first pair only.
 #
 # Output: one TAP line per check ("ok N - ...", "not ok N - ...", "ok N - ... # SKIP why"), comments with
 # figures and, for failed scenarios, the end of their log; then "1..N" and finally the line
@@ -31,7 +31,7 @@ ALL_SCENARIOS=(counters lifetime traffic roaming crypto_rp uapi keys key_change 
 for extra in "$(dirname "${BASH_SOURCE[0]}")"/scenarios/*.sh; do
 	[[ -e $extra ]] && ALL_SCENARIOS+=("$(basename "$extra" .sh)")
 done
-QUICK_SCENARIOS=(traffic counters roaming crypto_rp lifetime)
+QUICK_SCENARIOS=(traffic counters roaming crypto_rp lifetime mtu)
 # Scenarios that test one daemon at a time (each implementation once per run, not once per pair).
 SINGLE_SCENARIOS=" lifetime uapi keys low_order split_responses "
 
@@ -79,6 +79,8 @@ if [[ -n $only ]]; then
 elif ((quick)); then
 	scenarios=("${QUICK_SCENARIOS[@]}")
 	pairs=("${pairs[0]}")
+	# Scenarios with a sweep (mtu) sweep fewer points.
+	export FGT_QUICK=1
 else
 	scenarios=("${ALL_SCENARIOS[@]}")
 fi

@@ -14,17 +14,8 @@
         nftables hooks, so dropped ones are recorded too), one line each: "KERNEL_TIMESTAMP TYPE SPORT DPORT".
     faults.py intervals SNIFFFILE TYPE DPORT
         Prints the seconds between consecutive messages of TYPE sent to DPORT, one a line.
-    faults.py tcp-recv ADDR PORT READYFILE SECONDS
-        Accepts one TCP connection, reads it to the end; prints "BYTES SHA256".
-    faults.py tcp-send ADDR PORT BYTES CONNECTEDFILE GOFILE
-        Connects, creates CONNECTEDFILE, waits (up to 15 s) for GOFILE, sends BYTES pseudo-random bytes and
-        waits for the receiver to close; prints "BYTES SHA256 SECONDS" (from the first byte to the close).
-    faults.py udp-recv ADDR PORT READYFILE SECONDS
-        Counts datagrams carrying "seq N" for SECONDS; prints "received R unique U duplicates D corrupt C"
-        (corrupt: a datagram "seq N" whose bytes are not those udp-send gave datagram N; not counted in R).
-    faults.py udp-send ADDR PORT COUNT SIZE
-        Sends COUNT datagrams "seq 0" .. "seq COUNT-1", paced (1 per ms); with SIZE > 0 each is filled up
-        to SIZE bytes with bytes derived from its number.
+    faults.py tcp-recv | tcp-send | udp-recv | udp-send ...
+        The verifiable transfers of fgnet.py (same arguments as there).
     faults.py ct-flush
         Flushes the IPv4 and IPv6 conntrack tables of the current network namespace (ctnetlink), like
         "conntrack -F".
@@ -34,7 +25,6 @@
         last_before: the last reply before it, seconds before START_EPOCH).
 """
 
-import hashlib
 import heapq
 import json
 import os
@@ -226,101 +216,6 @@ def intervals(sniff_file, kind, dport):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Traffic with a verifiable content
-# ---------------------------------------------------------------------------------------------------------
-
-def receive_chunk(conn):
-    """The next bytes of a stream (empty at its end)."""
-    return conn.recv(1 << 16)
-
-
-def tcp_recv(addr, port, ready, seconds):
-    listener = socket.socket(fgnet.family_of(addr), socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((addr, port))
-    listener.listen(1)
-    listener.settimeout(seconds)
-    fgnet.signal_ready(ready)
-    deadline = fgnet.deadline_after(seconds)
-    digest = hashlib.sha256()
-    total = 0
-    ended = False
-    try:
-        conn, _ = listener.accept()
-        for chunk in fgnet.receive_until(conn, deadline, receive_chunk):
-            if not chunk:
-                ended = True
-                break
-            digest.update(chunk)
-            total += len(chunk)
-        if not ended:
-            sys.stderr.write("tcp-recv: timed out after %d bytes\n" % total)
-    except OSError as err:
-        sys.stderr.write("tcp-recv: %s after %d bytes\n" % (err, total))
-    print("%d %s" % (total, digest.hexdigest()))
-
-
-def tcp_send(addr, port, size, connected, go):
-    """Connects, says so (CONNECTED file), waits for the GO file, then sends; the time runs from the first
-    byte until the receiver has closed (everything was read)."""
-    rng = random.Random(os.urandom(16))
-    digest = hashlib.sha256()
-    sock = socket.create_connection((addr, port), timeout=60)
-    fgnet.signal_ready(connected)
-    fgnet.wait_until(lambda: os.path.exists(go), 15, 0.01)
-    start = time.monotonic()
-    sent = 0
-    try:
-        while sent < size:
-            chunk = rng.randbytes(min(1 << 16, size - sent))
-            sock.sendall(chunk)
-            digest.update(chunk)
-            sent += len(chunk)
-        sock.shutdown(socket.SHUT_WR)
-        while sock.recv(4096):
-            pass
-    except OSError as err:
-        sys.stderr.write("tcp-send: %s after %d bytes\n" % (err, sent))
-        return
-    print("%d %s %.2f" % (sent, digest.hexdigest(), time.monotonic() - start))
-
-
-def udp_payload(number, size):
-    """Datagram NUMBER of a burst: "seq N", then (when SIZE leaves room) a space and bytes derived from N,
-    so that the receiver can tell an intact datagram from a damaged one."""
-    head = b"seq %d" % number
-    if size <= len(head) + 1:
-        return head
-    filler = hashlib.sha256(head).digest() * (size // 32 + 1)
-    return head + b" " + filler[: size - len(head) - 1]
-
-
-def udp_recv(addr, port, ready, seconds):
-    sock = fgnet.udp_socket(addr, port, rcvbuf=4 << 20)
-    fgnet.signal_ready(ready)
-    seen = set()
-    received = corrupt = 0
-    for data, _ in fgnet.receive_until(sock, fgnet.deadline_after(seconds)):
-        match = re.match(rb"seq (\d+)", data)
-        if not match:
-            continue
-        number = int(match.group(1))
-        if data != udp_payload(number, len(data)):
-            corrupt += 1
-            continue
-        received += 1
-        seen.add(number)
-    print("received %d unique %d duplicates %d corrupt %d" % (received, len(seen), received - len(seen), corrupt))
-
-
-def udp_send(addr, port, count, size):
-    sock = fgnet.udp_socket(addr)
-    for number in range(count):
-        sock.sendto(udp_payload(number, size), (addr, port))
-        time.sleep(0.001)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Conntrack flush (what "conntrack -F" sends), so that no conntrack tool is needed
 # ---------------------------------------------------------------------------------------------------------
 
@@ -378,10 +273,10 @@ COMMANDS = {
     "ctrl": (ctrl, (int, str)),
     "sniff": (sniff, (str, str, str, str, float)),
     "intervals": (intervals, (str, int, int)),
-    "tcp-recv": (tcp_recv, (str, int, str, float)),
-    "tcp-send": (tcp_send, (str, int, int, str, str)),
-    "udp-recv": (udp_recv, (str, int, str, float)),
-    "udp-send": (udp_send, (str, int, int, int)),
+    "tcp-recv": (fgnet.tcp_recv, (str, int, str, float)),
+    "tcp-send": (fgnet.tcp_send, (str, int, int, str, str)),
+    "udp-recv": (fgnet.udp_recv, (str, int, str, float)),
+    "udp-send": (fgnet.udp_burst, (str, int, int, int)),
     "ct-flush": (ct_flush, ()),
     "ping-gaps": (ping_gaps, (str, float)),
 }
