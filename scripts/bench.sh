@@ -2,8 +2,10 @@
 # Compares userspace WireGuard implementations side by side between two network
 # namespaces, with public tools only (iproute2, wireguard-tools, iperf3, ping).
 #
-#   scripts/bench.sh [-t SECONDS] [--pin] [--peers N] [--peers-for PATTERN=M]...
-#                    [--setconf-timeout S] IMPL [IMPL...]
+#   scripts/bench.sh [-t SECONDS] [--pin] [--outer 4|6] [--inner 4|6] [--peers N]
+#                    [--peers-for PATTERN=M]... [--setconf-timeout S] IMPL [IMPL...]
+#   scripts/bench.sh --mtu M1,M2,... [-t SECONDS] [--outer 4|6] [--inner 4|6] IMPL [IMPL...]
+#   scripts/bench.sh --gateway N [-t SECONDS] [--client-rate RATE] IMPL [IMPL...]
 #   scripts/bench.sh --rtt [--pin] [--rounds R] [--count C] IMPL [IMPL...]
 #   scripts/bench.sh --rtt-profile [--pin] [--count C] IMPL [IMPL...]
 #   scripts/bench.sh --rtt-trace [--pin] [--count C] IMPL [IMPL...]
@@ -14,11 +16,27 @@
 #       "boringtun-cli --disable-drop-privileges"
 # Leading VAR=VALUE words of an IMPL are passed to the daemon's environment,
 # e.g. "FERROGUARD_NO_OFFLOAD=1 target/release/ferroguard".
-# Each implementation runs in both namespaces in turn; for each it prints TCP
-# (one stream, A->B), UDP offered at 1 Gbit/s (received rate and loss), the
-# ping RTT (average and median of 100 pings at 10 ms, after the UDP test) and
-# the daemons' CPU during the TCP run, then the ratios to the first
-# implementation.
+# Each implementation runs in both namespaces in turn; for each it prints
+# TCP with one stream A->B and B->A and with four streams A->B, UDP offered at
+# 1 Gbit/s (received rate and loss) and unlimited (received), the ping RTT
+# (average and median of 100 pings at 10 ms, after the UDP tests), the CPU
+# seconds both daemons spent per GB of the one-stream A->B run, and each
+# daemon's resident memory idle (tunnel up, before any traffic) and at its
+# peak (VmHWM, after all tests); then the ratios to the first implementation.
+#
+# --outer 4|6: the underlay (endpoints) over IPv4 (default) or IPv6.
+# --inner 4|6: the traffic inside the tunnel over IPv4 (default) or IPv6.
+# --mtu M1,M2,...: instead, the MTU sweep: for each tunnel MTU (the veth
+#   underlay gets MTU + 80, at least 1500), one TCP stream A->B and B->A and
+#   UDP unlimited (datagrams filling the MTU), every implementation in turn
+#   per MTU, with the ratios to the first at each MTU.
+# --gateway N: instead, a gateway: one server (namespace G) and N clients,
+#   each its own namespace and daemon, on one bridge; all clients send at
+#   once to the server, first TCP (one stream each, -t SECONDS), then UDP at
+#   --client-rate (default 200M) each; prints the aggregate goodput, Jain's
+#   fairness index over the clients, the slowest client, and whether every
+#   client still has a session; then the ratios to the first implementation.
+#   The server and all clients run the same IMPL.
 #
 # --peers N: after measuring with the one real peer, add N-1 extra peers to
 #   both daemons with one `wg addconf` each (random public keys, one /32 each
@@ -51,6 +69,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=5 PEERS=1 SETCONF_TIMEOUT=120 RTT_ONLY=0 ROUNDS=3 COUNT=200 PIN=0
+OUTER=4 INNER=4 MTUS="" GATEWAY=0 CLIENT_RATE=200M
 PEERS_FOR=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -64,6 +83,11 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift 2 ;;
     --count) COUNT=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
+    --outer) OUTER=$2; shift 2 ;;
+    --inner) INNER=$2; shift 2 ;;
+    --mtu) MTUS=${2//,/ }; shift 2 ;;
+    --gateway) GATEWAY=$2; shift 2 ;;
+    --client-rate) CLIENT_RATE=$2; shift 2 ;;
     -*) echo "bench: unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -82,7 +106,7 @@ cleanup() {
   done
   sleep 0.3
   for ns in $(ip netns list | awk '/^fgbench-/ {print $1}'); do ip netns del "$ns"; done
-  rm -f /var/run/wireguard/fgbench[ab][0-9]*.sock
+  rm -f /var/run/wireguard/fgbench[ab][0-9]*.sock /var/run/wireguard/fgbenchg[0-9]*.sock
   rm -rf "$TMP"
   [ "$MOUNTED_TRACEFS" = 0 ] || umount /sys/kernel/tracing
 }
@@ -129,6 +153,11 @@ sys.stdout.write("".join(lines))
 PY
 }
 
+# The tunnel address of side B that traffic goes to, by --inner.
+if [ "$INNER" = 6 ]; then TB=fd78::2; else TB=10.78.0.2; fi
+# endpoint SIDE: side 1's (A's) or 2's (B's) UDP endpoint on the veth, by --outer.
+endpoint() { if [ "$OUTER" = 6 ]; then echo "[2001:db8::$1]:51820"; else echo "192.0.2.$1:51820"; fi; }
+
 # start_pair IMPL INDEX: both daemons up, one peer each, tunnel checked.
 # Sets IA IB (interfaces), NA NB (namespaces), PA PB (daemon pids).
 start_pair() {
@@ -139,8 +168,10 @@ start_pair() {
   ip netns del $NA 2>/dev/null || true; ip netns del $NB 2>/dev/null || true
   ip netns add $NA; ip netns add $NB
   ip link add fgbench0 netns $NA type veth peer name fgbench1 netns $NB
-  ip -n $NA addr add 192.0.2.1/24 dev fgbench0; ip -n $NA link set fgbench0 up; ip -n $NA link set lo up
-  ip -n $NB addr add 192.0.2.2/24 dev fgbench1; ip -n $NB link set fgbench1 up; ip -n $NB link set lo up
+  ip -n $NA addr add 192.0.2.1/24 dev fgbench0; ip -n $NA addr add 2001:db8::1/64 dev fgbench0 nodad
+  ip -n $NB addr add 192.0.2.2/24 dev fgbench1; ip -n $NB addr add 2001:db8::2/64 dev fgbench1 nodad
+  ip -n $NA link set fgbench0 up; ip -n $NA link set lo up
+  ip -n $NB link set fgbench1 up; ip -n $NB link set lo up
   on_cpu 1 ip netns exec $NA env WG_PROCESS_FOREGROUND=1 ${env_words[@]+"${env_words[@]}"} \
     "${words[@]}" -f $IA >"$TMP/a.log" 2>&1 & PA=$!
   on_cpu 2 ip netns exec $NB env WG_PROCESS_FOREGROUND=1 ${env_words[@]+"${env_words[@]}"} \
@@ -153,20 +184,26 @@ start_pair() {
   [ $up = 1 ] || { echo "bench: $impl did not start" >&2; cat "$TMP/a.log" "$TMP/b.log" >&2; return 1; }
   PA=$(daemon_pid $PA) PB=$(daemon_pid $PB)
   ip netns exec $NA wg set $IA private-key "$TMP/a.key" listen-port 51820 \
-    peer "$(cat "$TMP/b.pub")" allowed-ips 10.78.0.2/32 endpoint 192.0.2.2:51820
+    peer "$(cat "$TMP/b.pub")" allowed-ips 10.78.0.2/32,fd78::2/128 endpoint "$(endpoint 2)"
   ip netns exec $NB wg set $IB private-key "$TMP/b.key" listen-port 51820 \
-    peer "$(cat "$TMP/a.pub")" allowed-ips 10.78.0.1/32 endpoint 192.0.2.1:51820
+    peer "$(cat "$TMP/a.pub")" allowed-ips 10.78.0.1/32,fd78::1/128 endpoint "$(endpoint 1)"
   for side in $NA:$IA:1 $NB:$IB:2; do
     IFS=: read -r ns dev n <<<"$side"
-    ip -n "$ns" link set "$dev" mtu 1420; ip -n "$ns" addr add "10.78.0.$n/24" dev "$dev"; ip -n "$ns" link set "$dev" up
+    ip -n "$ns" link set "$dev" mtu 1420; ip -n "$ns" addr add "10.78.0.$n/24" dev "$dev"
+    ip -n "$ns" addr add "fd78::$n/64" dev "$dev" nodad; ip -n "$ns" link set "$dev" up
   done
-  ip netns exec $NA ping -c 3 -i 0.2 -W 2 10.78.0.2 >/dev/null
+  ip netns exec $NA ping -c 3 -i 0.2 -W 2 "$TB" >/dev/null
+  IDLE_A=$(rss_kb $PA) IDLE_B=$(rss_kb $PB)
   on_cpu 2 ip netns exec $NB iperf3 -s -D -p 5201 >/dev/null 2>&1; sleep 0.3
   # A first TCP run is slower (buffers and caches growing): warm up untimed.
-  [ "$RTT_ONLY" != 0 ] || on_cpu 1 ip netns exec $NA iperf3 -c 10.78.0.2 -p 5201 -t 1 >/dev/null 2>&1 || true
+  [ "$RTT_ONLY" != 0 ] || on_cpu 1 ip netns exec $NA iperf3 -c "$TB" -p 5201 -t 1 >/dev/null 2>&1 || true
 }
 
 stop_pair() {
+  local pid
+  for pid in "$PA" "$PB"; do
+    kill -0 "$pid" 2>/dev/null || { echo "bench: a daemon of this pair (pid $pid) exited early:" >&2; cat "$TMP/a.log" "$TMP/b.log" >&2; }
+  done
   kill "$PA" "$PB" 2>/dev/null || true
   ip netns pids $NA 2>/dev/null | xargs -r kill 2>/dev/null || true
   ip netns pids $NB 2>/dev/null | xargs -r kill 2>/dev/null || true
@@ -181,7 +218,7 @@ stop_pair() {
 
 # ping_stats COUNT: "avg min p50 p99" in ms of COUNT pings at 10 ms, A -> B.
 ping_stats() {
-  on_cpu 1 ip netns exec $NA ping -c "$1" -i 0.01 -W 1 10.78.0.2 |
+  on_cpu 1 ip netns exec $NA ping -c "$1" -i 0.01 -W 1 "$TB" |
     python3 -c '
 import re, sys
 t = sorted(float(m.group(1)) for m in re.finditer(r"time=([0-9.]+)", sys.stdin.read()))
@@ -190,25 +227,49 @@ pick = lambda q: t[min(len(t) - 1, int(q * len(t)))]
 print("%.3f %.3f %.3f %.3f" % (sum(t) / len(t), t[0], pick(0.5), pick(0.99)))'
 }
 
-# measure: prints "tcp_mbit udp_mbit udp_loss rtt_avg_ms rtt_p50_ms cpu_a cpu_b" for
-# the running pair.
+# iperf_mbit ARGS...: one iperf3 run A -> B (-R: B -> A) with ARGS; prints the
+# received Mbit/s ("-" if it failed), and for UDP also the loss in percent.
+iperf_mbit() {
+  on_cpu 1 ip netns exec $NA iperf3 -c "$TB" -p 5201 -t "$SECONDS_EACH" -J "$@" 2>/dev/null | iperf_rate
+}
+# iperf_rate: the received Mbit/s of the iperf3 -J output on stdin (UDP: and the loss in percent).
+iperf_rate() {
+  python3 -c 'import json,sys
+try:
+  run = json.load(sys.stdin); end = run["end"]
+  if run["start"]["test_start"]["protocol"] == "UDP":
+    s = end["sum"]; print(round(s["bits_per_second"]*(1-s["lost_percent"]/100)/1e6), round(s["lost_percent"],2))
+  else: print(round(end["sum_received"]["bits_per_second"]/1e6))
+except Exception: print("- -")'
+}
+
+# udp_len: the UDP payload that fills the tunnel's MTU (by --inner).
+udp_len() {
+  local mtu; mtu=$(cat "/sys/class/net/$IA/mtu" 2>/dev/null || ip netns exec $NA cat "/sys/class/net/$IA/mtu")
+  echo $((mtu - (INNER == 6 ? 48 : 28)))
+}
+
+hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# measure: prints "tcp1 tcp1r tcp4 udp1g loss1g udpmax rtt_avg rtt_p50 cpu_s_per_gb idle_a idle_b peak_a peak_b"
+# (Mbit/s, %, ms, CPU seconds of both daemons per GB of the one-stream A -> B run, RSS in kB) for the
+# running pair.
 measure() {
-  local ta tb tcp cpu_a cpu_b hz udp rtt
+  local ta tb tcp1 tcp1r tcp4 cpu hz udp1g udpmax rtt len
+  len=$(udp_len)
   ta=$(cpu_ticks $PA); tb=$(cpu_ticks $PB)
-  tcp=$(on_cpu 1 ip netns exec $NA iperf3 -c 10.78.0.2 -p 5201 -t "$SECONDS_EACH" -J |
-    python3 -c 'import json,sys
-try: print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6))
-except Exception: print("-")')
+  tcp1=$(iperf_mbit | awk '{print $1}')
   hz=$(getconf CLK_TCK)
-  cpu_a=$(( ($(cpu_ticks $PA) - ta) * 100 / hz / SECONDS_EACH ))
-  cpu_b=$(( ($(cpu_ticks $PB) - tb) * 100 / hz / SECONDS_EACH ))
-  udp=$(on_cpu 1 ip netns exec $NA iperf3 -c 10.78.0.2 -p 5201 -u -b 1G -l 1350 -w 2M -t "$SECONDS_EACH" -J |
-    python3 -c 'import json,sys
-try: s=json.load(sys.stdin)["end"]["sum"]; print(round(s["bits_per_second"]*(1-s["lost_percent"]/100)/1e6), round(s["lost_percent"],2))
-except Exception: print("- -")')
+  cpu=$(python3 -c "import sys; t, mbit, s = float(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+print(round(t / ($hz * float(mbit) * s / 8000), 2) if mbit != '-' and float(mbit) > 0 else '-')" \
+    $(( $(cpu_ticks $PA) - ta + $(cpu_ticks $PB) - tb )) "$tcp1" "$SECONDS_EACH")
+  tcp1r=$(iperf_mbit -R | awk '{print $1}')
+  tcp4=$(iperf_mbit -P 4 | awk '{print $1}')
+  udp1g=$(iperf_mbit -u -b 1G -l "$len" -w 2M)
+  udpmax=$(iperf_mbit -u -b 0 -l "$len" -w 2M | awk '{print $1}')
   sleep 1 # let the flood's backlog drain before timing pings
   rtt=$(ping_stats 100 | awk '{print $1, $3}')
-  echo "$tcp $udp $rtt $cpu_a $cpu_b"
+  echo "$tcp1 $tcp1r $tcp4 $udp1g $udpmax $rtt $cpu $IDLE_A $IDLE_B $(hwm_kb $PA) $(hwm_kb $PB)"
 }
 
 # add_peers IMPL: adds the extra peers to both daemons; prints
@@ -383,22 +444,157 @@ print(" ".join("%8.3f" % statistics.median(c) for c in zip(*rows)) if rows else 
   exit 0
 fi
 
-printf '%-40s %6s %9s %9s %7s %8s %8s %9s\n' implementation peers "tcp Mb/s" "udp Mb/s" "loss %" "rtt ms" "rtt p50" "cpu A/B %"
+# The main table: one row per implementation (and per peer count), then the ratios to the first.
+COLUMNS_FMT='%-34s %7s %6s %6s %6s %6s %5s %6s %6s %6s %6s %9s %9s\n'
+header() {
+  printf "$COLUMNS_FMT" implementation peers tcp1 tcp1r tcp4 udp1G loss udpmax rtt p50 "cpu/GB" "idle A/B" "peak A/B"
+}
+row() { # IMPL PEERS MEASURE...
+  local impl=$1 peers=$2 tcp1 tcp1r tcp4 udp1g loss udpmax rtt p50 cpu ia ib pa pb
+  read -r tcp1 tcp1r tcp4 udp1g loss udpmax rtt p50 cpu ia ib pa pb <<<"${*:3}"
+  printf "$COLUMNS_FMT" "${impl:0:34}" "$peers" "$tcp1" "$tcp1r" "$tcp4" "$udp1g" "$loss" "$udpmax" "$rtt" "$p50" \
+    "$cpu" "$((ia / 1024))/$((ib / 1024))M" "$((pa / 1024))/$((pb / 1024))M"
+}
+ratios() { # FIRST_MEASURE THIS_MEASURE: this / first, column by column
+  local -a a b
+  read -r -a a <<<"$1"; read -r -a b <<<"$2"
+  printf "$COLUMNS_FMT" "    ratio to the first" "" "$(ratio "${b[0]}" "${a[0]}")" "$(ratio "${b[1]}" "${a[1]}")" \
+    "$(ratio "${b[2]}" "${a[2]}")" "$(ratio "${b[3]}" "${a[3]}")" "" "$(ratio "${b[5]}" "${a[5]}")" \
+    "$(ratio "${b[6]}" "${a[6]}")" "$(ratio "${b[7]}" "${a[7]}")" "$(ratio "${b[8]}" "${a[8]}")" \
+    "$(ratio "$((b[9] + b[10]))" "$((a[9] + a[10]))")" "$(ratio "$((b[11] + b[12]))" "$((a[11] + a[12]))")"
+}
+
+# MTU sweep: per MTU, every implementation in turn.
+mtu_measure() { # prints "tcp1 tcp1r udpmax"
+  local len; len=$(udp_len)
+  echo "$(iperf_mbit | awk '{print $1}') $(iperf_mbit -R | awk '{print $1}')" \
+    "$(iperf_mbit -u -b 0 -l "$len" -w 2M | awk '{print $1}')"
+}
+if [ -n "$MTUS" ]; then
+  echo "MTU sweep: underlay IPv$OUTER, traffic IPv$INNER, $SECONDS_EACH s per test (Mbit/s; ratio to the first IMPL)"
+  printf '%6s  %-40s %7s %7s %7s   %s\n' mtu implementation tcp1 tcp1r udpmax "ratios tcp1/tcp1r/udpmax"
+  for mtu in $MTUS; do
+    if [ "$INNER" = 6 ] && [ "$mtu" -lt 1280 ]; then
+      echo "  MTU $mtu: not measured (IPv6 needs an MTU of at least 1280)"; continue
+    fi
+    first=() index=0
+    for impl in "$@"; do
+      start_pair "$impl" "$index"
+      for side in $NA:$IA:fgbench0 $NB:$IB:fgbench1; do
+        IFS=: read -r ns dev veth <<<"$side"
+        ip -n "$ns" link set "$veth" mtu $((mtu + 80 > 1500 ? mtu + 80 : 1500))
+        ip -n "$ns" link set "$dev" mtu "$mtu"
+      done
+      read -r -a got < <(mtu_measure)
+      if [ ${#first[@]} = 0 ]; then first=("${got[@]}"); r="";
+      else r="$(ratio "${got[0]}" "${first[0]}") / $(ratio "${got[1]}" "${first[1]}") / $(ratio "${got[2]}" "${first[2]}")"; fi
+      printf '%6s  %-40s %7s %7s %7s   %s\n' "$mtu" "${impl:0:40}" "${got[@]}" "$r"
+      stop_pair
+      index=$((index + 1))
+    done
+  done
+  exit 0
+fi
+
+# Gateway: a server and GATEWAY clients on one bridge (namespace fgbench-g holds the bridge and the server).
+gateway_up() { # IMPL: sets GW_PIDS (server first); the tunnel is 10.79.0.1 (server), 10.79.0.(10+i) (clients)
+  local impl=$1 env_words=() words i ns
+  read -r -a words <<<"$impl"
+  while [[ ${words[0]} == *=* ]]; do env_words+=("${words[0]}"); words=("${words[@]:1}"); done
+  GW_PIDS=()
+  ip netns add fgbench-g; ip -n fgbench-g link set lo up
+  ip -n fgbench-g link add fgbr0 type bridge; ip -n fgbench-g addr add 192.0.2.1/24 dev fgbr0
+  ip -n fgbench-g link set fgbr0 up
+  wg genkey >"$TMP/g.key"; wg pubkey <"$TMP/g.key" >"$TMP/g.pub"
+  for i in $(seq 0 "$GATEWAY"); do
+    ns=fgbench-g; [ "$i" = 0 ] || ns=fgbench-c$i
+    if [ "$i" != 0 ]; then
+      ip netns add $ns; ip -n $ns link set lo up
+      ip link add fgbc$i netns fgbench-g type veth peer name fgbench0 netns $ns
+      ip -n fgbench-g link set fgbc$i master fgbr0 up
+      ip -n $ns addr add 192.0.2.$((10 + i))/24 dev fgbench0; ip -n $ns link set fgbench0 up
+      wg genkey >"$TMP/c$i.key"; wg pubkey <"$TMP/c$i.key" >"$TMP/c$i.pub"
+    fi
+    ip netns exec $ns env WG_PROCESS_FOREGROUND=1 ${env_words[@]+"${env_words[@]}"} \
+      "${words[@]}" -f fgbenchg$i >"$TMP/g$i.log" 2>&1 &
+    GW_PIDS+=($!)
+  done
+  for i in $(seq 0 "$GATEWAY"); do
+    for _ in $(seq 50); do wg show fgbenchg$i >/dev/null 2>&1 && break; sleep 0.1; done
+    GW_PIDS[$i]=$(daemon_pid "${GW_PIDS[$i]}")
+  done
+  ip netns exec fgbench-g wg set fgbenchg0 private-key "$TMP/g.key" listen-port 51820
+  for i in $(seq 1 "$GATEWAY"); do
+    ip netns exec fgbench-g wg set fgbenchg0 peer "$(cat "$TMP/c$i.pub")" allowed-ips 10.79.0.$((10 + i))/32
+    ip netns exec fgbench-c$i wg set fgbenchg$i private-key "$TMP/c$i.key" listen-port 51820 \
+      peer "$(cat "$TMP/g.pub")" allowed-ips 10.79.0.0/24 endpoint 192.0.2.1:51820
+    ip -n fgbench-c$i addr add 10.79.0.$((10 + i))/24 dev fgbenchg$i; ip -n fgbench-c$i link set fgbenchg$i mtu 1420 up
+    on_cpu 2 ip netns exec fgbench-g iperf3 -s -D -p $((5200 + i)) >/dev/null 2>&1
+  done
+  ip -n fgbench-g addr add 10.79.0.1/24 dev fgbenchg0; ip -n fgbench-g link set fgbenchg0 mtu 1420 up
+  sleep 0.3
+  local pings=()
+  for i in $(seq 1 "$GATEWAY"); do ip netns exec fgbench-c$i ping -c 2 -i 0.2 -W 2 10.79.0.1 >/dev/null & pings+=($!); done
+  wait "${pings[@]}"
+}
+gateway_down() {
+  kill "${GW_PIDS[@]}" 2>/dev/null || true
+  for ns in $(ip netns list | awk '/^fgbench-[gc]/ {print $1}'); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+  done
+  for _ in $(seq 50); do ls /var/run/wireguard/fgbenchg*.sock >/dev/null 2>&1 || break; sleep 0.1; done
+  rm -f /var/run/wireguard/fgbenchg*.sock
+  for ns in $(ip netns list | awk '/^fgbench-[gc]/ {print $1}'); do ip netns del "$ns"; done
+}
+# gateway_round ARGS...: every client runs iperf3 ARGS to the server at once; prints
+# "aggregate_mbit jain min_mbit" (UDP: received rates).
+gateway_round() {
+  local i clients=()
+  for i in $(seq 1 "$GATEWAY"); do
+    ip netns exec fgbench-c$i iperf3 -c 10.79.0.1 -p $((5200 + i)) -t "$SECONDS_EACH" -J "$@" >"$TMP/gw$i.json" 2>>"$TMP/gw-stderr.log" &
+    clients+=($!)
+  done
+  wait "${clients[@]}"
+  grep -h "\"error\"" "$TMP"/gw*.json | sort | uniq -c | sed "s/^/    iperf3: /" >&2 || true
+  for i in $(seq 1 "$GATEWAY"); do iperf_rate <"$TMP/gw$i.json" | awk '{print $1 == "-" ? 0 : $1}'; done |
+    awk '{ n++; sum += $1; squares += $1 * $1; if (n == 1 || $1 < min) min = $1 }
+      END { printf "%d %.3f %d\n", sum, (squares > 0 ? sum * sum / (n * squares) : 0), min }'
+}
+if [ "$GATEWAY" -gt 0 ]; then
+  echo "Gateway: 1 server, $GATEWAY clients (own namespace and daemon each), all sending at once, $SECONDS_EACH s"
+  printf '%-40s %9s %6s %8s %9s %6s %8s %9s\n' implementation "tcp Mb/s" jain "min" "udp Mb/s" jain "min" sessions
+  first=""
+  for impl in "$@"; do
+    gateway_up "$impl"
+    read -r tcp tcp_jain tcp_min < <(gateway_round)
+    read -r udp udp_jain udp_min < <(gateway_round -u -b "$CLIENT_RATE" -l 1392)
+    sessions=$(ip netns exec fgbench-g wg show fgbenchg0 latest-handshakes | awk '$2 > 0' | wc -l)
+    printf '%-40s %9s %6s %8s %9s %6s %8s %9s\n' "${impl:0:40}" "$tcp" "$tcp_jain" "$tcp_min" "$udp" "$udp_jain" \
+      "$udp_min" "$sessions/$GATEWAY"
+    if [ -z "$first" ]; then first="$tcp $udp"; else
+      echo "    ratio to the first: tcp $(ratio "$tcp" "${first% *}"), udp $(ratio "$udp" "${first#* }")"
+    fi
+    gateway_down
+  done
+  exit 0
+fi
+
+echo "Underlay IPv$OUTER, traffic IPv$INNER, MTU 1420, $SECONDS_EACH s per test (Mbit/s, ms, CPU s/GB, RSS)"
+header
 first=""
 index=0
 for impl in "$@"; do
   start_pair "$impl" "$index"
-  read -r tcp udp loss rtt p50 ca cb < <(measure)
-  printf '%-40s %6s %9s %9s %7s %8s %8s %9s\n' "$impl" 1 "$tcp" "$udp" "$loss" "$rtt" "$p50" "$ca/$cb"
-  if [ -z "$first" ]; then first=$tcp; else
-    echo "    tcp ratio to the first: $(ratio "$tcp" "$first")"
-  fi
+  one=$(measure)
+  row "$impl" 1 $one
+  if [ -z "$first" ]; then first=$one; else ratios "$first" "$one"; fi
   if [ "$(peers_for "$impl")" -gt 1 ]; then
     read -r got secs_a secs_b rss_a rss_b status < <(add_peers "$impl")
-    read -r tcp_n udp_n loss_n rtt_n p50_n ca_n cb_n < <(measure)
-    printf '%-40s %6s %9s %9s %7s %8s %8s %9s\n' "$impl" "$got" "$tcp_n" "$udp_n" "$loss_n" "$rtt_n" "$p50_n" "$ca_n/$cb_n"
-    echo "    $got peers / 1 peer: tcp $(ratio "$tcp_n" "$tcp"), udp $(ratio "$udp_n" "$udp")," \
-      "rtt p50 $(ratio "$p50_n" "$p50") (target: tcp and udp >= 0.90, rtt <= 1.10)"
+    many=$(measure)
+    row "$impl" "$got" $many
+    read -r -a o <<<"$one"; read -r -a m <<<"$many"
+    echo "    $got peers / 1 peer: tcp $(ratio "${m[0]}" "${o[0]}"), udp $(ratio "${m[5]}" "${o[5]}")," \
+      "rtt p50 $(ratio "${m[7]}" "${o[7]}") (target: tcp and udp >= 0.90, rtt <= 1.10)"
     echo "    wg addconf of $((got - 1)) peers: A ${secs_a/%[0-9]/&s}, B ${secs_b/%[0-9]/&s} ($status);" \
       "RSS per extra peer: A $rss_a B, B $rss_b B"
   fi
