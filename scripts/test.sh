@@ -8,13 +8,13 @@
 #   scripts/test.sh --quick    unit/property tests and the quick netns set
 #
 # Every step is bounded in time; the last line sums all test counts as
-# "N passed, N failed".
+# "N passed, N failed, N skipped", after the names of the skipped checks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
 LOG=$(mktemp -d)
 trap 'rm -rf "$LOG"' EXIT
-passed=0; failed=0; steps_failed=()
+passed=0; failed=0; skipped=0; steps_failed=(); skipped_names=()
 
 # step NAME TIMEOUT CMD...: runs a step, adds its test counts to the totals.
 step() {
@@ -32,7 +32,14 @@ step() {
     p=$((p + $(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -1 | awk '{print $1}')))
     f=$((f + $(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -1 | awk '{print $3}')))
   fi
-  passed=$((passed + p)); failed=$((failed + f))
+  # skips: cargo's "N ignored", a script's ", N skipped", named by their TAP "# SKIP" lines
+  local sk
+  sk=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed; [0-9]+ ignored' "$out" | grep -Eo '[0-9]+ ignored' | awk '{s+=$1} END {print s+0}')
+  if grep -Eq '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$out"; then
+    sk=$((sk + $(grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$out" | tail -1 | awk '{print $5}')))
+  fi
+  while IFS= read -r line; do skipped_names+=("$name: $line"); done < <(grep -E '^ok [0-9]+ - .* # SKIP|NOT CHECKED|^test .* \.\.\. ignored' "$out" | sed -E 's/^ok [0-9]+ - //; s/^test //')
+  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + sk))
   if [ "$rc" != 0 ]; then
     steps_failed+=("$name (exit $rc)")
     [ "$f" = 0 ] && failed=$((failed + 1))
@@ -41,7 +48,8 @@ step() {
 
 export CARGO_TERM_COLOR=never
 [ "$(id -u)" = 0 ] || { echo "test.sh: run as root (TUN devices, network namespaces)" >&2; exit 1; }
-scripts/install-test-deps.sh
+# A dependency that cannot be installed fails the run (a failed step), it does not shrink it.
+step "install test dependencies" 1800 scripts/install-test-deps.sh
 step "format" 120 cargo fmt --all -- --check
 step "supply chain (cargo deny; advisories only if their database is reachable)" 300 scripts/deny.sh
 step "build (release)" 1200 cargo build --release --workspace --lib --bins --examples
@@ -70,5 +78,8 @@ echo
 if [ ${#steps_failed[@]} -gt 0 ]; then
   echo "failed steps:"; printf '  %s\n' "${steps_failed[@]}"
 fi
-echo "$passed passed, $failed failed"
+if [ ${#skipped_names[@]} -gt 0 ]; then
+  echo "skipped:"; printf '  %s\n' "${skipped_names[@]}"
+fi
+echo "$passed passed, $failed failed, $skipped skipped"
 [ ${#steps_failed[@]} = 0 ] && [ "$failed" = 0 ]

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Whether the tests that need root (TUN, namespaces) can run here; prints
-/// why not when they cannot.
+/// why not when they cannot (the caller then returns early). Under `CI`
+/// (set by CI) a test that cannot run fails instead.
 pub fn root_or_skip(test: &str) -> bool {
     let root = std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
@@ -16,6 +17,12 @@ pub fn root_or_skip(test: &str) -> bool {
     let tun = std::path::Path::new("/dev/net/tun").exists();
     let ip = Command::new("ip").arg("-V").output().is_ok();
     if !(root && tun && ip) {
+        // CI runs as root on a machine with TUN devices: a test that cannot
+        // run there is a failure, never a silent pass.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test} needs root, /dev/net/tun and iproute2 (root={root}, tun={tun}, ip={ip}), and CI is set"
+        );
         println!("skipping {test}: needs root, /dev/net/tun and iproute2 (root={root}, tun={tun}, ip={ip})");
         return false;
     }

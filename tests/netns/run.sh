@@ -4,8 +4,8 @@
 #   tests/netns/run.sh [--quick] [--only S1,S2,...] [--pair IMPL1,IMPL2]... [--keep-logs] [--list]
 #
 # Implementations: WG_IMPL1 / WG_IMPL2 (if either is set, that single pair is run), else the --pair
-# options, else ferroguard/ferroguard, then ferroguard/wireguard-go and wireguard-go/ferroguard when
-# wireguard-go is installed. ferroguard = ${FERROGUARD:-target/release/ferroguard}, relative to the repo root.
+# options, else ferroguard/ferroguard, then ferroguard/wireguard-go and wireguard-go/ferroguard (a missing
+# wireguard-go fails those pairs). ferroguard = ${FERROGUARD:-target/release/ferroguard}, relative to the repo root.
 # impl1 serves the interface in ns1, impl2 the one in ns2.
 #
 # --quick runs traffic, counters, roaming, crypto_rp, lifetime and a shorter mtu sweep for the first pair only.
@@ -68,10 +68,9 @@ ferroguard=${FERROGUARD:-target/release/ferroguard}
 if [[ -n ${WG_IMPL1:-} || -n ${WG_IMPL2:-} ]]; then
 	pairs=("${WG_IMPL1:-$ferroguard},${WG_IMPL2:-$ferroguard}")
 elif ((${#pairs[@]} == 0)); then
-	pairs=("$ferroguard,$ferroguard")
-	if command -v wireguard-go >/dev/null; then
-		pairs+=("$ferroguard,wireguard-go" "wireguard-go,$ferroguard")
-	fi
+	# The interop pairs are part of the suite: without wireguard-go, resolve_impl below fails them by name
+	# (a missing dependency fails the run instead of shrinking it silently).
+	pairs=("$ferroguard,$ferroguard" "$ferroguard,wireguard-go" "wireguard-go,$ferroguard")
 fi
 
 if [[ -n $only ]]; then
