@@ -93,7 +93,7 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
         .map_err(|e| SetupError(format!("failed to set up: {e}")))?;
     let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
     spawn_threads(&shared, listener, stop_tx.clone());
-    spawn_signal_thread(stop_tx)?;
+    spawn_signal_thread(shared.clone(), stop_tx)?;
     if let Some(listener) = metrics {
         let (s, interface) = (shared.clone(), name.clone());
         thread::Builder::new()
@@ -289,19 +289,42 @@ fn route_loop(shared: Arc<Shared>, monitor: crate::sys::netlink::RouteMonitor) {
     }
 }
 
-fn spawn_signal_thread(stop: mpsc::Sender<Stop>) -> Result<(), SetupError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+fn spawn_signal_thread(shared: Arc<Shared>, stop: mpsc::Sender<Stop>) -> Result<(), SetupError> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1])
         .map_err(|e| SetupError(format!("failed to install signal handlers: {e}")))?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                if signal == SIGUSR1 {
+                    network_changed(&shared);
+                    continue;
+                }
                 let _ = stop.send(Stop::Signal(signal));
+                return;
             }
         })
         .map_err(|e| SetupError(format!("failed to spawn: {e}")))?;
     Ok(())
+}
+
+/// SIGUSR1: "the network changed" (a resume hook, a NetworkManager
+/// dispatcher script, a VPN app's connectivity callback). The engine forgets
+/// sticky sources and starts a fresh handshake with every peer that had a
+/// session (see `Device::network_changed`). Route and address notifications
+/// (`route_loop`) only forget sticky sources: they also fire for changes
+/// that have nothing to do with the peers (wg-quick adding its own routes),
+/// and a handshake for each would be noise.
+fn network_changed(shared: &Shared) {
+    let pending = {
+        let mut engine = shared.engine();
+        engine.device.network_changed(crate::clock::now());
+        shared.after_engine_change(&mut engine);
+        runtime::drain(&mut engine.device)
+    };
+    shared.send_all(pending);
+    log::info!("network changed (SIGUSR1): sticky sources cleared, handshakes restarted");
 }
 
 /// Waits for a stop request, checking twice a second that the socket file is
