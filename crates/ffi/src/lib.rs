@@ -540,7 +540,7 @@ pub unsafe extern "C" fn fg_peer_set_keepalive(
 
 /// Writes the peer's counters to `stats`.
 #[no_mangle]
-pub unsafe extern "C" fn fg_peer_stats(
+pub unsafe extern "C" fn fg_peer_get_stats(
     device: *mut fg_device,
     peer: u64,
     stats: *mut fg_peer_stats,

@@ -135,7 +135,10 @@ fn handshake_and_data_both_ways_through_the_abi() {
     assert_eq!(to_a, vec![back]);
     let mut stats = fg_peer_stats::default();
     // SAFETY: live handle, writable struct.
-    assert_eq!(unsafe { fg_peer_stats(a.dev, a.peer, &mut stats) }, FG_OK);
+    assert_eq!(
+        unsafe { fg_peer_get_stats(a.dev, a.peer, &mut stats) },
+        FG_OK
+    );
     assert_eq!(stats.handshakes_completed, 1);
     assert!(stats.rx_bytes > 0 && stats.last_handshake_unix_ns > 0);
     let mut deadline = 0;
@@ -225,7 +228,10 @@ fn null_and_short_buffers_are_errors_not_crashes() {
         );
         assert_eq!(fg_peer_remove(a.dev, 999), FG_ERR_NO_SUCH_PEER);
         let mut stats = fg_peer_stats::default();
-        assert_eq!(fg_peer_stats(a.dev, 999, &mut stats), FG_ERR_NO_SUCH_PEER);
+        assert_eq!(
+            fg_peer_get_stats(a.dev, 999, &mut stats),
+            FG_ERR_NO_SUCH_PEER
+        );
         assert_eq!(fg_last_error(null_mut(), 0), "no peer with id 999".len());
     }
 }
