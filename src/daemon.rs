@@ -17,13 +17,13 @@ use ferroguard_proto::device::Device;
 
 use crate::cli::Options;
 use crate::config::ConfigHandler;
+use crate::handed::ConfigSocket;
 use crate::io_threads::IoThreads;
 use crate::runtime::{self, Shared};
 use crate::sys::privileges::{self, Account};
 use crate::sys::process;
 use crate::sys::tun::{Tun, TunOptions};
 use crate::sys::udp::UdpSockets;
-use crate::handed::ConfigSocket;
 use crate::uapi::serve_connection;
 
 /// Why the daemon stopped.

@@ -96,7 +96,9 @@ fn int_option(fd: RawFd, name: libc::c_int) -> io::Result<libc::c_int> {
 /// Checks that `fd` is open, makes it close-on-exec and takes ownership.
 fn own(fd: RawFd) -> io::Result<OwnedFd> {
     if fd <= 2 {
-        return Err(invalid("descriptors 0-2 are standard input and output".into()));
+        return Err(invalid(
+            "descriptors 0-2 are standard input and output".into(),
+        ));
     }
     // SAFETY: F_GETFD only reads the descriptor's flags; an unused number
     // fails with EBADF, which is returned.
