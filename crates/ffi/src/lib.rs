@@ -182,6 +182,35 @@ fn with_device(device: *mut fg_device, body: impl FnOnce(&mut Engine) -> Result<
     code
 }
 
+/// [`with_device`] for a call about one peer: an unknown id is refused.
+fn with_peer(
+    device: *mut fg_device,
+    peer: u64,
+    body: impl FnOnce(&mut Engine, ferroguard_proto::peer::PeerId) -> Result<i32, Fail>,
+) -> i32 {
+    with_device(device, |engine| {
+        let id = peer_of(engine, peer)?;
+        body(engine, id)
+    })
+}
+
+/// [`with_peer`] for a call with a prefix string ("10.0.0.0/24").
+///
+/// # Safety
+/// `prefix` must be NULL or point to a NUL-terminated string.
+unsafe fn with_peer_prefix(
+    device: *mut fg_device,
+    peer: u64,
+    prefix: *const c_char,
+    body: impl FnOnce(&mut Engine, ferroguard_proto::peer::PeerId, &str) -> Result<i32, String>,
+) -> i32 {
+    with_peer(device, peer, |engine, id| {
+        // SAFETY: the caller passes NULL or a NUL-terminated string.
+        let prefix = unsafe { text(prefix, "prefix") }?;
+        body(engine, id, prefix).map_err(Fail::invalid)
+    })
+}
+
 /// The `len` bytes at `ptr` (NULL allowed when `len` is 0).
 ///
 /// # Safety
@@ -428,8 +457,7 @@ pub unsafe extern "C" fn fg_peer_add(
 /// Removes a peer with its sessions and allowed IPs.
 #[no_mangle]
 pub unsafe extern "C" fn fg_peer_remove(device: *mut fg_device, peer: u64) -> i32 {
-    with_device(device, |engine| {
-        let id = peer_of(engine, peer)?;
+    with_peer(device, peer, |engine, id| {
         engine.device.remove_peer(id);
         Ok(FG_OK)
     })
@@ -442,8 +470,7 @@ pub unsafe extern "C" fn fg_peer_set_endpoint(
     peer: u64,
     endpoint: *const fg_addr,
 ) -> i32 {
-    with_device(device, |engine| {
-        let id = peer_of(engine, peer)?;
+    with_peer(device, peer, |engine, id| {
         // SAFETY: the caller passes NULL or a readable fg_addr.
         let addr = socket_addr(unsafe { get(endpoint, "endpoint") }?)?;
         engine.device.set_endpoint(id, addr);
@@ -460,13 +487,12 @@ pub unsafe extern "C" fn fg_peer_add_allowed_ip(
     peer: u64,
     prefix: *const c_char,
 ) -> i32 {
-    with_device(device, |engine| {
-        let id = peer_of(engine, peer)?;
-        // SAFETY: the caller passes NULL or a NUL-terminated string.
-        let prefix = unsafe { text(prefix, "prefix") }?;
-        engine.add_allowed_ip(id, prefix).map_err(Fail::invalid)?;
-        Ok(FG_OK)
-    })
+    // SAFETY: the caller passes NULL or a NUL-terminated string.
+    unsafe {
+        with_peer_prefix(device, peer, prefix, |engine, id, prefix| {
+            engine.add_allowed_ip(id, prefix).map(|()| FG_OK)
+        })
+    }
 }
 
 /// Removes `prefix` (as in [`fg_peer_add_allowed_ip`]) if it is the
@@ -477,22 +503,18 @@ pub unsafe extern "C" fn fg_peer_remove_allowed_ip(
     peer: u64,
     prefix: *const c_char,
 ) -> i32 {
-    with_device(device, |engine| {
-        let id = peer_of(engine, peer)?;
-        // SAFETY: the caller passes NULL or a NUL-terminated string.
-        let prefix = unsafe { text(prefix, "prefix") }?;
-        let removed = engine
-            .remove_allowed_ip(id, prefix)
-            .map_err(Fail::invalid)?;
-        Ok(i32::from(removed))
-    })
+    // SAFETY: the caller passes NULL or a NUL-terminated string.
+    unsafe {
+        with_peer_prefix(device, peer, prefix, |engine, id, prefix| {
+            engine.remove_allowed_ip(id, prefix).map(i32::from)
+        })
+    }
 }
 
 /// Removes every allowed IP of the peer.
 #[no_mangle]
 pub unsafe extern "C" fn fg_peer_clear_allowed_ips(device: *mut fg_device, peer: u64) -> i32 {
-    with_device(device, |engine| {
-        let id = peer_of(engine, peer)?;
+    with_peer(device, peer, |engine, id| {
         engine.device.clear_allowed_ips(id);
         Ok(FG_OK)
     })
@@ -506,8 +528,7 @@ pub unsafe extern "C" fn fg_peer_set_preshared_key(
     peer: u64,
     preshared_key: *const u8,
 ) -> i32 {
-    with_device(device, |engine| {
-        let id = peer_of(engine, peer)?;
+    with_peer(device, peer, |engine, id| {
         let psk = if preshared_key.is_null() {
             None
         } else {
@@ -530,8 +551,7 @@ pub unsafe extern "C" fn fg_peer_set_keepalive(
     now_ns: u64,
     seconds: u16,
 ) -> i32 {
-    with_device(device, |engine| {
-        let id = peer_of(engine, peer)?;
+    with_peer(device, peer, |engine, id| {
         let now = engine.clock.now(now_ns);
         engine.device.set_persistent_keepalive(now, id, seconds);
         Ok(FG_OK)
@@ -545,8 +565,7 @@ pub unsafe extern "C" fn fg_peer_get_stats(
     peer: u64,
     stats: *mut fg_peer_stats,
 ) -> i32 {
-    with_device(device, |engine| {
-        let id = peer_of(engine, peer)?;
+    with_peer(device, peer, |engine, id| {
         let p = engine.device.peer(id).expect("peer_of checked it");
         let last = p
             .last_handshake

@@ -109,29 +109,12 @@ impl Sim {
     /// A sends a request; B, if it got it, answers.
     fn round_trip(&mut self) {
         let (a_tun, b_tun, now) = (self.pair.a_tun, self.pair.b_tun, self.pair.now);
-        let mut out = vec![0u8; 256];
-        let request = ipv4_packet(a_tun, b_tun, 84);
-        if let SendOutcome::Sent { len, endpoint, .. } = self.pair.a.send(now, &request, &mut out) {
-            self.pair.a.outbox.push_back(Transmit {
-                peer: None,
-                endpoint,
-                data: out[..len].to_vec(),
-            });
-        }
+        send_through_outbox(&mut self.pair.a, now, &ipv4_packet(a_tun, b_tun, 84));
         let received_before = self.pair.b.peer(self.pair.b_peer).unwrap().stats.rx_packets;
         self.pump();
         let got_it = self.pair.b.peer(self.pair.b_peer).unwrap().stats.rx_packets > received_before;
         if got_it {
-            let answer = ipv4_packet(b_tun, a_tun, 84);
-            if let SendOutcome::Sent { len, endpoint, .. } =
-                self.pair.b.send(now, &answer, &mut out)
-            {
-                self.pair.b.outbox.push_back(Transmit {
-                    peer: None,
-                    endpoint,
-                    data: out[..len].to_vec(),
-                });
-            }
+            send_through_outbox(&mut self.pair.b, now, &ipv4_packet(b_tun, a_tun, 84));
             self.pump();
         }
     }
@@ -144,15 +127,7 @@ impl Sim {
     /// B pushes a packet to A without being asked (A sends nothing).
     fn push_from_b(&mut self) {
         let (a_tun, b_tun, now) = (self.pair.a_tun, self.pair.b_tun, self.pair.now);
-        let mut out = vec![0u8; 256];
-        let push = ipv4_packet(b_tun, a_tun, 84);
-        if let SendOutcome::Sent { len, endpoint, .. } = self.pair.b.send(now, &push, &mut out) {
-            self.pair.b.outbox.push_back(Transmit {
-                peer: None,
-                endpoint,
-                data: out[..len].to_vec(),
-            });
-        }
+        send_through_outbox(&mut self.pair.b, now, &ipv4_packet(b_tun, a_tun, 84));
         self.pump();
     }
 
@@ -178,6 +153,20 @@ impl Sim {
             self.pair.now = self.pair.now.advance(step);
         }
         None
+    }
+}
+
+/// Encrypts an IP packet and, if it went out at once, queues the datagram
+/// in the engine's outbox, so that [`Sim::pump`] carries it with the rest.
+fn send_through_outbox(device: &mut Device, now: Now, packet: &[u8]) {
+    let mut out = vec![0u8; packet.len() + 64];
+    if let SendOutcome::Sent { len, endpoint, .. } = device.send(now, packet, &mut out) {
+        out.truncate(len);
+        device.outbox.push_back(Transmit {
+            peer: None,
+            endpoint,
+            data: out,
+        });
     }
 }
 
