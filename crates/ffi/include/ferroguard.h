@@ -127,14 +127,24 @@ extern "C" {
 //
 // Returns the handle, owned by the caller until [`fg_device_free`], or
 // NULL on failure (see [`fg_last_error`]). Thread-safe.
+//
+// # Safety
+// `private_key` is NULL or 32 readable bytes; `seed` is NULL or 32 readable bytes.
 struct fg_device *fg_device_new(const uint8_t *private_key, const uint8_t *seed);
 
 // Frees an engine and wipes its keys. NULL does nothing. The handle must
 // not be used again, and no other call on it may be running.
+//
+// # Safety
+// `device` is NULL or a handle from `fg_device_new`, not freed before and not in use; it is invalid afterwards.
 void fg_device_free(struct fg_device *device);
 
 // Writes our public key (32 bytes) to `out`.
-int32_t fg_device_public_key(struct fg_device *device, uint8_t *out);
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `out` is NULL or 32 writable bytes.
+int32_t fg_device_public_key(struct fg_device *device,
+                             uint8_t *out);
 
 // Returns the library version, a static NUL-terminated string (never
 // freed by the caller). Thread-safe.
@@ -144,16 +154,31 @@ const char *fg_version(void);
 // fit, into `buf` (`cap` bytes; NULL with 0 only asks the length). Returns
 // the full length without the NUL (0: no error yet). Thread-safe: each
 // thread has its own last error.
+//
+// # Safety
+// `buf` is NULL (then `cap` must be 0) or `cap` writable bytes.
 size_t fg_last_error(char *buf, size_t cap);
 
 // Adds the peer with this public key (32 bytes), or finds it if present,
 // and writes its id to `peer`. Our own public key is `FG_ERR_INVALID`.
-int32_t fg_peer_add(struct fg_device *device, const uint8_t *public_key, uint64_t *peer);
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `public_key` is NULL or 32 readable bytes; `peer` is NULL or a writable `uint64_t`.
+int32_t fg_peer_add(struct fg_device *device,
+                    const uint8_t *public_key,
+                    uint64_t *peer);
 
 // Removes a peer with its sessions and allowed IPs.
-int32_t fg_peer_remove(struct fg_device *device, uint64_t peer);
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call.
+int32_t fg_peer_remove(struct fg_device *device,
+                       uint64_t peer);
 
 // Sets where to send the peer's datagrams (`endpoint` read during the call).
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `endpoint` is NULL or a readable `fg_addr`.
 int32_t fg_peer_set_endpoint(struct fg_device *device,
                              uint64_t peer,
                              const struct fg_addr *endpoint);
@@ -161,35 +186,63 @@ int32_t fg_peer_set_endpoint(struct fg_device *device,
 // Routes `prefix` ("10.0.0.0/24", "fd00::/64", or a bare address for a
 // host route; a NUL-terminated string) to the peer, taking it from any
 // other peer.
-int32_t fg_peer_add_allowed_ip(struct fg_device *device, uint64_t peer, const char *prefix);
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `prefix` is NULL or a NUL-terminated string.
+int32_t fg_peer_add_allowed_ip(struct fg_device *device,
+                               uint64_t peer,
+                               const char *prefix);
 
 // Removes `prefix` (as in [`fg_peer_add_allowed_ip`]) if it is the
 // peer's. Returns 1 if it was removed, 0 if it was not the peer's.
-int32_t fg_peer_remove_allowed_ip(struct fg_device *device, uint64_t peer, const char *prefix);
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `prefix` is NULL or a NUL-terminated string.
+int32_t fg_peer_remove_allowed_ip(struct fg_device *device,
+                                  uint64_t peer,
+                                  const char *prefix);
 
 // Removes every allowed IP of the peer.
-int32_t fg_peer_clear_allowed_ips(struct fg_device *device, uint64_t peer);
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call.
+int32_t fg_peer_clear_allowed_ips(struct fg_device *device,
+                                  uint64_t peer);
 
 // Sets the peer's preshared key: 32 bytes, or NULL for none. Used from the
 // next handshake.
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `preshared_key` is NULL or 32 readable bytes.
 int32_t fg_peer_set_preshared_key(struct fg_device *device,
                                   uint64_t peer,
                                   const uint8_t *preshared_key);
 
 // Sets the persistent keepalive interval in seconds (0 = off). Turning it
 // on queues a keepalive at once.
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call.
 int32_t fg_peer_set_keepalive(struct fg_device *device,
                               uint64_t peer,
                               uint64_t now_ns,
                               uint16_t seconds);
 
 // Writes the peer's counters to `stats`.
-int32_t fg_peer_get_stats(struct fg_device *device, uint64_t peer, struct fg_peer_stats *stats);
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `stats` is NULL or a writable `fg_peer_stats`.
+int32_t fg_peer_get_stats(struct fg_device *device,
+                          uint64_t peer,
+                          struct fg_peer_stats *stats);
 
 // Hands in an IP packet read from the tunnel (`len` bytes at `packet`,
 // read during the call). Returns an `FG_SEND_*` outcome: with
 // `FG_SEND_READY` the datagram waits in [`fg_poll_transmit`]; a handshake
 // it starts waits there too. Not an IPv4/IPv6 packet: `FG_ERR_INVALID`.
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `packet` is NULL (then `len` must be 0) or `len` readable bytes.
 int32_t fg_send_packet(struct fg_device *device,
                        uint64_t now_ns,
                        const uint8_t *packet,
@@ -201,6 +254,9 @@ int32_t fg_send_packet(struct fg_device *device,
 // same buffer (decrypted in place) but must not otherwise overlap.
 // Answers (handshake responses, keepalives) wait in [`fg_poll_transmit`].
 // Returns an `FG_RECV_*` outcome, or an error.
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `from` is NULL or a readable `fg_addr`; `data` is `len` readable bytes; `out` is `cap` writable bytes (the same buffer as `data`, or not overlapping it); `out_len` is NULL or a writable `size_t`.
 int32_t fg_receive_datagram(struct fg_device *device,
                             uint64_t now_ns,
                             const struct fg_addr *from,
@@ -216,6 +272,9 @@ int32_t fg_receive_datagram(struct fg_device *device,
 // the datagram stays, and `FG_ERR_BUFFER_TOO_SMALL` is returned (1500
 // bytes, or the tunnel MTU + 80, always suffice). Call until it returns 0
 // after every other call.
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `out` is `cap` writable bytes; `len` and `to` are NULL or writable.
 int32_t fg_poll_transmit(struct fg_device *device,
                          uint8_t *out,
                          size_t cap,
@@ -225,18 +284,30 @@ int32_t fg_poll_transmit(struct fg_device *device,
 // Writes to `*deadline_ns` when [`fg_handle_timeout`] should next be
 // called (caller time) and returns 1; returns 0 when no timer is armed.
 // May be early, never late.
-int32_t fg_poll_timeout(struct fg_device *device, uint64_t *deadline_ns);
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `deadline_ns` is NULL or a writable `uint64_t`.
+int32_t fg_poll_timeout(struct fg_device *device,
+                        uint64_t *deadline_ns);
 
 // Fires every timer due at `now_ns` (retransmits, keepalives, rekeys, key
 // expiry); datagrams it makes wait in [`fg_poll_transmit`].
-int32_t fg_handle_timeout(struct fg_device *device, uint64_t now_ns);
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call.
+int32_t fg_handle_timeout(struct fg_device *device,
+                          uint64_t now_ns);
 
 // Tells the engine that the network changed (Wi-Fi to mobile, resume from
 // sleep): it forgets sticky sources and sends every peer that had a
 // session a keepalive and a fresh handshake (at most one initiation per
 // 5 s per peer), all waiting in [`fg_poll_transmit`]. Rebind your sockets
 // first if the old ones are gone.
-int32_t fg_network_changed(struct fg_device *device, uint64_t now_ns);
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call.
+int32_t fg_network_changed(struct fg_device *device,
+                           uint64_t now_ns);
 
 // Runs one request of WireGuard's configuration protocol: `len` bytes of
 // text at `request` (`"get=1\n\n"`, or `"set=1\n"` + `key=value` lines +
@@ -251,6 +322,9 @@ int32_t fg_network_changed(struct fg_device *device, uint64_t now_ns);
 // room. A `set=1` request with `cap` below [`FG_UAPI_SET_REPLY_MIN`] is
 // refused before anything is applied. The reply holds the private key:
 // wipe it after use.
+//
+// # Safety
+// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `request` is NULL (then `len` must be 0) or `len` readable bytes; `reply` is `cap` writable bytes; `reply_len` is NULL or a writable `size_t`.
 int32_t fg_uapi(struct fg_device *device,
                 uint64_t now_ns,
                 const char *request,
@@ -261,12 +335,23 @@ int32_t fg_uapi(struct fg_device *device,
 
 // Converts a `struct sockaddr_in` or `sockaddr_in6` (`len` bytes at `sa`,
 // as `recvfrom` fills them) to an [`fg_addr`]. Thread-safe.
-int32_t fg_addr_from_sockaddr(const void *sa, size_t len, struct fg_addr *out);
+//
+// # Safety
+// `sa` is NULL (then `len` must be 0) or `len` readable bytes; `out` is NULL or a writable `fg_addr`.
+int32_t fg_addr_from_sockaddr(const void *sa,
+                              size_t len,
+                              struct fg_addr *out);
 
 // Writes `addr` as a `struct sockaddr_in` or `sockaddr_in6` to `out`
 // (`cap` bytes, 28 always suffice), its length to `*len`, ready for
 // `sendto`. Thread-safe.
-int32_t fg_addr_to_sockaddr(const struct fg_addr *addr, void *out, size_t cap, size_t *len);
+//
+// # Safety
+// `addr` is NULL or a readable `fg_addr`; `out` is `cap` writable bytes; `len` is NULL or a writable `size_t`.
+int32_t fg_addr_to_sockaddr(const struct fg_addr *addr,
+                            void *out,
+                            size_t cap,
+                            size_t *len);
 
 #ifdef __cplusplus
 }  // extern "C"

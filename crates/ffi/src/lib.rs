@@ -350,6 +350,9 @@ unsafe fn text<'a>(text: *const c_char, what: &str) -> Result<&'a str, Fail> {
 ///
 /// Returns the handle, owned by the caller until [`fg_device_free`], or
 /// NULL on failure (see [`fg_last_error`]). Thread-safe.
+///
+/// # Safety
+/// `private_key` is NULL or 32 readable bytes; `seed` is NULL or 32 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn fg_device_new(private_key: *const u8, seed: *const u8) -> *mut fg_device {
     let mut made = None;
@@ -378,6 +381,9 @@ pub unsafe extern "C" fn fg_device_new(private_key: *const u8, seed: *const u8) 
 
 /// Frees an engine and wipes its keys. NULL does nothing. The handle must
 /// not be used again, and no other call on it may be running.
+///
+/// # Safety
+/// `device` is NULL or a handle from `fg_device_new`, not freed before and not in use; it is invalid afterwards.
 #[no_mangle]
 pub unsafe extern "C" fn fg_device_free(device: *mut fg_device) {
     if device.is_null() {
@@ -392,6 +398,9 @@ pub unsafe extern "C" fn fg_device_free(device: *mut fg_device) {
 }
 
 /// Writes our public key (32 bytes) to `out`.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `out` is NULL or 32 writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn fg_device_public_key(device: *mut fg_device, out: *mut u8) -> i32 {
     with_device(device, |engine| {
@@ -417,6 +426,9 @@ pub extern "C" fn fg_version() -> *const c_char {
 /// fit, into `buf` (`cap` bytes; NULL with 0 only asks the length). Returns
 /// the full length without the NUL (0: no error yet). Thread-safe: each
 /// thread has its own last error.
+///
+/// # Safety
+/// `buf` is NULL (then `cap` must be 0) or `cap` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn fg_last_error(buf: *mut c_char, cap: usize) -> usize {
     let message = LAST_ERROR.with(|e| e.borrow().clone());
@@ -436,6 +448,9 @@ pub unsafe extern "C" fn fg_last_error(buf: *mut c_char, cap: usize) -> usize {
 
 /// Adds the peer with this public key (32 bytes), or finds it if present,
 /// and writes its id to `peer`. Our own public key is `FG_ERR_INVALID`.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `public_key` is NULL or 32 readable bytes; `peer` is NULL or a writable `uint64_t`.
 #[no_mangle]
 pub unsafe extern "C" fn fg_peer_add(
     device: *mut fg_device,
@@ -455,6 +470,9 @@ pub unsafe extern "C" fn fg_peer_add(
 }
 
 /// Removes a peer with its sessions and allowed IPs.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call.
 #[no_mangle]
 pub unsafe extern "C" fn fg_peer_remove(device: *mut fg_device, peer: u64) -> i32 {
     with_peer(device, peer, |engine, id| {
@@ -464,6 +482,9 @@ pub unsafe extern "C" fn fg_peer_remove(device: *mut fg_device, peer: u64) -> i3
 }
 
 /// Sets where to send the peer's datagrams (`endpoint` read during the call).
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `endpoint` is NULL or a readable `fg_addr`.
 #[no_mangle]
 pub unsafe extern "C" fn fg_peer_set_endpoint(
     device: *mut fg_device,
@@ -481,6 +502,9 @@ pub unsafe extern "C" fn fg_peer_set_endpoint(
 /// Routes `prefix` ("10.0.0.0/24", "fd00::/64", or a bare address for a
 /// host route; a NUL-terminated string) to the peer, taking it from any
 /// other peer.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `prefix` is NULL or a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn fg_peer_add_allowed_ip(
     device: *mut fg_device,
@@ -497,6 +521,9 @@ pub unsafe extern "C" fn fg_peer_add_allowed_ip(
 
 /// Removes `prefix` (as in [`fg_peer_add_allowed_ip`]) if it is the
 /// peer's. Returns 1 if it was removed, 0 if it was not the peer's.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `prefix` is NULL or a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn fg_peer_remove_allowed_ip(
     device: *mut fg_device,
@@ -512,6 +539,9 @@ pub unsafe extern "C" fn fg_peer_remove_allowed_ip(
 }
 
 /// Removes every allowed IP of the peer.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call.
 #[no_mangle]
 pub unsafe extern "C" fn fg_peer_clear_allowed_ips(device: *mut fg_device, peer: u64) -> i32 {
     with_peer(device, peer, |engine, id| {
@@ -522,6 +552,9 @@ pub unsafe extern "C" fn fg_peer_clear_allowed_ips(device: *mut fg_device, peer:
 
 /// Sets the peer's preshared key: 32 bytes, or NULL for none. Used from the
 /// next handshake.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `preshared_key` is NULL or 32 readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn fg_peer_set_preshared_key(
     device: *mut fg_device,
@@ -544,6 +577,9 @@ pub unsafe extern "C" fn fg_peer_set_preshared_key(
 
 /// Sets the persistent keepalive interval in seconds (0 = off). Turning it
 /// on queues a keepalive at once.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call.
 #[no_mangle]
 pub unsafe extern "C" fn fg_peer_set_keepalive(
     device: *mut fg_device,
@@ -559,6 +595,9 @@ pub unsafe extern "C" fn fg_peer_set_keepalive(
 }
 
 /// Writes the peer's counters to `stats`.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `stats` is NULL or a writable `fg_peer_stats`.
 #[no_mangle]
 pub unsafe extern "C" fn fg_peer_get_stats(
     device: *mut fg_device,
@@ -596,6 +635,9 @@ pub unsafe extern "C" fn fg_peer_get_stats(
 /// read during the call). Returns an `FG_SEND_*` outcome: with
 /// `FG_SEND_READY` the datagram waits in [`fg_poll_transmit`]; a handshake
 /// it starts waits there too. Not an IPv4/IPv6 packet: `FG_ERR_INVALID`.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `packet` is NULL (then `len` must be 0) or `len` readable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn fg_send_packet(
     device: *mut fg_device,
@@ -624,6 +666,9 @@ pub unsafe extern "C" fn fg_send_packet(
 /// same buffer (decrypted in place) but must not otherwise overlap.
 /// Answers (handshake responses, keepalives) wait in [`fg_poll_transmit`].
 /// Returns an `FG_RECV_*` outcome, or an error.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `from` is NULL or a readable `fg_addr`; `data` is `len` readable bytes; `out` is `cap` writable bytes (the same buffer as `data`, or not overlapping it); `out_len` is NULL or a writable `size_t`.
 #[no_mangle]
 pub unsafe extern "C" fn fg_receive_datagram(
     device: *mut fg_device,
@@ -680,6 +725,9 @@ pub unsafe extern "C" fn fg_receive_datagram(
 /// the datagram stays, and `FG_ERR_BUFFER_TOO_SMALL` is returned (1500
 /// bytes, or the tunnel MTU + 80, always suffice). Call until it returns 0
 /// after every other call.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `out` is `cap` writable bytes; `len` and `to` are NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn fg_poll_transmit(
     device: *mut fg_device,
@@ -715,6 +763,9 @@ pub unsafe extern "C" fn fg_poll_transmit(
 /// Writes to `*deadline_ns` when [`fg_handle_timeout`] should next be
 /// called (caller time) and returns 1; returns 0 when no timer is armed.
 /// May be early, never late.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `deadline_ns` is NULL or a writable `uint64_t`.
 #[no_mangle]
 pub unsafe extern "C" fn fg_poll_timeout(device: *mut fg_device, deadline_ns: *mut u64) -> i32 {
     with_device(device, |engine| {
@@ -729,6 +780,9 @@ pub unsafe extern "C" fn fg_poll_timeout(device: *mut fg_device, deadline_ns: *m
 
 /// Fires every timer due at `now_ns` (retransmits, keepalives, rekeys, key
 /// expiry); datagrams it makes wait in [`fg_poll_transmit`].
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call.
 #[no_mangle]
 pub unsafe extern "C" fn fg_handle_timeout(device: *mut fg_device, now_ns: u64) -> i32 {
     with_device(device, |engine| {
@@ -742,6 +796,9 @@ pub unsafe extern "C" fn fg_handle_timeout(device: *mut fg_device, now_ns: u64) 
 /// session a keepalive and a fresh handshake (at most one initiation per
 /// 5 s per peer), all waiting in [`fg_poll_transmit`]. Rebind your sockets
 /// first if the old ones are gone.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call.
 #[no_mangle]
 pub unsafe extern "C" fn fg_network_changed(device: *mut fg_device, now_ns: u64) -> i32 {
     with_device(device, |engine| {
@@ -766,6 +823,9 @@ pub const FG_UAPI_SET_REPLY_MIN: usize = 32;
 /// room. A `set=1` request with `cap` below [`FG_UAPI_SET_REPLY_MIN`] is
 /// refused before anything is applied. The reply holds the private key:
 /// wipe it after use.
+///
+/// # Safety
+/// `device` is NULL or a live handle from `fg_device_new` that no other thread is using during the call; `request` is NULL (then `len` must be 0) or `len` readable bytes; `reply` is `cap` writable bytes; `reply_len` is NULL or a writable `size_t`.
 #[no_mangle]
 pub unsafe extern "C" fn fg_uapi(
     device: *mut fg_device,
@@ -806,6 +866,9 @@ pub unsafe extern "C" fn fg_uapi(
 
 /// Converts a `struct sockaddr_in` or `sockaddr_in6` (`len` bytes at `sa`,
 /// as `recvfrom` fills them) to an [`fg_addr`]. Thread-safe.
+///
+/// # Safety
+/// `sa` is NULL (then `len` must be 0) or `len` readable bytes; `out` is NULL or a writable `fg_addr`.
 #[no_mangle]
 pub unsafe extern "C" fn fg_addr_from_sockaddr(
     sa: *const c_void,
@@ -825,6 +888,9 @@ pub unsafe extern "C" fn fg_addr_from_sockaddr(
 /// Writes `addr` as a `struct sockaddr_in` or `sockaddr_in6` to `out`
 /// (`cap` bytes, 28 always suffice), its length to `*len`, ready for
 /// `sendto`. Thread-safe.
+///
+/// # Safety
+/// `addr` is NULL or a readable `fg_addr`; `out` is `cap` writable bytes; `len` is NULL or a writable `size_t`.
 #[no_mangle]
 pub unsafe extern "C" fn fg_addr_to_sockaddr(
     addr: *const fg_addr,

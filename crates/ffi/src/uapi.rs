@@ -187,7 +187,7 @@ fn get(engine: &Engine) -> Zeroizing<String> {
     let device = &engine.device;
     let mut out = Zeroizing::new(String::new());
     if let Some(key) = device.private_key() {
-        let _ = writeln!(out, "private_key={}", hex(&*key.to_bytes()).as_str());
+        let _ = writeln!(out, "private_key={}", hex(&key.to_bytes()).as_str());
     }
     let _ = writeln!(out, "listen_port={}", engine.listen_port);
     if engine.fwmark != 0 {
