@@ -175,14 +175,19 @@ int main(void) {
   CHECK(fg_peer_set_endpoint(a.dev, a.peer, &b_addr) == FG_OK);
   CHECK(fg_peer_add_allowed_ip(a.dev, a.peer, "10.77.0.2/32") == FG_OK);
   CHECK(fg_peer_add_allowed_ip(a.dev, a.peer, "not an address") == FG_ERR_INVALID);
+  uint8_t psk[32];
+  memset(psk, 0x5a, sizeof psk);
+  CHECK(fg_peer_set_preshared_key(a.dev, a.peer, psk) == FG_OK);
 
   /* B: one UAPI request, as `wg set` would send it. */
-  char hex_a[65], request[512], reply[4096];
+  char hex_a[65], hex_psk[65], request[512], reply[4096];
   size_t reply_len;
   hex(pub_a, hex_a);
+  hex(psk, hex_psk); /* the same preshared key as A's, by the other path */
   snprintf(request, sizeof request,
-           "set=1\nlisten_port=%u\npublic_key=%s\nendpoint=127.0.0.1:%u\nallowed_ip=10.77.0.1/32\n\n",
-           port_b, hex_a, port_a);
+           "set=1\nlisten_port=%u\npublic_key=%s\npreshared_key=%s\nendpoint=127.0.0.1:%u\n"
+           "allowed_ip=10.77.0.1/32\n\n",
+           port_b, hex_a, hex_psk, port_a);
   CHECK(fg_uapi(b.dev, now_ns, request, strlen(request), reply, sizeof reply, &reply_len) == FG_OK);
   CHECK(strcmp(reply, "errno=0\n\n") == 0);
   CHECK(fg_peer_add(b.dev, pub_a, &b.peer) == FG_OK); /* finds the peer the request added */

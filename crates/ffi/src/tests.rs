@@ -338,3 +338,39 @@ fn sockaddr_round_trips() {
         assert_eq!(socket_addr(back).ok(), Some(addr));
     }
 }
+
+#[test]
+fn the_preshared_key_must_match_on_both_sides() {
+    let (a, b) = pair();
+    let p = packet(1, 2);
+    // SAFETY: live handles, 32-byte keys, `p.len()` readable bytes.
+    unsafe {
+        assert_eq!(
+            fg_peer_set_preshared_key(a.dev, a.peer, [7u8; 32].as_ptr()),
+            FG_OK
+        );
+        fg_send_packet(a.dev, 0, p.as_ptr(), p.len());
+    }
+    assert!(
+        pump(&a, &b, 0).1.is_empty(),
+        "B has no preshared key: no session"
+    );
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(
+            fg_peer_set_preshared_key(b.dev, b.peer, [7u8; 32].as_ptr()),
+            FG_OK
+        );
+        fg_handle_timeout(a.dev, 6_000_000_000); // the retransmission, 5 s later
+    }
+    assert_eq!(
+        pump(&a, &b, 6_000_000_000).1,
+        vec![p],
+        "same key: delivered"
+    );
+    // SAFETY: live handle; NULL clears the key.
+    assert_eq!(
+        unsafe { fg_peer_set_preshared_key(a.dev, a.peer, null()) },
+        FG_OK
+    );
+}
