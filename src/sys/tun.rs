@@ -191,6 +191,11 @@ impl Tun {
     /// [`create_with`](Self::create_with) does; a refusal is an error here,
     /// since the descriptor cannot be reopened. The MTU is left as the opener
     /// set it.
+    ///
+    /// Measured on Linux 6.18: `TUNGETIFF` reports `IFF_NO_PI` also for a
+    /// descriptor attached without it, so a prefixed descriptor is not always
+    /// caught here; `IFF_NO_PI` is the opener's duty (documented with
+    /// `WG_TUN_FD`).
     pub fn from_fd(file: OwnedFd) -> io::Result<Tun> {
         let (name, flags) = interface_of(file.as_fd())?;
         let flags = libc::c_int::from(flags);
