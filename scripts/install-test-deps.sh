@@ -4,7 +4,8 @@
 set -euo pipefail
 need=()
 for tool in ip:iproute2 ping:iputils-ping iperf3:iperf3 nft:nftables wg:wireguard-tools \
-  wireguard-go:wireguard-go setpriv:util-linux pkill:procps python3:python3; do
+  wireguard-go:wireguard-go setpriv:util-linux pkill:procps python3:python3 \
+  cc:gcc valgrind:valgrind; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -17,3 +18,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz --qui
 # cargo-deny (scripts/deny.sh) from crates.io: one build, 11 min on this 2-core machine while others
 # compiled (3 min of CPU).
 command -v cargo-deny >/dev/null 2>&1 || cargo install --locked cargo-deny --quiet
+# cbindgen (scripts/ffi-header.sh checks crates/ffi/include/ferroguard.h): a tool, not a build-dependency,
+# so that building the C ABI crate never pays for it. One build: 13 min wall on this 2-core machine while
+# others compiled (3 min of CPU).
+command -v cbindgen >/dev/null 2>&1 || cargo install --locked cbindgen --quiet

@@ -56,6 +56,12 @@ step "build (release)" 1200 cargo build --release --workspace --lib --bins --exa
 step "unit, property and integration tests" 1200 cargo test --workspace --release
 step "feature: proto without self-tests" 900 cargo test -p ferroguard-proto --release --no-default-features --lib
 step "feature: debug checks alone" 900 cargo test -p ferroguard-proto --release --no-default-features --features debug-checks --lib
+# The C ABI (crates/ffi): the header is what cbindgen makes of the code; the C example runs two
+# engines over loopback (handshake, data, rekey, network change), also under valgrind.
+step "C ABI header matches the code" 120 scripts/ffi-header.sh
+step "C ABI example with cc, and under valgrind" 900 scripts/ffi-example.sh
+# cargo package of the published crates (a debug build of each, ~5 min on 2 shared cores) and the MSRV API check.
+step "cargo package: ferroguard-proto, ferroguard-ffi; rust-version" 1200 scripts/package.sh
 step "self-tests from the binary" 60 target/release/ferroguard --selftest
 # Built apart, so that target/release/ferroguard stays the default build.
 step "feature: daemon without self-tests" 900 scripts/check-no-selftest.sh

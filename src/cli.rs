@@ -188,6 +188,15 @@ Environment:
   FERROGUARD_IO_THREADS=MODE     'one' thread for the TUN and both sockets, or
                                  'per-source' (one each); default: one below
                                  3 cores, else per-source
+  WG_TUN_FD=N                    use open TUN descriptor N (IFF_TUN|IFF_NO_PI,
+                                 IFF_VNET_HDR optional) instead of creating one
+  WG_UAPI_FD=N                   serve configuration on listening socket N
+  LISTEN_PID, LISTEN_FDS         systemd socket activation: descriptor 3 is
+                                 the configuration socket
+
+Signals: SIGINT, SIGTERM stop; SIGUSR1 means 'the network changed': sticky
+sources are forgotten and every peer with a session gets a keepalive and a
+fresh handshake.
 
 Use with wg-quick: WG_QUICK_USERSPACE_IMPLEMENTATION=ferroguard wg-quick up wg0
 Manual: man ferroguard (doc/ferroguard.8 in the source tree)

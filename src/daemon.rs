@@ -17,13 +17,14 @@ use ferroguard_proto::device::Device;
 
 use crate::cli::Options;
 use crate::config::ConfigHandler;
+use crate::handed::ConfigSocket;
 use crate::io_threads::IoThreads;
 use crate::runtime::{self, Shared};
 use crate::sys::privileges::{self, Account};
 use crate::sys::process;
 use crate::sys::tun::{Tun, TunOptions};
 use crate::sys::udp::UdpSockets;
-use crate::uapi::{serve_connection, UapiListener};
+use crate::uapi::serve_connection;
 
 /// Why the daemon stopped.
 #[derive(Debug)]
@@ -56,13 +57,22 @@ fn random_seed() -> Result<[u8; 32], SetupError> {
 pub fn run(options: &Options) -> Result<Stop, SetupError> {
     let name = &options.interface;
     let account = resolve_account(options)?;
-    let tun = create_tun(name)
-        .map_err(|e| SetupError(format!("failed to create TUN device '{name}': {e}")))?;
-    let listener = UapiListener::bind(name).map_err(|e| {
+    let tun = match crate::handed::take_tun() {
+        Ok(Some(tun)) => Ok(tun),
+        Ok(None) => create_tun(name),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| SetupError(format!("failed to create TUN device '{name}': {e}")))?;
+    let listener = ConfigSocket::open(name).map_err(|e| {
         SetupError(format!(
             "failed to open the configuration socket for '{name}': {e}"
         ))
     })?;
+    if account.is_some() && listener.owned_path().is_none() {
+        return Err(SetupError(
+            "--user needs the daemon's own configuration socket, not a handed one".into(),
+        ));
+    }
     let sockets = UdpSockets::bind(0, 0)
         .map_err(|e| SetupError(format!("failed to bind UDP sockets: {e}")))?;
     let metrics = bind_metrics(options)?;
@@ -74,10 +84,12 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
         crate::logging::use_syslog();
         Some(child)
     };
-    let socket_path = listener.path().to_path_buf();
-    let socket_inode = fs::metadata(&socket_path).map(|m| m.ino()).ok();
-    if let Some(account) = &account {
-        if let Err(e) = switch_user(account, &socket_path) {
+    let socket_path = listener.owned_path().map(|p| p.to_path_buf());
+    let socket_inode = socket_path
+        .as_ref()
+        .and_then(|p| fs::metadata(p).map(|m| m.ino()).ok());
+    if let (Some(account), Some(path)) = (&account, &socket_path) {
+        if let Err(e) = switch_user(account, path) {
             let message = format!("failed to switch to {account}: {e}");
             if let Some(child) = child {
                 let _ = child.failed(&message);
@@ -93,7 +105,7 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
         .map_err(|e| SetupError(format!("failed to set up: {e}")))?;
     let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
     spawn_threads(&shared, listener, stop_tx.clone());
-    spawn_signal_thread(stop_tx)?;
+    spawn_signal_thread(shared.clone(), stop_tx)?;
     if let Some(listener) = metrics {
         let (s, interface) = (shared.clone(), name.clone());
         thread::Builder::new()
@@ -110,7 +122,9 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
     }
     let stop = watch(&shared, &stop_rx, socket_path.clone(), socket_inode);
     log::info!("shutting down: {stop:?}");
-    cleanup(&socket_path, socket_inode);
+    if let Some(path) = &socket_path {
+        cleanup(path, socket_inode);
+    }
     Ok(stop)
 }
 
@@ -168,7 +182,7 @@ fn create_tun(name: &str) -> std::io::Result<Tun> {
     Ok(tun)
 }
 
-fn spawn_threads(shared: &Arc<Shared>, listener: UapiListener, stop: mpsc::Sender<Stop>) {
+fn spawn_threads(shared: &Arc<Shared>, listener: ConfigSocket, stop: mpsc::Sender<Stop>) {
     for (name, role) in IoThreads::from_env().roles() {
         let s = shared.clone();
         let stop = stop.clone();
@@ -259,7 +273,7 @@ impl std::io::Write for DeadlineStream {
 /// Serves configuration connections one at a time, each within
 /// [`UAPI_CONNECTION_BUDGET`], so a stalled or trickling client cannot block
 /// configuration for long.
-fn uapi_loop(shared: Arc<Shared>, listener: UapiListener) {
+fn uapi_loop(shared: Arc<Shared>, listener: ConfigSocket) {
     let mut handler = ConfigHandler::new(shared);
     loop {
         match listener.accept() {
@@ -289,27 +303,50 @@ fn route_loop(shared: Arc<Shared>, monitor: crate::sys::netlink::RouteMonitor) {
     }
 }
 
-fn spawn_signal_thread(stop: mpsc::Sender<Stop>) -> Result<(), SetupError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+fn spawn_signal_thread(shared: Arc<Shared>, stop: mpsc::Sender<Stop>) -> Result<(), SetupError> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1])
         .map_err(|e| SetupError(format!("failed to install signal handlers: {e}")))?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                if signal == SIGUSR1 {
+                    network_changed(&shared);
+                    continue;
+                }
                 let _ = stop.send(Stop::Signal(signal));
+                return;
             }
         })
         .map_err(|e| SetupError(format!("failed to spawn: {e}")))?;
     Ok(())
 }
 
+/// SIGUSR1: "the network changed" (a resume hook, a NetworkManager
+/// dispatcher script, a VPN app's connectivity callback). The engine forgets
+/// sticky sources and starts a fresh handshake with every peer that had a
+/// session (see `Device::network_changed`). Route and address notifications
+/// (`route_loop`) only forget sticky sources: they also fire for changes
+/// that have nothing to do with the peers (wg-quick adding its own routes),
+/// and a handshake for each would be noise.
+fn network_changed(shared: &Shared) {
+    let pending = {
+        let mut engine = shared.engine();
+        engine.device.network_changed(crate::clock::now());
+        shared.after_engine_change(&mut engine);
+        runtime::drain(&mut engine.device)
+    };
+    shared.send_all(pending);
+    log::info!("network changed (SIGUSR1): sticky sources cleared, handshakes restarted");
+}
+
 /// Waits for a stop request, checking twice a second that the socket file is
-/// still ours and refreshing the MTU used for padding.
+/// still ours (if the daemon owns one) and refreshing the MTU used for padding.
 fn watch(
     shared: &Shared,
     stop: &mpsc::Receiver<Stop>,
-    socket_path: PathBuf,
+    socket_path: Option<PathBuf>,
     socket_inode: Option<u64>,
 ) -> Stop {
     let mut mtu = 0;
@@ -319,9 +356,11 @@ fn watch(
             Err(mpsc::RecvTimeoutError::Disconnected) => return Stop::InterfaceGone,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let current = fs::metadata(&socket_path).map(|m| m.ino()).ok();
-        if current.is_none() || current != socket_inode {
-            return Stop::SocketGone;
+        if let Some(path) = &socket_path {
+            let current = fs::metadata(path).map(|m| m.ino()).ok();
+            if current.is_none() || current != socket_inode {
+                return Stop::SocketGone;
+            }
         }
         if let Ok(now) = shared.tun().mtu() {
             if now != mtu {

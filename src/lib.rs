@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto_pool;
 pub mod daemon;
+pub mod handed;
 pub mod icmp;
 pub mod io_threads;
 pub mod logging;

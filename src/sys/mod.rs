@@ -23,6 +23,7 @@
 //! is the back-pressure the sender wants.
 
 pub mod epoll;
+pub mod handed_fds;
 pub mod netlink;
 pub mod privileges;
 pub mod process;

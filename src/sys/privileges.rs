@@ -32,7 +32,7 @@
 //! forks before the drop: the child goes on to drop its privileges and run
 //! the tunnel; the parent keeps uid 0 (the owner of the directory, so it
 //! needs no capability to unlink there) with only `CAP_KILL`, closes every
-//! descriptor, forwards SIGINT and SIGTERM to the child, and when the child
+//! descriptor, forwards SIGINT, SIGTERM and SIGUSR1 to the child, and when the child
 //! has exited removes the socket file if it is still the one that was bound,
 //! then exits with the child's status (0 when the child stopped on SIGINT or
 //! SIGTERM). It reads no input and holds no key. The child gets SIGTERM if
@@ -503,7 +503,8 @@ pub fn split_cleanup_parent(socket_path: &Path) -> io::Result<()> {
     let identity = fs::symlink_metadata(socket_path).map(|m| (m.dev(), m.ino()))?;
     // Blocked before the fork, so that a SIGTERM that comes right after it
     // is not lost in the parent (it is waited for with sigwaitinfo).
-    let signals = SignalSet::of(&[libc::SIGINT, libc::SIGTERM, libc::SIGCHLD])?;
+    // SIGUSR1 ("the network changed") is passed on like the other two.
+    let signals = SignalSet::of(&[libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGCHLD])?;
     let previous = signals.block()?;
     match super::process::fork() {
         Err(e) => {

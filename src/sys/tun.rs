@@ -183,6 +183,43 @@ impl Tun {
         Tun::create_configured(name, options, false)
     }
 
+    /// Takes an already-open, attached TUN descriptor (`WG_TUN_FD`: an app
+    /// or a privileged helper created the interface). `TUNGETIFF` tells its
+    /// interface and flags: it must be a TUN device (not TAP) without the
+    /// packet-information prefix (`IFF_NO_PI`). If the opener turned on
+    /// `IFF_VNET_HDR`, the header size and the offloads are set up as
+    /// [`create_with`](Self::create_with) does; a refusal is an error here,
+    /// since the descriptor cannot be reopened. The MTU is left as the opener
+    /// set it.
+    ///
+    /// Measured on Linux 6.18: `TUNGETIFF` reports `IFF_NO_PI` also for a
+    /// descriptor attached without it, so a prefixed descriptor is not always
+    /// caught here; `IFF_NO_PI` is the opener's duty (documented with
+    /// `WG_TUN_FD`).
+    pub fn from_fd(file: OwnedFd) -> io::Result<Tun> {
+        let (name, flags) = interface_of(file.as_fd())?;
+        let flags = libc::c_int::from(flags);
+        if flags & libc::IFF_TUN == 0 || flags & libc::IFF_NO_PI == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the TUN descriptor of {name:?} must be IFF_TUN with IFF_NO_PI (flags {flags:#x})"
+                ),
+            ));
+        }
+        let offloads = if flags & libc::IFF_VNET_HDR != 0 {
+            configure_vnet(file.as_fd(), true)?
+        } else {
+            TunOffloads::default()
+        };
+        Ok(Tun {
+            file,
+            name,
+            offloads,
+            control: Mutex::new(ControlCache::default()),
+        })
+    }
+
     /// [`create_with`](Self::create_with); `refuse_offloads` makes it act as
     /// if the kernel refused the header mode (for tests of the fallback).
     fn create_configured(
@@ -586,6 +623,21 @@ fn explain_attach_error(name: &str, err: io::Error) -> io::Error {
         err.kind(),
         format!("cannot create TUN interface {name:?}: {why} ({err})"),
     )
+}
+
+/// `TUNGETIFF`: the interface's current name and the descriptor's flags.
+fn interface_of(tun: BorrowedFd<'_>) -> io::Result<(String, libc::c_short)> {
+    let mut request = name_request("", 0);
+    // SAFETY: TUNGETIFF writes one `ifreq` into the live local `request`.
+    check(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNGETIFF, &mut request) }).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not an attached TUN descriptor (TUNGETIFF: {e})"),
+        )
+    })?;
+    // SAFETY: TUNGETIFF succeeded, so the kernel stored the flags in the union.
+    let flags = unsafe { request.ifr_ifru.ifru_flags };
+    Ok((request_name(&request)?, flags))
 }
 
 /// `TUNGETIFF`: an `ifreq` holding the interface's current name.

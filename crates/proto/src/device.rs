@@ -584,6 +584,48 @@ impl Device {
         }
     }
 
+    /// Tells the engine that the network changed under it (Wi-Fi to mobile,
+    /// resume from sleep, a new address or port): the old sticky sources,
+    /// NAT mappings and the peers' idea of our endpoint may all be gone.
+    ///
+    /// Every peer's sticky source is forgotten. Every peer that has a
+    /// session (any keypair) or a handshake in flight gets, at once:
+    /// - a keepalive on its current session, if one can send: any
+    ///   authenticated packet makes the peer roam to our new address, so
+    ///   its traffic comes back after one trip;
+    /// - a fresh handshake initiation, so that new keys (and a new NAT
+    ///   mapping on the way) follow without waiting for the keepalive and
+    ///   rekey timers (up to KEEPALIVE_TIMEOUT + REKEY_TIMEOUT).
+    ///
+    /// The protocol's rate rule holds: no initiation within REKEY_TIMEOUT of
+    /// the last one (the peer's flood guard and CPU rely on initiators
+    /// keeping it, and a caller told of many changes in a row must not turn
+    /// them into a handshake storm). An initiation held back by that rule
+    /// is not lost: the one in flight is retransmitted by its timer, at the
+    /// latest REKEY_TIMEOUT (+ jitter) after it was sent, to the endpoint
+    /// without its sticky source. Rebinding sockets is the caller's part.
+    pub fn network_changed(&mut self, now: Now) {
+        self.clear_sticky_sources();
+        for id in self.peer_ids() {
+            let peer = self.peers.get(&id).expect("id from the map");
+            let had_session = peer.keypairs.indices().next().is_some();
+            if !had_session && peer.handshake_index().is_none() {
+                continue;
+            }
+            let can_send = peer
+                .keypairs
+                .current
+                .as_ref()
+                .is_some_and(|k| k.can_send(now.mono));
+            if can_send {
+                self.send_keepalive(now, id);
+            }
+            self.send_initiation(now, id, false);
+            self.reschedule(id);
+        }
+        self.after_operation();
+    }
+
     /// Sets the persistent keepalive interval in seconds (0 = off). Turning
     /// it on sends a keepalive at once, as the kernel does.
     pub fn set_persistent_keepalive(&mut self, now: Now, id: PeerId, seconds: u16) {
@@ -1572,3 +1614,7 @@ fn inner_packet(plaintext: &[u8]) -> Option<(usize, IpAddr)> {
 #[cfg(test)]
 #[path = "device_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "network_change_tests.rs"]
+mod network_change_tests;
