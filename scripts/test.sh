@@ -51,6 +51,7 @@ export CARGO_TERM_COLOR=never
 # A dependency that cannot be installed fails the run (a failed step), it does not shrink it.
 step "install test dependencies" 1800 scripts/install-test-deps.sh
 step "format" 120 cargo fmt --all -- --check
+step "clippy (all targets, warnings are errors)" 900 cargo clippy --workspace --all-targets --release -- -D warnings
 step "supply chain (cargo deny; advisories only if their database is reachable)" 300 scripts/deny.sh
 step "build (release)" 1200 cargo build --release --workspace --lib --bins --examples
 step "unit, property and integration tests" 1200 cargo test --workspace --release
