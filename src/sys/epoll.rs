@@ -26,9 +26,8 @@ impl Epoll {
         // SAFETY: epoll_create1 takes no pointers; the result is checked.
         let raw = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
-        Ok(Epoll {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Epoll { fd })
     }
 
     /// Watches `fd` for input, reporting it as `token`. The caller keeps

@@ -47,10 +47,8 @@ fn pair() -> (Node, Node) {
     let public = |dev| {
         let mut key = [0u8; 32];
         // SAFETY: a live handle, 32 writable bytes.
-        assert_eq!(
-            unsafe { fg_device_public_key(dev, key.as_mut_ptr()) },
-            FG_OK
-        );
+        let result = unsafe { fg_device_public_key(dev, key.as_mut_ptr()) };
+        assert_eq!(result, FG_OK);
         key
     };
     let connect = |dev, other, other_tun: &str, port| {
@@ -119,26 +117,20 @@ fn handshake_and_data_both_ways_through_the_abi() {
     let (a, b) = pair();
     let p = packet(1, 2);
     // SAFETY: live handle, `p.len()` readable bytes.
-    assert_eq!(
-        unsafe { fg_send_packet(a.dev, 0, p.as_ptr(), p.len()) },
-        FG_SEND_QUEUED
-    );
+    let result = unsafe { fg_send_packet(a.dev, 0, p.as_ptr(), p.len()) };
+    assert_eq!(result, FG_SEND_QUEUED);
     let (_, to_b) = pump(&a, &b, 0);
     assert_eq!(to_b, vec![p]);
     let back = packet(2, 1);
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { fg_send_packet(b.dev, 0, back.as_ptr(), back.len()) },
-        FG_SEND_READY
-    );
+    let result = unsafe { fg_send_packet(b.dev, 0, back.as_ptr(), back.len()) };
+    assert_eq!(result, FG_SEND_READY);
     let (to_a, _) = pump(&a, &b, 0);
     assert_eq!(to_a, vec![back]);
     let mut stats = fg_peer_stats::default();
     // SAFETY: live handle, writable struct.
-    assert_eq!(
-        unsafe { fg_peer_get_stats(a.dev, a.peer, &mut stats) },
-        FG_OK
-    );
+    let result = unsafe { fg_peer_get_stats(a.dev, a.peer, &mut stats) };
+    assert_eq!(result, FG_OK);
     assert_eq!(stats.handshakes_completed, 1);
     assert!(stats.rx_bytes > 0 && stats.last_handshake_unix_ns > 0);
     let mut deadline = 0;
@@ -369,8 +361,6 @@ fn the_preshared_key_must_match_on_both_sides() {
         "same key: delivered"
     );
     // SAFETY: live handle; NULL clears the key.
-    assert_eq!(
-        unsafe { fg_peer_set_preshared_key(a.dev, a.peer, null()) },
-        FG_OK
-    );
+    let result = unsafe { fg_peer_set_preshared_key(a.dev, a.peer, null()) };
+    assert_eq!(result, FG_OK);
 }
