@@ -46,7 +46,7 @@ impl std::fmt::Display for SetupError {
     }
 }
 
-fn random_seed() -> Result<[u8; 32], SetupError> {
+pub(crate) fn random_seed() -> Result<[u8; 32], SetupError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| SetupError(format!("no system randomness: {e}")))?;
     Ok(seed)
@@ -168,7 +168,11 @@ fn create_tun(name: &str) -> std::io::Result<Tun> {
     Ok(tun)
 }
 
-fn spawn_threads(shared: &Arc<Shared>, listener: UapiListener, stop: mpsc::Sender<Stop>) {
+pub(crate) fn spawn_threads(
+    shared: &Arc<Shared>,
+    listener: UapiListener,
+    stop: mpsc::Sender<Stop>,
+) {
     for (name, role) in IoThreads::from_env().roles() {
         let s = shared.clone();
         let stop = stop.clone();
@@ -289,7 +293,7 @@ fn route_loop(shared: Arc<Shared>, monitor: crate::sys::netlink::RouteMonitor) {
     }
 }
 
-fn spawn_signal_thread(stop: mpsc::Sender<Stop>) -> Result<(), SetupError> {
+pub(crate) fn spawn_signal_thread(stop: mpsc::Sender<Stop>) -> Result<(), SetupError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| SetupError(format!("failed to install signal handlers: {e}")))?;
@@ -306,7 +310,7 @@ fn spawn_signal_thread(stop: mpsc::Sender<Stop>) -> Result<(), SetupError> {
 
 /// Waits for a stop request, checking twice a second that the socket file is
 /// still ours and refreshing the MTU used for padding.
-fn watch(
+pub(crate) fn watch(
     shared: &Shared,
     stop: &mpsc::Receiver<Stop>,
     socket_path: PathBuf,
@@ -334,7 +338,7 @@ fn watch(
 
 /// Removes the socket file if it is still ours. The interface goes away when
 /// the process exits and the TUN descriptor closes.
-fn cleanup(socket_path: &PathBuf, socket_inode: Option<u64>) {
+pub(crate) fn cleanup(socket_path: &PathBuf, socket_inode: Option<u64>) {
     let ours = fs::metadata(socket_path).map(|m| m.ino()).ok() == socket_inode;
     if ours && socket_inode.is_some() {
         let _ = fs::remove_file(socket_path);

@@ -10,6 +10,7 @@ pub mod io_threads;
 pub mod logging;
 pub mod metrics;
 pub mod offload;
+pub mod rootless;
 pub mod runtime;
 pub mod selftest;
 pub mod sys;
