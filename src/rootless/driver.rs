@@ -497,6 +497,16 @@ impl Driver {
         let Some(phase) = self.conns.get(&token).map(|c| phase_kind(&c.phase)) else {
             return false;
         };
+        // Proxy answers go out whatever the phase (the SOCKS5 method choice
+        // must reach the client before it sends its request).
+        let conn = self
+            .conns
+            .get_mut(&token)
+            .expect("serviced connection exists");
+        if !Self::flush_outbound(conn) {
+            self.close(token);
+            return true;
+        }
         if let Some(deadline) = self.conns[&token].deadline {
             if Instant::now() >= deadline {
                 log::debug!("connection {token}: handshake timed out");
