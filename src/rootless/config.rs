@@ -110,7 +110,8 @@ pub struct Limits {
     /// Connections not yet carrying data: in their proxy handshake, waiting
     /// for a name to resolve or for the connection to be established.
     pub max_half_open: usize,
-    /// Bytes of buffer per connection and direction.
+    /// Bytes of receive buffer per connection (the window offered to the
+    /// peer); the send buffer is the same up to 64 KiB (see the driver).
     pub connection_buffer: usize,
     /// Bytes of connection buffers in all.
     pub total_buffers: usize,

@@ -134,25 +134,39 @@ impl Conn {
     }
 }
 
+/// The most a stack socket sends before an acknowledgement: its send
+/// buffer. smoltcp sends what the window allows at once (no pacing) and,
+/// after a loss, goes back to the first unacknowledged byte and sends it
+/// all again (no SACK-based recovery), so a large send buffer turns a
+/// receiver that drops part of a burst into a collapse: with wireguard-go
+/// as the peer (its UDP socket overflowed), 256 KiB carried 10-25 Mbit/s,
+/// 64 KiB several hundred (docs/ROOTLESS.md).
+const MAX_SEND_BUFFER: usize = 64 * 1024;
+
+/// The send buffer of a connection's stack socket.
+fn send_buffer(limits: &Limits) -> usize {
+    limits.connection_buffer.min(MAX_SEND_BUFFER)
+}
+
 /// Accounting of the connection buffers (both directions of every open or
 /// lingering stack socket, and of the reverse listeners).
 struct Budget {
-    per_socket: usize,
+    per_connection: usize,
     total: usize,
     reserved: usize,
 }
 
 impl Budget {
     fn try_reserve(&mut self) -> bool {
-        if self.reserved + 2 * self.per_socket > self.total {
+        if self.reserved + self.per_connection > self.total {
             return false;
         }
-        self.reserved += 2 * self.per_socket;
+        self.reserved += self.per_connection;
         true
     }
 
     fn release(&mut self) {
-        self.reserved = self.reserved.saturating_sub(2 * self.per_socket);
+        self.reserved = self.reserved.saturating_sub(self.per_connection);
     }
 }
 
@@ -208,7 +222,7 @@ impl Driver {
             lingering: Vec::new(),
             dns: None,
             budget: Budget {
-                per_socket: limits.connection_buffer,
+                per_connection: limits.connection_buffer + send_buffer(&limits),
                 total: limits.total_buffers,
                 reserved: 0,
             },
@@ -451,11 +465,16 @@ impl Driver {
 
     fn new_tcp_socket(&self) -> tcp::Socket<'static> {
         let size = self.limits.connection_buffer;
+        let send_size = send_buffer(&self.limits);
         let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; size]),
-            tcp::SocketBuffer::new(vec![0u8; size]),
+            tcp::SocketBuffer::new(vec![0u8; send_size]),
         );
         socket.set_nagle_enabled(false);
+        // Without congestion control smoltcp sends a whole window at once; a
+        // peer or path that drops part of it (wireguard-go under load does)
+        // then collapses the connection to retransmission timeouts.
+        socket.set_congestion_control(tcp::CongestionControl::Cubic);
         socket
     }
 
@@ -1258,7 +1277,7 @@ mod tests {
     #[test]
     fn the_budget_refuses_what_would_exceed_the_total() {
         let mut budget = Budget {
-            per_socket: 10,
+            per_connection: 20,
             total: 45,
             reserved: 0,
         };
