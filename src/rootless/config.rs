@@ -110,9 +110,18 @@ pub struct Limits {
     /// Connections not yet carrying data: in their proxy handshake, waiting
     /// for a name to resolve or for the connection to be established.
     pub max_half_open: usize,
-    /// Bytes of receive buffer per connection (the window offered to the
-    /// peer); the send buffer is the same up to 64 KiB (see the driver).
+    /// Bytes of receive buffer per connection: the window offered to the
+    /// other end.
     pub connection_buffer: usize,
+    /// Bytes of send buffer per connection: the most sent before an
+    /// acknowledgement. Apart from the receive buffer because smoltcp sends
+    /// what the window allows at once (no pacing) and, after a loss, sends
+    /// everything from the first unacknowledged byte again (no SACK-based
+    /// recovery): against a receiver that drops part of each burst
+    /// (wireguard-go's UDP socket overflowing on a busy host), 256 KiB
+    /// collapsed to 4-25 Mbit/s, while against a fast receiver a larger
+    /// buffer carries more (docs/ROOTLESS.md, "Send buffer").
+    pub send_buffer: usize,
     /// Bytes of connection buffers in all.
     pub total_buffers: usize,
     /// UDP associations (forwarded client addresses) at once.
@@ -129,6 +138,7 @@ impl Default for Limits {
             max_connections: 512,
             max_half_open: 64,
             connection_buffer: 256 * 1024,
+            send_buffer: 128 * 1024,
             total_buffers: 128 * 1024 * 1024,
             max_udp_associations: 256,
             udp_idle_timeout: Duration::from_secs(60),
@@ -484,6 +494,7 @@ fn limits_key(limits: &mut Limits, key: &str, value: &str) -> Result<(), String>
         "maxconnections" => limits.max_connections = parse_number(value, "count")?,
         "maxhalfopen" => limits.max_half_open = parse_number(value, "count")?,
         "connectionbuffer" => limits.connection_buffer = parse_size(value)?,
+        "sendbuffer" => limits.send_buffer = parse_size(value)?,
         "totalbuffers" => limits.total_buffers = parse_size(value)?,
         "maxudpassociations" => limits.max_udp_associations = parse_number(value, "count")?,
         "udpidletimeout" => limits.udp_idle_timeout = parse_seconds(value)?,
@@ -500,7 +511,10 @@ fn check_limits(limits: &Limits) -> Result<(), String> {
     if !(4096..=64 << 20).contains(&limits.connection_buffer) {
         return Err("[Limits] ConnectionBuffer must be 4K to 64M".into());
     }
-    if limits.total_buffers < 2 * limits.connection_buffer {
+    if !(4096..=64 << 20).contains(&limits.send_buffer) {
+        return Err("[Limits] SendBuffer must be 4K to 64M".into());
+    }
+    if limits.total_buffers < limits.connection_buffer + limits.send_buffer {
         return Err("[Limits] TotalBuffers must hold at least one connection's two buffers".into());
     }
     Ok(())
@@ -648,7 +662,7 @@ mod tests {
              ReverseTCP = 9000 -> 127.0.0.1:9000\nReverseTCP = 10.0.0.2:9001 -> [::1]:22\n\n\
              [Socks5]\nListen = 127.0.0.1:1080\n[HttpProxy]\nListen = 0.0.0.0:8118\n\
              Username = u\nPassword = p\n[Limits]\nMaxConnections = 10\nConnectionBuffer = 64K\n\
-             TotalBuffers = 2M\nUdpIdleTimeout = 5\n"
+             SendBuffer = 32K\nTotalBuffers = 2M\nUdpIdleTimeout = 5\n"
         )
     }
 
@@ -670,6 +684,7 @@ mod tests {
         assert!(config.http_proxy.unwrap().credentials.is_some());
         assert_eq!(config.limits.max_connections, 10);
         assert_eq!(config.limits.connection_buffer, 64 * 1024);
+        assert_eq!(config.limits.send_buffer, 32 * 1024);
         assert_eq!(config.limits.total_buffers, 2 << 20);
         assert_eq!(config.limits.udp_idle_timeout, Duration::from_secs(5));
     }

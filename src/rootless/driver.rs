@@ -134,18 +134,10 @@ impl Conn {
     }
 }
 
-/// The most a stack socket sends before an acknowledgement: its send
-/// buffer. smoltcp sends what the window allows at once (no pacing) and,
-/// after a loss, goes back to the first unacknowledged byte and sends it
-/// all again (no SACK-based recovery), so a large send buffer turns a
-/// receiver that drops part of a burst into a collapse: with wireguard-go
-/// as the peer (its UDP socket overflowed), 256 KiB carried 10-25 Mbit/s,
-/// 64 KiB several hundred (docs/ROOTLESS.md).
-const MAX_SEND_BUFFER: usize = 64 * 1024;
-
-/// The send buffer of a connection's stack socket.
+/// The send buffer of a connection's stack socket (`SendBuffer`, see
+/// [`Limits::send_buffer`] for why it is apart).
 fn send_buffer(limits: &Limits) -> usize {
-    limits.connection_buffer.min(MAX_SEND_BUFFER)
+    limits.send_buffer
 }
 
 /// Accounting of the connection buffers (both directions of every open or

@@ -20,6 +20,15 @@
         that they pass through their set-up one at a time) (closed or reset without an answer); if
         EXCHANGE is 1, one held connection must then still complete a sink exchange; then everything is
         closed and, after a second, a new probe must be served. Prints each step; exit 1 if one failed.
+  The measurements of scripts/bench-rootless.sh:
+  bench-serve ADDR PORT READY
+        A TCP server (a thread per connection): a connection starts with "U" or "D" and an 8-byte count N;
+        for "U" it reads N bytes and answers "ok", for "D" it sends N bytes; for "E" it echoes every byte.
+  transfer VIA ADDR PORT DIRECTION NBYTES
+        One bench-serve transfer ("up" or "down") of NBYTES, directly (VIA "direct") or through a SOCKS5
+        proxy (VIA "socks5:HOST:PORT"); prints Mbit/s.
+  rtt VIA ADDR PORT COUNT
+        COUNT one-byte round trips on one bench-serve echo connection; prints the median in microseconds.
 """
 import hashlib
 import os
@@ -215,6 +224,116 @@ def hold_and_probe(hold_addr, hold_port, count, do_exchange, probe_addr, probe_p
     return ok and after
 
 
+# ----- measurements (scripts/bench-rootless.sh) -----------------------------------------------------------
+
+CHUNK = bytes(1 << 20)
+
+
+def recv_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed early")
+        data += chunk
+    return data
+
+
+def bench_connection(conn):
+    with conn:
+        try:
+            kind = recv_exact(conn, 1)
+            if kind == b"E":
+                while True:
+                    byte = conn.recv(1)
+                    if not byte:
+                        return
+                    conn.sendall(byte)
+            (count,) = struct.unpack("!Q", recv_exact(conn, 8))
+            if kind == b"U":
+                left = count
+                while left > 0:
+                    chunk = conn.recv(min(left, 1 << 20))
+                    if not chunk:
+                        return
+                    left -= len(chunk)
+                conn.sendall(b"ok")
+            elif kind == b"D":
+                left = count
+                while left > 0:
+                    n = min(left, len(CHUNK))
+                    conn.sendall(CHUNK[:n])
+                    left -= n
+        except OSError:
+            pass
+
+
+def bench_serve(addr, port, ready):
+    server = socket.socket(fgnet.family_of(addr), socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((addr, port))
+    server.listen(64)
+    fgnet.signal_ready(ready)
+    while True:
+        conn, _ = server.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=bench_connection, args=(conn,), daemon=True).start()
+
+
+def open_via(via, addr, port):
+    """A connection to addr:port, directly or through a SOCKS5 proxy (no authentication)."""
+    if via == "direct":
+        sock = connect(addr, port, timeout=60)
+    else:
+        _, proxy_host, proxy_port = via.split(":")
+        sock = connect(proxy_host, int(proxy_port), timeout=60)
+        sock.sendall(b"\x05\x01\x00")
+        if recv_exact(sock, 2) != b"\x05\x00":
+            raise ConnectionError("SOCKS5 method refused")
+        sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(addr) + struct.pack("!H", port))
+        reply = recv_exact(sock, 10)
+        if reply[1] != 0:
+            raise ConnectionError("SOCKS5 CONNECT failed: %d" % reply[1])
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def transfer(via, addr, port, direction, nbytes):
+    with open_via(via, addr, port) as sock:
+        start = time.monotonic()
+        if direction == "up":
+            sock.sendall(b"U" + struct.pack("!Q", nbytes))
+            left = nbytes
+            while left > 0:
+                n = min(left, len(CHUNK))
+                sock.sendall(CHUNK[:n])
+                left -= n
+            recv_exact(sock, 2)
+        else:
+            sock.sendall(b"D" + struct.pack("!Q", nbytes))
+            left = nbytes
+            while left > 0:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionError("closed early")
+                left -= len(chunk)
+        elapsed = time.monotonic() - start
+    print("%.1f" % (nbytes * 8 / elapsed / 1e6))
+
+
+def rtt(via, addr, port, count):
+    with open_via(via, addr, port) as sock:
+        sock.sendall(b"E")
+        samples = []
+        for _ in range(count):
+            start = time.monotonic()
+            sock.sendall(b"x")
+            recv_exact(sock, 1)
+            samples.append(time.monotonic() - start)
+    samples.sort()
+    print("%.0f" % (samples[len(samples) // 2] * 1e6))
+
+
 COMMANDS = {
     "dns-serve": (dns_serve, (str, int, str, str)),
     "dns-query": (dns_query, (str, int, str, float)),
@@ -222,6 +341,9 @@ COMMANDS = {
     "sink-send": (sink_send, (str, int, int)),
     "concurrent": (concurrent, (str, int, int, int)),
     "hold-and-probe": (hold_and_probe, (str, int, int, fgnet.flag, str, int)),
+    "bench-serve": (bench_serve, (str, int, str)),
+    "transfer": (transfer, (str, str, int, str, int)),
+    "rtt": (rtt, (str, str, int, int)),
 }
 
 if __name__ == "__main__":

@@ -238,6 +238,7 @@ Listen = 127.0.0.1:1081
 [Limits]
 MaxHalfOpen = 2
 ConnectionBuffer = 64K
+SendBuffer = 64K
 TotalBuffers = 384K
 MaxUdpAssociations = 1
 UdpIdleTimeout = 2"
