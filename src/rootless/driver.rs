@@ -844,6 +844,12 @@ impl Driver {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
+        if let (Phase::Resolving { query, .. }, Some(dns_handle)) = (&conn.phase, self.dns) {
+            // A lookup that timed out frees its slot (32 in all).
+            self.sockets
+                .get_mut::<dns::Socket>(dns_handle)
+                .cancel_query(*query);
+        }
         match conn.proxy {
             Proxy::Plain => {}
             Proxy::Socks5 => conn
