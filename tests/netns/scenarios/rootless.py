@@ -124,7 +124,8 @@ def sink_connection(conn):
             pass
 
 
-def sink_serve(addr, port, ready):
+def serve_threaded(addr, port, ready, handle):
+    """Accepts connections on addr:port (backlog 1024) until killed, each handled on a thread of its own."""
     server = socket.socket(fgnet.family_of(addr), socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((addr, port))
@@ -132,7 +133,12 @@ def sink_serve(addr, port, ready):
     fgnet.signal_ready(ready)
     while True:
         conn, _ = server.accept()
-        threading.Thread(target=sink_connection, args=(conn,), daemon=True).start()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def sink_serve(addr, port, ready):
+    serve_threaded(addr, port, ready, sink_connection)
 
 
 def exchange(sock, nbytes):
@@ -269,15 +275,7 @@ def bench_connection(conn):
 
 
 def bench_serve(addr, port, ready):
-    server = socket.socket(fgnet.family_of(addr), socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((addr, port))
-    server.listen(64)
-    fgnet.signal_ready(ready)
-    while True:
-        conn, _ = server.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=bench_connection, args=(conn,), daemon=True).start()
+    serve_threaded(addr, port, ready, bench_connection)
 
 
 def open_via(via, addr, port):
