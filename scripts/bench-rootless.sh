@@ -19,7 +19,9 @@
 #   RTT           the median of C (default 1000) one-byte TCP round trips, through TUN and through the forward.
 # RSS of the rootless process: idle (after the handshake) and peak (VmHWM at the end).
 # Prints one line per measurement and round, then the medians and the rootless/TUN ratios.
-# onetun is measured only if `onetun` is on PATH (it is not by default: `cargo install onetun`).
+# onetun (github.com/aramperes/onetun, smoltcp-based port forwarding) is measured the same way as the
+# rootless forward when it is installed: `onetun` on PATH, or ONETUN=/path/to/onetun (`cargo install onetun`).
+# It runs as nobody in ns1 with a key of its own (192.168.241.4), forwarding 127.0.0.1:25201 and :27001.
 set -euo pipefail
 
 seconds=5 rounds=3 mb=200 rtt_count=1000
@@ -79,8 +81,10 @@ n2 ip addr add 192.168.1.2/24 dev veth2
 n1 ip link set veth1 up
 n2 ip link set veth2 up
 
-key1=$(wg genkey) key2=$(wg genkey) key3=$(wg genkey)
+key1=$(wg genkey) key2=$(wg genkey) key3=$(wg genkey) key4=$(wg genkey)
 pub1=$(wg pubkey <<<"$key1") pub2=$(wg pubkey <<<"$key2") pub3=$(wg pubkey <<<"$key3")
+pub4=$(wg pubkey <<<"$key4")
+onetun=${ONETUN:-$(command -v onetun || true)}
 
 # Background processes are started with ip netns exec itself (not through n1/n2, shell functions that would
 # fork a subshell), so that $! is the process: it is what cleanup signals and whose memory is read.
@@ -96,7 +100,8 @@ wg set "$if1" private-key <(echo "$key1") listen-port 1 \
 	peer "$pub2" allowed-ips 192.168.241.2/32 endpoint 192.168.1.2:2
 wg set "$if2" private-key <(echo "$key2") listen-port 2 \
 	peer "$pub1" allowed-ips 192.168.241.1/32 endpoint 192.168.1.1:1 \
-	peer "$pub3" allowed-ips 192.168.241.3/32 endpoint 192.168.1.1:51001
+	peer "$pub3" allowed-ips 192.168.241.3/32 endpoint 192.168.1.1:51001 \
+	peer "$pub4" allowed-ips 192.168.241.4/32
 n1 ip link set up dev "$if1"
 n2 ip link set up dev "$if2"
 
@@ -140,6 +145,17 @@ wait_for 10 n2 ping -c1 -W1 192.168.241.3 >/dev/null
 sleep 1
 rss() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 rss_idle=$(rss "$rootless_pid" VmRSS)
+if [[ -n $onetun ]]; then
+	ip netns exec "$ns1" setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups --inh-caps=-all \
+		--bounding-set=-all --no-new-privs "$onetun" --endpoint-addr 192.168.1.2:2 \
+		--endpoint-public-key "$pub2" --private-key "$key4" --source-peer-ip 192.168.241.4 --keep-alive 25 \
+		127.0.0.1:25201:192.168.241.2:5201 127.0.0.1:27001:192.168.241.2:7001 >"$work/onetun.log" 2>&1 &
+	onetun_pid=$!
+	pids+=("$onetun_pid")
+	wait_for 5 test -n "$(ss -N "$ns1" -tlnH 'sport = :27001')"
+	sleep 1
+	onetun_idle=$(rss "$onetun_pid" VmRSS)
+fi
 
 iperf() { # iperf LABEL ARGS...: Mbit/s received
 	n1 iperf3 -J -t "$seconds" "${@:2}" >"$work/$1.json"
@@ -167,11 +183,17 @@ for ((round = 1; round <= rounds; round++)); do
 	record "SOCKS5 down, rootless" "$(n1 python3 "$py" transfer socks5:127.0.0.1:1080 192.168.241.2 7001 down "$bytes")"
 	record "RTT us, TUN" "$(n1 python3 "$py" rtt direct 192.168.241.2 7001 "$rtt_count")"
 	record "RTT us, rootless" "$(n1 python3 "$py" rtt direct 127.0.0.1 17001 "$rtt_count")"
+	if [[ -n $onetun ]]; then
+		record "TCP up, onetun" "$(iperf onetun-up -c 127.0.0.1 -p 25201 || echo 0)"
+		record "TCP down, onetun" "$(iperf onetun-down -c 127.0.0.1 -p 25201 -R || echo 0)"
+		record "RTT us, onetun" "$(n1 python3 "$py" rtt direct 127.0.0.1 27001 "$rtt_count" || echo 0)"
+	fi
 done
 rss_peak=$(rss "$rootless_pid" VmHWM)
+[[ -n $onetun ]] && onetun_peak=$(rss "$onetun_pid" VmHWM)
 
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 echo
 echo "rootless mode vs TUN mode, $rounds rounds interleaved, iperf3 -t $seconds, transfers of $mb MB, $rtt_count round trips"
 printf '| %-14s | %12s | %12s | %16s |\n' "measure" "TUN" "rootless" "rootless / TUN"
@@ -186,8 +208,16 @@ done
 echo
 echo "rootless RSS: idle ${rss_idle} kB, peak ${rss_peak} kB"
 echo "(throughput in Mbit/s, medians over the rounds; SOCKS5's TUN column is the same client straight through the TUN interface)"
-if command -v onetun >/dev/null; then
-	echo "onetun is installed, but this script does not drive it yet"
+if [[ -n $onetun ]]; then
+	echo
+	echo "onetun ($("$onetun" --version 2>/dev/null || echo "$onetun")), same forward, same rounds"
+	printf '| %-14s | %12s | %12s | %18s |\n' "measure" "onetun" "rootless" "rootless / onetun"
+	printf '|%s|%s|%s|%s|\n' "----------------" "--------------" "--------------" "--------------------"
+	for label in "TCP up" "TCP down" "RTT us"; do
+		a=$(median "${results[$label, onetun]}") b=$(median "${results[$label, rootless]}")
+		printf '| %-14s | %12s | %12s | %18s |\n' "$label" "$a" "$b" "$(ratio "$b" "$a")"
+	done
+	echo "onetun RSS: idle ${onetun_idle} kB, peak ${onetun_peak} kB"
 else
 	echo "onetun: not installed, not measured"
 fi
