@@ -2,7 +2,9 @@
 # Measures the rootless mode (docs/ROOTLESS.md) against Ferroguard's own TUN mode, in the same run, between
 # two network namespaces (as root; the rootless mode itself runs as nobody without capabilities):
 #
-#   scripts/bench-rootless.sh [-t SECONDS] [--rounds R] [--mb MB] [--rtt-count C]
+#   scripts/bench-rootless.sh [-t SECONDS] [--rounds R] [--mb MB] [--rtt-count C] [--send-buffer SIZE]
+#
+# --send-buffer SIZE sets the rootless mode's [Limits] SendBuffer (default: the mode's default, 128K).
 #
 #   ns1 (client side)                                        ns2 (server side)
 #     ferroguard -f fgbXa   192.168.241.1  (TUN mode)   --\
@@ -24,14 +26,15 @@
 # It runs as nobody in ns1 with a key of its own (192.168.241.4), forwarding 127.0.0.1:25201 and :27001.
 set -euo pipefail
 
-seconds=5 rounds=3 mb=200 rtt_count=1000
+seconds=5 rounds=3 mb=200 rtt_count=1000 send_buffer=""
 while (($#)); do
 	case $1 in
 	-t) seconds=$2; shift ;;
 	--rounds) rounds=$2; shift ;;
 	--mb) mb=$2; shift ;;
 	--rtt-count) rtt_count=$2; shift ;;
-	*) echo "usage: $0 [-t SECONDS] [--rounds R] [--mb MB] [--rtt-count C]" >&2; exit 2 ;;
+	--send-buffer) send_buffer=$2; shift ;;
+	*) echo "usage: $0 [-t SECONDS] [--rounds R] [--mb MB] [--rtt-count C] [--send-buffer SIZE]" >&2; exit 2 ;;
 	esac
 	shift
 done
@@ -132,6 +135,7 @@ TCP = 127.0.0.1:17001 -> 192.168.241.2:7001
 [Socks5]
 Listen = 127.0.0.1:1080
 EOF
+[[ -n $send_buffer ]] && printf '\n[Limits]\nSendBuffer = %s\n' "$send_buffer" >>"$work/bench.conf"
 chown nobody "$work/bench.conf"
 chmod 600 "$work/bench.conf"
 ip netns exec "$ns1" setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups --inh-caps=-all --bounding-set=-all \
@@ -152,7 +156,8 @@ if [[ -n $onetun ]]; then
 		127.0.0.1:25201:192.168.241.2:5201 127.0.0.1:27001:192.168.241.2:7001 >"$work/onetun.log" 2>&1 &
 	onetun_pid=$!
 	pids+=("$onetun_pid")
-	wait_for 5 test -n "$(ss -N "$ns1" -tlnH 'sport = :27001')"
+	onetun_listening() { [[ -n $(ss -N "$ns1" -tlnH 'sport = :27001') ]]; }
+	wait_for 5 onetun_listening
 	sleep 1
 	onetun_idle=$(rss "$onetun_pid" VmRSS)
 fi
@@ -195,7 +200,7 @@ rss_peak=$(rss "$rootless_pid" VmHWM)
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 echo
-echo "rootless mode vs TUN mode, $rounds rounds interleaved, iperf3 -t $seconds, transfers of $mb MB, $rtt_count round trips"
+echo "rootless mode vs TUN mode, $rounds rounds interleaved, iperf3 -t $seconds, transfers of $mb MB, $rtt_count round trips, SendBuffer ${send_buffer:-default}"
 printf '| %-14s | %12s | %12s | %16s |\n' "measure" "TUN" "rootless" "rootless / TUN"
 printf '|%s|%s|%s|%s|\n' "----------------" "--------------" "--------------" "------------------"
 for pair in "TCP up:TCP up, TUN:TCP up, rootless" "TCP down:TCP down, TUN:TCP down, rootless" \
