@@ -118,9 +118,8 @@ pub struct Limits {
     /// what the window allows at once (no pacing) and, after a loss, sends
     /// everything from the first unacknowledged byte again (no SACK-based
     /// recovery): against a receiver that drops part of each burst
-    /// (wireguard-go's UDP socket overflowing on a busy host), 256 KiB
-    /// collapsed to 4-25 Mbit/s, while against a fast receiver a larger
-    /// buffer carries more (docs/ROOTLESS.md, "Send buffer").
+    /// (wireguard-go's UDP socket overflowing on a busy host), a large one
+    /// collapses the connection (docs/ROOTLESS.md, "Design").
     pub send_buffer: usize,
     /// Bytes of connection buffers in all.
     pub total_buffers: usize,
