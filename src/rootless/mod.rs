@@ -229,6 +229,11 @@ fn packet_pipe() -> std::io::Result<(UnixDatagram, UnixDatagram)> {
 
 /// `main` of the mode: arguments after `--rootless`; returns the exit code.
 pub fn main(args: impl IntoIterator<Item = String>) -> u8 {
+    let args: Vec<String> = args.into_iter().collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{USAGE}");
+        return 0;
+    }
     let options = match parse_args(args) {
         Ok(options) => options,
         Err(e) => {
