@@ -258,7 +258,7 @@ impl Driver {
                 }
                 Protocol::Udp => {
                     let socket = UdpSocket::bind(forward.listen)
-                        .map_err(|e| format!("UDP {}: {e}", forward.listen))?;
+                        .map_err(|e| format!("cannot listen on UDP {}: {e}", forward.listen))?;
                     self.udp_forwards.push(UdpForward {
                         socket,
                         target: forward.target,
@@ -275,7 +275,8 @@ impl Driver {
             tcp_kinds.push((p.listen, ListenerKind::Http(credentials(p))));
         }
         for (addr, kind) in tcp_kinds {
-            let mut socket = TcpListener::bind(addr).map_err(|e| format!("TCP {addr}: {e}"))?;
+            let mut socket =
+                TcpListener::bind(addr).map_err(|e| format!("cannot listen on TCP {addr}: {e}"))?;
             let token = Token(LISTENER_BASE + self.listeners.len());
             self.poll
                 .registry()
