@@ -4,7 +4,7 @@
 set -euo pipefail
 need=()
 for tool in ip:iproute2 ping:iputils-ping iperf3:iperf3 nft:nftables wg:wireguard-tools \
-  wireguard-go:wireguard-go setpriv:util-linux pkill:procps python3:python3 \
+  wireguard-go:wireguard-go setpriv:util-linux pkill:procps python3:python3 curl:curl \
   cc:gcc valgrind:valgrind; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done

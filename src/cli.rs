@@ -130,6 +130,8 @@ impl fmt::Display for UsageError {
 pub const USAGE: &str = "\
 Usage: ferroguard [OPTIONS] INTERFACE-NAME
        ferroguard --selftest | --version | --help
+       ferroguard --rootless [OPTIONS] CONFIG_FILE
+         (no root, no TUN; options -v, --verbose, --socket-dir DIR; docs/ROOTLESS.md)
 
 Creates the TUN interface INTERFACE-NAME and runs a WireGuard device on it,
 configured through /var/run/wireguard/INTERFACE-NAME.sock with wg(8).

@@ -47,7 +47,7 @@ impl std::fmt::Display for SetupError {
     }
 }
 
-fn random_seed() -> Result<[u8; 32], SetupError> {
+pub(crate) fn random_seed() -> Result<[u8; 32], SetupError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| SetupError(format!("no system randomness: {e}")))?;
     Ok(seed)
@@ -182,7 +182,11 @@ fn create_tun(name: &str) -> std::io::Result<Tun> {
     Ok(tun)
 }
 
-fn spawn_threads(shared: &Arc<Shared>, listener: ConfigSocket, stop: mpsc::Sender<Stop>) {
+pub(crate) fn spawn_threads(
+    shared: &Arc<Shared>,
+    listener: ConfigSocket,
+    stop: mpsc::Sender<Stop>,
+) {
     for (name, role) in IoThreads::from_env().roles() {
         let s = shared.clone();
         let stop = stop.clone();
@@ -303,7 +307,10 @@ fn route_loop(shared: Arc<Shared>, monitor: crate::sys::netlink::RouteMonitor) {
     }
 }
 
-fn spawn_signal_thread(shared: Arc<Shared>, stop: mpsc::Sender<Stop>) -> Result<(), SetupError> {
+pub(crate) fn spawn_signal_thread(
+    shared: Arc<Shared>,
+    stop: mpsc::Sender<Stop>,
+) -> Result<(), SetupError> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1])
         .map_err(|e| SetupError(format!("failed to install signal handlers: {e}")))?;
@@ -343,7 +350,7 @@ fn network_changed(shared: &Shared) {
 
 /// Waits for a stop request, checking twice a second that the socket file is
 /// still ours (if the daemon owns one) and refreshing the MTU used for padding.
-fn watch(
+pub(crate) fn watch(
     shared: &Shared,
     stop: &mpsc::Receiver<Stop>,
     socket_path: Option<PathBuf>,
@@ -373,7 +380,7 @@ fn watch(
 
 /// Removes the socket file if it is still ours. The interface goes away when
 /// the process exits and the TUN descriptor closes.
-fn cleanup(socket_path: &PathBuf, socket_inode: Option<u64>) {
+pub(crate) fn cleanup(socket_path: &PathBuf, socket_inode: Option<u64>) {
     let ours = fs::metadata(socket_path).map(|m| m.ino()).ok() == socket_inode;
     if ours && socket_inode.is_some() {
         let _ = fs::remove_file(socket_path);

@@ -11,6 +11,7 @@ pub mod io_threads;
 pub mod logging;
 pub mod metrics;
 pub mod offload;
+pub mod rootless;
 pub mod runtime;
 pub mod selftest;
 #[allow(unsafe_code)] // the one place of the daemon where system calls need it

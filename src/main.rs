@@ -7,6 +7,10 @@ use ferroguard::cli::{self, Command};
 use ferroguard::{daemon, logging};
 
 fn main() -> ExitCode {
+    // The rootless mode has a command line of its own (src/rootless/).
+    if std::env::args().nth(1).as_deref() == Some("--rootless") {
+        return ExitCode::from(ferroguard::rootless::main(std::env::args().skip(2)));
+    }
     let command = match cli::parse(std::env::args().skip(1), |k| std::env::var(k).ok()) {
         Ok(command) => command,
         Err(e) => {

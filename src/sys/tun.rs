@@ -278,6 +278,20 @@ impl Tun {
         }
     }
 
+    /// A stand-in for a TUN device: one end of a packet socket pair (a unix
+    /// `SOCK_DGRAM` pair keeps packet boundaries), whose other end is an
+    /// in-process TCP/IP stack (the rootless mode, `src/rootless/`). Plain
+    /// mode (no header, no offloads); the interface queries (`mtu`, ...)
+    /// fail, as there is no interface.
+    pub fn from_packet_socket(socket: OwnedFd, name: &str) -> Tun {
+        Tun {
+            file: socket,
+            name: name.to_string(),
+            offloads: TunOffloads::default(),
+            control: Mutex::new(ControlCache::default()),
+        }
+    }
+
     /// The interface name given by the kernel at creation. (Queries use the
     /// current name, so a later rename does not break them.)
     pub fn name(&self) -> &str {

@@ -1,0 +1,186 @@
+//! The in-process TCP/IP stack's side of the packet pipe: a smoltcp
+//! [`Device`](phy::Device) whose packets come from and go to a unix
+//! datagram socket, the other end of which is the WireGuard runtime's
+//! "TUN device" (see docs/ROOTLESS.md, "Design").
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use smoltcp::iface::{Config, Interface};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+
+/// Packets read from the pipe per round at most, so that the listeners and
+/// connections get their turn under a flood.
+const READ_BATCH: usize = 256;
+
+/// How long a send into a full pipe is retried before the packet is dropped
+/// (TCP retransmits it). The runtime drains the pipe continuously, so this
+/// only waits out a burst.
+const FULL_PIPE_PATIENCE: Duration = Duration::from_millis(20);
+
+/// The stack's end of the packet pipe.
+pub struct PacketPipe {
+    socket: UnixDatagram,
+    received: VecDeque<Vec<u8>>,
+    mtu: usize,
+    /// The last read stopped at [`READ_BATCH`], not at an empty pipe.
+    pub more_to_read: bool,
+    /// Packets dropped because the pipe stayed full.
+    pub dropped: u64,
+}
+
+impl PacketPipe {
+    /// Wraps the stack's end (made non-blocking here).
+    pub fn new(socket: UnixDatagram, mtu: usize) -> io::Result<PacketPipe> {
+        socket.set_nonblocking(true)?;
+        Ok(PacketPipe {
+            socket,
+            received: VecDeque::new(),
+            mtu,
+            more_to_read: false,
+            dropped: 0,
+        })
+    }
+
+    /// The descriptor, for the event loop.
+    pub fn socket(&self) -> &UnixDatagram {
+        &self.socket
+    }
+
+    /// Reads the packets waiting in the pipe (up to a batch). An error
+    /// other than "nothing waiting" means the runtime is gone.
+    pub fn read_waiting(&mut self) -> io::Result<()> {
+        self.more_to_read = false;
+        let mut buf = vec![0u8; self.mtu.max(1500) + 64];
+        for _ in 0..READ_BATCH {
+            match self.socket.recv(&mut buf) {
+                Ok(0) => continue,
+                Ok(n) => self.received.push_back(buf[..n].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.more_to_read = true;
+        Ok(())
+    }
+}
+
+/// The interface with our tunnel addresses, and default routes through it
+/// (every destination is reached through the tunnel; the runtime's allowed
+/// IPs decide which peer, or answer with ICMP).
+pub fn interface(
+    pipe: &mut PacketPipe,
+    addresses: &[(std::net::IpAddr, u8)],
+    seed: u64,
+) -> Result<Interface, String> {
+    let mut config = Config::new(HardwareAddress::Ip);
+    config.random_seed = seed;
+    let mut iface = Interface::new(config, pipe, SmolInstant::ZERO);
+    let mut overflow = false;
+    iface.update_ip_addrs(|ips| {
+        for (ip, len) in addresses {
+            overflow |= ips.push(IpCidr::new(IpAddress::from(*ip), *len)).is_err();
+        }
+    });
+    if overflow {
+        return Err("rootless mode takes at most two addresses (one IPv4, one IPv6)".into());
+    }
+    for (ip, _) in addresses {
+        let added = match ip {
+            std::net::IpAddr::V4(v4) => iface.routes_mut().add_default_ipv4_route(*v4).map(|_| ()),
+            std::net::IpAddr::V6(v6) => iface.routes_mut().add_default_ipv6_route(*v6).map(|_| ()),
+        };
+        added.map_err(|_| "too many routes".to_string())?;
+    }
+    Ok(iface)
+}
+
+/// A received packet, handed to the stack.
+pub struct RxToken(Vec<u8>);
+
+/// Room for one packet to send into the pipe.
+pub struct TxToken<'a> {
+    socket: &'a UnixDatagram,
+    dropped: &'a mut u64,
+}
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut packet = vec![0u8; len];
+        let result = f(&mut packet);
+        if !send_patiently(self.socket, &packet) {
+            *self.dropped += 1;
+        }
+        result
+    }
+}
+
+/// Sends one packet, waiting out a full pipe for at most
+/// [`FULL_PIPE_PATIENCE`]; false if it was dropped.
+fn send_patiently(socket: &UnixDatagram, packet: &[u8]) -> bool {
+    let give_up = std::time::Instant::now() + FULL_PIPE_PATIENCE;
+    loop {
+        match socket.send(packet) {
+            Ok(_) => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= give_up {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+impl phy::Device for PacketPipe {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _now: SmolInstant) -> Option<(RxToken, TxToken<'_>)> {
+        let packet = self.received.pop_front()?;
+        Some((
+            RxToken(packet),
+            TxToken {
+                socket: &self.socket,
+                dropped: &mut self.dropped,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: SmolInstant) -> Option<TxToken<'_>> {
+        Some(TxToken {
+            socket: &self.socket,
+            dropped: &mut self.dropped,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        // Received packets were authenticated by WireGuard's AEAD on the way
+        // in, so verifying their checksums again buys nothing; sent ones
+        // get theirs, since the peer's kernel checks.
+        let mut checksums = ChecksumCapabilities::default();
+        checksums.ipv4 = Checksum::Tx;
+        checksums.tcp = Checksum::Tx;
+        checksums.udp = Checksum::Tx;
+        checksums.icmpv4 = Checksum::Tx;
+        checksums.icmpv6 = Checksum::Tx;
+        caps.checksum = checksums;
+        caps
+    }
+}
