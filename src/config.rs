@@ -99,7 +99,10 @@ impl ConfigHandler {
 
     /// Removes every peer, a slice at a time.
     fn remove_all_peers(&self) {
+        let t0 = Instant::now();
+        let mut worst = Duration::ZERO;
         loop {
+            let s0 = Instant::now();
             let removed = {
                 let mut engine = self.shared.engine();
                 let device = &mut engine.device;
@@ -114,10 +117,42 @@ impl ConfigHandler {
                 }
                 removed
             };
+            worst = worst.max(s0.elapsed());
             if removed == 0 {
+                eprintln!("DEBUG removed all in {:?}, worst {worst:?}", t0.elapsed());
                 return;
             }
             std::thread::sleep(SLICE_PAUSE);
+        }
+    }
+
+    /// Reserves room in the engine's tables for the peers that `updates`
+    /// add (counted a slice at a time under the lock), so that they do not
+    /// grow step by step while the request is applied: each step of a
+    /// table of 2^20 peers held the engine lock for up to 110 ms.
+    fn reserve_for(&self, updates: &[PeerUpdate]) {
+        let (mut peers, mut prefixes) = (0, 0);
+        for slice in updates.chunks(COUNT_SLICE) {
+            let engine = self.shared.engine();
+            for update in slice {
+                let adds = !update.remove && !update.update_only;
+                if adds
+                    && engine
+                        .device
+                        .peer_id(&PublicKey(update.public_key))
+                        .is_none()
+                {
+                    peers += 1;
+                    prefixes += update
+                        .ops
+                        .iter()
+                        .filter(|op| matches!(op, PeerOp::AddAllowedIp(..)))
+                        .count();
+                }
+            }
+        }
+        if peers > 0 {
+            self.shared.engine().device.reserve_peers(peers, prefixes);
         }
     }
 
@@ -142,6 +177,9 @@ impl ConfigHandler {
         applied
     }
 }
+
+/// Peer updates looked up per hold of the lock when counting new peers.
+const COUNT_SLICE: usize = 2048;
 
 /// Removed peers per slice at most (the id list is taken under the lock).
 const SLICE_PEERS_MAX: usize = 4096;
@@ -233,14 +271,34 @@ impl UapiHandler for ConfigHandler {
         for op in &request.device {
             self.apply_device_op(op)?;
         }
+        self.reserve_for(&request.peers);
         let mut rest = &request.peers[..];
+        let t0 = Instant::now();
+        let mut worst = Duration::ZERO;
+        let mut long = 0;
         while !rest.is_empty() {
+            let s0 = Instant::now();
             let applied = self.apply_peer_slice(rest);
+            let held = s0.elapsed();
+            if held > Duration::from_millis(5) {
+                long += 1;
+                eprintln!(
+                    "DEBUG slice {held:?} at {:?} applied {}",
+                    t0.elapsed(),
+                    request.peers.len() - rest.len()
+                );
+            }
+            worst = worst.max(held);
             rest = &rest[applied..];
             if !rest.is_empty() {
                 std::thread::sleep(SLICE_PAUSE);
             }
         }
+        eprintln!(
+            "DEBUG applied {} in {:?}, worst slice {worst:?}, {long} over 5 ms",
+            request.peers.len(),
+            t0.elapsed()
+        );
         Ok(())
     }
 }

@@ -672,6 +672,15 @@ impl<T: Copy + Eq + Hash> AllowedIps<T> {
         }
     }
 
+    /// Makes room for `values` more owners and `prefixes` more prefixes,
+    /// so that adding them does not grow the tables one step at a time
+    /// (each step copies the whole table).
+    pub fn reserve(&mut self, values: usize, prefixes: usize) {
+        self.by_value.reserve(values);
+        let reused = self.free_entries.len();
+        self.entries.reserve(prefixes.saturating_sub(reused));
+    }
+
     /// Routes `addr/cidr` (host bits ignored) to `value`.
     ///
     /// A prefix already owned by another value moves to `value` and goes to

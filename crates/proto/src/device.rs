@@ -512,6 +512,18 @@ impl Device {
         Some(id)
     }
 
+    /// Makes room for `peers` more peers owning `prefixes` more allowed
+    /// IPs in all. Growing a table copies all of it at once (tens of
+    /// milliseconds at 2^20 peers, a stall for whoever waits on the engine),
+    /// so a caller about to add many peers reserves first: on a small
+    /// device the reservation itself costs little, the memory being touched
+    /// only as it fills.
+    pub fn reserve_peers(&mut self, peers: usize, prefixes: usize) {
+        self.peers.reserve(peers);
+        self.by_public_key.reserve(peers);
+        self.allowed_ips.reserve(peers, prefixes);
+    }
+
     /// The peer with this public key.
     pub fn peer_id(&self, public_key: &PublicKey) -> Option<PeerId> {
         self.by_public_key.get(public_key).copied()
