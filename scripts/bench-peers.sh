@@ -179,7 +179,6 @@ run_one() { # IMPL N
   { printf '[Peer]\nPublicKey = %s\nAllowedIPs = 10.79.0.2/32\nEndpoint = 192.0.2.2:51820\n' "$(cat "$TMP/b.pub")"; cat "$conf"; } >"$TMP/setconf.conf"
   setconf=$(timed wg setconf $IA "$TMP/setconf.conf")
   [ "$count" = $((n + 1)) ] || count="$count (expected $((n + 1)))"
-  cp $TMP/a.log /tmp/fgpeers-a.log; cp $TMP/ping.txt /tmp/fgpeers-ping.txt 2>/dev/null || true
   stop_pair
   local kbs; kbs=$(python3 -c "print('%.2f' % ($kb / 1000))")
   local row="| $impl | $n | $load | $again | $one | $setconf | $kbs | $peak | $show | $ping_load | $ping_show | $ping_scrape | $count |"

@@ -333,6 +333,10 @@ fn render_to(
 /// One scrape written to `out`: the peers copied out a chunk at a time
 /// under the engine lock, formatted and written with it released.
 pub fn scrape(shared: &Shared, interface: &str, out: &mut dyn Write) -> io::Result<()> {
+    // Each scrape runs on a connection thread of its own (see `http::serve`).
+    if let Err(error) = crate::sys::process::lower_thread_priority(crate::config::BULK_NICE) {
+        log::debug!("could not lower the priority of a scrape: {error}");
+    }
     let (device, count) = {
         let engine = shared.engine();
         let device = &engine.device;

@@ -60,9 +60,7 @@ fn serve_set<S: Read + Write>(
     lines: &mut LineReader<BufReader<S>>,
     handler: &mut impl UapiHandler,
 ) -> io::Result<()> {
-    let t0 = std::time::Instant::now();
     let body = read_set_body(lines);
-    eprintln!("DEBUG read+parse {:?}", t0.elapsed());
     let outcome = body.result.and_then(|request| handler.set(request));
     answer_status(lines, outcome, body.out_of_step)
 }
