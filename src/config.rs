@@ -277,32 +277,13 @@ impl UapiHandler for ConfigHandler {
         }
         self.reserve_for(&request.peers);
         let mut rest = &request.peers[..];
-        let t0 = Instant::now();
-        let mut worst = Duration::ZERO;
-        let mut long = 0;
         while !rest.is_empty() {
-            let s0 = Instant::now();
             let applied = self.apply_peer_slice(rest);
-            let held = s0.elapsed();
-            if held > Duration::from_millis(5) {
-                long += 1;
-                eprintln!(
-                    "DEBUG slice {held:?} at {:?} applied {}",
-                    t0.elapsed(),
-                    request.peers.len() - rest.len()
-                );
-            }
-            worst = worst.max(held);
             rest = &rest[applied..];
             if !rest.is_empty() {
                 std::thread::sleep(SLICE_PAUSE);
             }
         }
-        eprintln!(
-            "DEBUG applied {} in {:?}, worst slice {worst:?}, {long} over 5 ms",
-            request.peers.len(),
-            t0.elapsed()
-        );
         Ok(())
     }
 }
