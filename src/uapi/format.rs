@@ -126,11 +126,14 @@ impl<'a, W: Write + ?Sized> AnswerBuffer<'a, W> {
     fn hex_line(&mut self, key: &[u8], value: &[u8; 32]) -> io::Result<()> {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         self.start_line(key);
-        for &byte in value {
-            let high = DIGITS[usize::from(byte >> 4)];
-            let low = DIGITS[usize::from(byte & 0x0f)];
-            self.pending.extend_from_slice(&[high, low]);
+        // Built on the stack and appended once: 2^20 peers make two keys
+        // each. The stack copy may hold a key: it is wiped like the buffer.
+        let mut digits = Zeroizing::new([0u8; 64]);
+        for (pair, &byte) in digits.chunks_exact_mut(2).zip(value) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0f)];
         }
+        self.pending.extend_from_slice(&digits[..]);
         self.end_line()
     }
 
@@ -149,7 +152,18 @@ impl<'a, W: Write + ?Sized> AnswerBuffer<'a, W> {
 
     fn allowed_ip_line(&mut self, address: IpAddr, cidr: u8) -> io::Result<()> {
         self.start_line(b"allowed_ip");
-        write!(&mut *self.pending, "{address}")?;
+        match address {
+            // The common case, without the formatting machinery.
+            IpAddr::V4(v4) => {
+                for (index, octet) in v4.octets().into_iter().enumerate() {
+                    if index > 0 {
+                        self.pending.push(b'.');
+                    }
+                    push_decimal(&mut self.pending, u64::from(octet));
+                }
+            }
+            IpAddr::V6(_) => write!(&mut *self.pending, "{address}")?,
+        }
         self.pending.push(b'/');
         push_decimal(&mut self.pending, u64::from(cidr));
         self.end_line()
