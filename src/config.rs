@@ -314,7 +314,7 @@ impl ConfigHandler {
 
 /// Peers read per acquisition of the engine lock by a `get` (well under a
 /// millisecond).
-const GET_CHUNK: usize = 256;
+const GET_CHUNK: usize = 512;
 
 /// One chunk of peers as copied out under the engine lock, into buffers
 /// that are reused from chunk to chunk.
