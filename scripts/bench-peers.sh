@@ -13,11 +13,13 @@
 # /32 each, every second one also an IPv6 /128, every fourth an endpoint) in one `wg addconf`. Measured:
 #   load s       wall time of that `wg addconf` (its exit status is reported: "fail" when non-zero)
 #   again s      the same `wg addconf` again (every peer exists: the update path)
-#   one ms       `wg set` of one more peer on the full device
+#   one ms       `wg set` of one more peer on the full device, `wg` and `ip netns exec` included ("refused" when
+#                the daemon refuses it: wireguard-go at its limit)
 #   setconf s    `wg setconf` of the tunnel peer and the N peers (replace_peers: all removed, then added)
 #   KB/peer      resident memory after the load minus before it, per peer (VmRSS, after 2 s)
 #   peak/settled the daemon's peak resident memory (VmHWM) over its resident memory after the load
-#   show s       `wg show A dump` of the full device
+#   show s       `wg show A dump` of the full device (most of it is wg's own parsing and printing)
+#   get s        the same request (get=1) read raw from the socket by a small Python client: the daemon's part
 #   ping p50/p99/max (lost) during the load, during `wg show` (three in a row) and during a metrics scrape
 #                (three in a row; ferroguard only, --metrics-listen)
 # The count of peers (`wg show A peers | wc -l`) must be N+1, else the row says so.
@@ -148,10 +150,29 @@ timed() {
   if ip netns exec $NA "$@" >/dev/null 2>>"$TMP/errors"; then since "$t0"; else echo fail; fi
 }
 
+# raw_get: seconds to read a whole get=1 answer from A's socket (the daemon's time, without wg's).
+raw_get() {
+  python3 - /var/run/wireguard/$IA.sock <<'PY'
+import socket, sys, time
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+started = time.monotonic()
+sock.sendall(b"get=1\n\n")
+tail = b""
+while not tail.endswith(b"errno=0\n\n"):
+    data = sock.recv(1 << 20)
+    if not data:
+        print("fail"); sys.exit()
+    tail = (tail + data)[-16:]
+print("%.3f" % (time.monotonic() - started))
+PY
+}
+
 ROWS=()
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 run_one() { # IMPL N
   local impl=$1 n=$2 conf=$TMP/peers-$2.conf rss0 load again one setconf kb peak show count
-  local ping_load ping_show ping_scrape
+  local ping_load ping_show ping_scrape get
   peers_conf "$n" "$conf"
   start_pair "$impl"
   rss0=$(rss_kb $PA)
@@ -162,6 +183,7 @@ run_one() { # IMPL N
   count=$(ip netns exec $NA wg show $IA peers | wc -l)
   kb=$(( ($(rss_kb $PA) - rss0) * 1000 / n ))
   peak=$(python3 -c "print('%.2f' % ($(hwm_kb $PA) / max(1, $(rss_kb $PA))))")
+  get=$(raw_get)
   ping_start
   show=$(timed wg show $IA dump)
   timed wg show $IA dump >/dev/null; timed wg show $IA dump >/dev/null
@@ -175,13 +197,13 @@ run_one() { # IMPL N
   again=$(timed wg addconf $IA "$conf")
   local key; key=$(wg genkey | wg pubkey)
   one=$(timed wg set $IA peer "$key" allowed-ips 10.127.255.254/32)
-  one=$(python3 -c "import sys; print('%.1f' % (float(sys.argv[1]) * 1000) if sys.argv[1] != 'fail' else 'fail')" "$one")
+  one=$(python3 -c "import sys; print('%.1f' % (float(sys.argv[1]) * 1000) if sys.argv[1] != 'fail' else 'refused')" "$one")
   { printf '[Peer]\nPublicKey = %s\nAllowedIPs = 10.79.0.2/32\nEndpoint = 192.0.2.2:51820\n' "$(cat "$TMP/b.pub")"; cat "$conf"; } >"$TMP/setconf.conf"
   setconf=$(timed wg setconf $IA "$TMP/setconf.conf")
   [ "$count" = $((n + 1)) ] || count="$count (expected $((n + 1)))"
   stop_pair
   local kbs; kbs=$(python3 -c "print('%.2f' % ($kb / 1000))")
-  local row="| $impl | $n | $load | $again | $one | $setconf | $kbs | $peak | $show | $ping_load | $ping_show | $ping_scrape | $count |"
+  local row="| $impl | $n | $load | $again | $one | $setconf | $kbs | $peak | $show | $get | $ping_load | $ping_show | $ping_scrape | $count |"
   echo "$row"
   ROWS+=("$row")
 }
@@ -195,7 +217,8 @@ for impl in "${IMPLS[@]}"; do
 done
 
 echo
-echo "| implementation | peers | load s | again s | one more ms | setconf s | KB/peer | peak/settled | wg show s | ping during load p50/p99/max ms (lost) | during wg show | during scrape | peers listed |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "load average (1, 5, 15 min) before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "| implementation | peers | load s | again s | one more ms | setconf s | KB/peer | peak/settled | wg show s | get=1 s | ping during load p50/p99/max ms (lost) | during wg show | during scrape | peers listed |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 if [ -s "$TMP/errors" ]; then echo; echo "errors:"; sort "$TMP/errors" | uniq -c | head -20; fi
