@@ -165,17 +165,23 @@ fn a_scrape_shows_the_engine_counters() {
     assert_eq!(types, 15, "1 + 7 per-peer + 2 drops + 3 device + 2 process");
 }
 
+/// A device with `count` peers and no sessions.
+fn device_with_peers(count: u32) -> Device {
+    let mut device = Device::new([3; 32]);
+    for i in 0..count {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&i.to_le_bytes());
+        device.add_peer(PublicKey(key)).unwrap();
+    }
+    device
+}
+
 /// What a scrape costs the engine lock with 1 000 peers: copying their
 /// numbers out. The bound is loose (a loaded 2-core machine); the figure
 /// is measured in `benches/metrics.rs`.
 #[test]
 fn sampling_a_thousand_peers_is_quick() {
-    let mut device = Device::new([3; 32]);
-    for i in 0..1000u32 {
-        let mut key = [0u8; 32];
-        key[..4].copy_from_slice(&i.to_le_bytes());
-        device.add_peer(PublicKey(key)).unwrap();
-    }
+    let device = device_with_peers(1000);
     let now = Now::system();
     let started = std::time::Instant::now();
     let sample = sample_device(&device, now);
@@ -210,12 +216,7 @@ impl PeerChunks for OneByOne {
 /// once, and is written out in pieces of bounded size.
 #[test]
 fn a_chunked_scrape_equals_a_whole_one_and_streams() {
-    let mut device = Device::new([3; 32]);
-    for i in 0..3000u32 {
-        let mut key = [0u8; 32];
-        key[..4].copy_from_slice(&i.to_le_bytes());
-        device.add_peer(PublicKey(key)).unwrap();
-    }
+    let device = device_with_peers(3000);
     let sample = sample_device(&device, Now::system());
     let daemon = DaemonSample::default();
     let whole = render("wg0", &sample, &daemon);
