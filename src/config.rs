@@ -204,13 +204,22 @@ fn apply_peer_update(device: &mut Device, update: &PeerUpdate, now: Now) {
         return;
     };
     let mut keepalive = None;
+    // A peer created by this update owns no prefix until it adds one: then
+    // `replace_allowed_ips` (which `wg setconf` sends for every peer) has
+    // nothing to clear, and skipping it saves a table lookup per peer.
+    let mut may_own_prefixes = existing.is_some();
     for op in &update.ops {
         match op {
             PeerOp::PresharedKey(k) => device.set_preshared_key(id, SymmetricKey(**k)),
             PeerOp::Endpoint(addr) => device.set_endpoint(id, *addr),
             PeerOp::PersistentKeepalive(secs) => keepalive = Some(*secs),
-            PeerOp::ReplaceAllowedIps => device.clear_allowed_ips(id),
+            PeerOp::ReplaceAllowedIps => {
+                if may_own_prefixes {
+                    device.clear_allowed_ips(id);
+                }
+            }
             PeerOp::AddAllowedIp(ip, cidr) => {
+                may_own_prefixes = true;
                 // The parser checked the prefix length, so this cannot fail.
                 let _ = device.add_allowed_ip(id, *ip, *cidr);
             }
