@@ -44,6 +44,7 @@
 #   endpoint in 198.51.100.0/24; none overlaps the tunnel's 10.78.0.0/24),
 #   measure again, and print the ratios N peers / 1 peer of the same daemons,
 #   the `wg addconf` wall time and the RSS growth per extra peer.
+#   (Up to 2^20 peers, with memory and ping during the load: scripts/bench-peers.sh.)
 # --peers-for PATTERN=M: implementations whose command contains PATTERN get M
 #   peers instead of N. wireguard-go refuses more than 65 536 peers
 #   (MaxPeers = 1 << 16; `wg addconf` then hangs), so a command containing

@@ -9,31 +9,61 @@
 //!   mark are no-ops, so `wg setconf` works without privileges;
 //! * a peer equal to our own public key is ignored;
 //! * turning persistent keepalive on sends a keepalive once the peer's
-//!   other settings of the same request are applied.
+//!   other settings of the same request are applied;
+//! * requests are applied one at a time (several clients may be connected:
+//!   each request waits for the one being applied), but a large request is
+//!   applied in slices of about [`SLICE_TIME`], the engine lock released
+//!   between them so that the data path keeps running (2^20 peers take
+//!   seconds). Each peer's update is applied whole within one slice, so no
+//!   reader (the data path, `get`, a metrics scrape) sees a half-built peer;
+//!   a `get` during a large `set` may see part of the request applied, as a
+//!   kernel dump across netlink messages may. `replace_peers` removes the
+//!   peers in slices too.
 
-use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use ferroguard_proto::crypto::{PublicKey, SecretKey, SymmetricKey};
 use ferroguard_proto::device::{Device, Now};
-use ferroguard_proto::peer::PeerId;
+use ferroguard_proto::peer::{Peer, PeerId};
 use zeroize::Zeroizing;
 
 use crate::clock;
 use crate::runtime::{drain, Shared};
 use crate::uapi::{
-    DeviceOp, DeviceSnapshot, Errno, PeerOp, PeerSnapshot, PeerUpdate, SetRequest, UapiHandler,
+    DeviceOp, DeviceSnapshot, Errno, GetWriter, PeerOp, PeerSnapshot, PeerUpdate, SetRequest,
+    UapiHandler,
 };
 
-/// Serves `get` and `set` for one device.
+/// The longest the engine lock is held by one slice of a large request.
+pub const SLICE_TIME: Duration = Duration::from_millis(1);
+
+/// The pause between two slices. The engine lock is not fair: a thread
+/// that releases it and takes it again at once usually gets it before a
+/// waiting data-path thread has been scheduled, so the applier steps aside
+/// for a moment (about 10 % of the apply time).
+const SLICE_PAUSE: Duration = Duration::from_micros(100);
+
+/// Peer updates (or removals) between two looks at the clock.
+const CLOCK_EVERY: usize = 32;
+
+/// Serves `get` and `set` for one device. Clones (one per configuration
+/// connection) share the device and apply their requests one at a time.
+#[derive(Clone)]
 pub struct ConfigHandler {
     shared: Arc<Shared>,
+    /// Held while a `set` is applied.
+    applying: Arc<Mutex<()>>,
 }
 
 impl ConfigHandler {
     /// A handler for the device behind `shared`.
     pub fn new(shared: Arc<Shared>) -> Self {
-        ConfigHandler { shared }
+        ConfigHandler {
+            shared,
+            applying: Arc::new(Mutex::new(())),
+        }
     }
 
     fn apply_device_op(&self, op: &DeviceOp) -> Result<(), Errno> {
@@ -62,79 +92,156 @@ impl ConfigHandler {
                     engine.device.clear_sticky_sources();
                 }
             }
-            DeviceOp::ReplacePeers => self.shared.engine().device.remove_all_peers(),
+            DeviceOp::ReplacePeers => self.remove_all_peers(),
         }
         Ok(())
     }
 
-    fn apply_peer_update(&self, update: &PeerUpdate, now: Now) {
+    /// Removes every peer, a slice at a time.
+    fn remove_all_peers(&self) {
+        loop {
+            let removed = {
+                let mut engine = self.shared.engine();
+                let device = &mut engine.device;
+                let started = Instant::now();
+                let mut removed = 0;
+                for id in device.peer_ids_after(None, SLICE_PEERS_MAX) {
+                    device.remove_peer(id);
+                    removed += 1;
+                    if removed % CLOCK_EVERY == 0 && started.elapsed() >= SLICE_TIME {
+                        break;
+                    }
+                }
+                removed
+            };
+            if removed == 0 {
+                return;
+            }
+            std::thread::sleep(SLICE_PAUSE);
+        }
+    }
+
+    /// Reserves room in the engine's tables for the peers that `updates`
+    /// add (counted a slice at a time under the lock), so that they do not
+    /// grow step by step while the request is applied: each step of a
+    /// table of 2^20 peers held the engine lock for up to 110 ms.
+    fn reserve_for(&self, updates: &[PeerUpdate]) {
+        let (mut peers, mut prefixes) = (0, 0);
+        for slice in updates.chunks(COUNT_SLICE) {
+            let engine = self.shared.engine();
+            for update in slice {
+                let adds = !update.remove && !update.update_only;
+                if adds
+                    && engine
+                        .device
+                        .peer_id(&PublicKey(update.public_key))
+                        .is_none()
+                {
+                    peers += 1;
+                    prefixes += update
+                        .ops
+                        .iter()
+                        .filter(|op| matches!(op, PeerOp::AddAllowedIp(..)))
+                        .count();
+                }
+            }
+        }
+        if peers > 0 {
+            self.shared.engine().device.reserve_peers(peers, prefixes);
+        }
+    }
+
+    /// Applies peer updates from the start of `updates` for at most about
+    /// [`SLICE_TIME`] under one hold of the engine lock; returns how many.
+    fn apply_peer_slice(&self, updates: &[PeerUpdate]) -> usize {
+        let now = clock::now();
         let mut engine = self.shared.engine();
-        let device = &mut engine.device;
-        let public = PublicKey(update.public_key);
-        if device.public_key() == Some(public) {
-            return;
-        }
-        let existing = device.peer_id(&public);
-        if update.remove {
-            if let Some(id) = existing {
-                device.remove_peer(id);
-            }
-            return;
-        }
-        if update.update_only && existing.is_none() {
-            return;
-        }
-        let Some(id) = device.add_peer(public) else {
-            return;
-        };
-        let mut keepalive = None;
-        for op in &update.ops {
-            match op {
-                PeerOp::PresharedKey(k) => device.set_preshared_key(id, SymmetricKey(**k)),
-                PeerOp::Endpoint(addr) => device.set_endpoint(id, *addr),
-                PeerOp::PersistentKeepalive(secs) => keepalive = Some(*secs),
-                PeerOp::ReplaceAllowedIps => device.clear_allowed_ips(id),
-                PeerOp::AddAllowedIp(ip, cidr) => {
-                    // The parser checked the prefix length, so this cannot fail.
-                    let _ = device.add_allowed_ip(id, *ip, *cidr);
-                }
-                PeerOp::RemoveAllowedIp(ip, cidr) => {
-                    let _ = device.remove_allowed_ip(id, *ip, *cidr);
-                }
+        let started = Instant::now();
+        let mut applied = 0;
+        for update in updates {
+            apply_peer_update(&mut engine.device, update, now);
+            applied += 1;
+            if applied % CLOCK_EVERY == 0 && started.elapsed() >= SLICE_TIME {
+                break;
             }
         }
-        if let Some(secs) = keepalive {
-            device.set_persistent_keepalive(now, id, secs);
-        }
-        let pending = drain(device);
+        let pending = drain(&mut engine.device);
         self.shared.after_engine_change(&mut engine);
         drop(engine);
         self.shared.send_all(pending);
+        applied
+    }
+}
+
+/// The nice value of a thread that streams the whole device (`get`, a
+/// metrics scrape): formatting 2^20 peers takes a CPU for a second or more,
+/// and on a small machine the data path must not queue behind it.
+pub const BULK_NICE: i32 = 10;
+
+/// Peer updates looked up per hold of the lock when counting new peers.
+const COUNT_SLICE: usize = 2048;
+
+/// Removed peers per slice at most (the id list is taken under the lock).
+const SLICE_PEERS_MAX: usize = 4096;
+
+/// Applies one peer's update whole (see `uapi::PeerUpdate` for the rules).
+fn apply_peer_update(device: &mut Device, update: &PeerUpdate, now: Now) {
+    let public = PublicKey(update.public_key);
+    if device.public_key() == Some(public) {
+        return;
+    }
+    let existing = device.peer_id(&public);
+    if update.remove {
+        if let Some(id) = existing {
+            device.remove_peer(id);
+        }
+        return;
+    }
+    if update.update_only && existing.is_none() {
+        return;
+    }
+    let Some(id) = device.add_peer(public) else {
+        return;
+    };
+    let mut keepalive = None;
+    // A peer created by this update owns no prefix until it adds one: then
+    // `replace_allowed_ips` (which `wg setconf` sends for every peer) has
+    // nothing to clear, and skipping it saves a table lookup per peer.
+    let mut may_own_prefixes = existing.is_some();
+    for op in &update.ops {
+        match op {
+            PeerOp::PresharedKey(k) => device.set_preshared_key(id, SymmetricKey(**k)),
+            PeerOp::Endpoint(addr) => device.set_endpoint(id, *addr),
+            PeerOp::PersistentKeepalive(secs) => keepalive = Some(*secs),
+            PeerOp::ReplaceAllowedIps => {
+                if may_own_prefixes {
+                    device.clear_allowed_ips(id);
+                }
+            }
+            PeerOp::AddAllowedIp(ip, cidr) => {
+                may_own_prefixes = true;
+                // The parser checked the prefix length, so this cannot fail.
+                let _ = device.add_allowed_ip(id, *ip, *cidr);
+            }
+            PeerOp::RemoveAllowedIp(ip, cidr) => {
+                let _ = device.remove_allowed_ip(id, *ip, *cidr);
+            }
+        }
+    }
+    if let Some(secs) = keepalive {
+        device.set_persistent_keepalive(now, id, secs);
     }
 }
 
 impl UapiHandler for ConfigHandler {
     /// The device's state, read in chunks of `GET_CHUNK` peers with the
-    /// engine lock released in between, so that `wg show` of 100 000 peers
-    /// does not stall the data path for the whole walk (it took the lock for
-    /// up to 0.46 s). A peer removed meanwhile is left out; one added
-    /// meanwhile is not listed: each peer is read whole, as the kernel's
-    /// netlink dump does across its messages.
+    /// engine lock released in between (see [`ConfigHandler::answer_get`]).
     fn get(&mut self) -> DeviceSnapshot {
-        let listen_port = self.shared.sockets().port();
-        let (private_key, fwmark, ids) = {
-            let engine = self.shared.engine();
-            let device = &engine.device;
-            (
-                device.private_key().map(|k| k.to_bytes()),
-                engine.fwmark,
-                device.peer_ids(),
-            )
-        };
-        let mut peers = Vec::with_capacity(ids.len());
+        let (private_key, listen_port, fwmark) = self.device_settings();
+        let mut peers = Vec::new();
         let mut staged = StagedPeers::new();
-        for chunk in ids.chunks(GET_CHUNK) {
-            staged.copy_from(&self.shared.engine().device, chunk);
+        let mut after = None;
+        while self.stage_next_chunk(&mut staged, &mut after) {
             staged.snapshots_into(&mut peers);
         }
         DeviceSnapshot {
@@ -145,21 +252,78 @@ impl UapiHandler for ConfigHandler {
         }
     }
 
+    /// Streams the answer: `GET_CHUNK` peers are copied out under the
+    /// engine lock, then formatted and written with the lock released, so
+    /// that `wg show` of 2^20 peers neither stalls the data path nor holds
+    /// more than a chunk in memory (it took the lock for up to 0.46 s at
+    /// 100 000 peers when done in one go). A peer removed meanwhile is left
+    /// out; one added meanwhile is listed at the end: each peer is read
+    /// whole, as the kernel's netlink dump does across its messages.
+    fn answer_get(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
+        // The connection's own thread: it ends with the connection.
+        if let Err(error) = crate::sys::process::lower_thread_priority(BULK_NICE) {
+            log::debug!("could not lower the priority of a get: {error}");
+        }
+        let (private_key, listen_port, fwmark) = self.device_settings();
+        let mut answer = GetWriter::start(out, private_key.as_deref(), listen_port, fwmark)?;
+        let mut staged = StagedPeers::new();
+        let mut snapshots = Vec::with_capacity(GET_CHUNK);
+        let mut after = None;
+        while self.stage_next_chunk(&mut staged, &mut after) {
+            snapshots.clear();
+            staged.snapshots_into(&mut snapshots);
+            for peer in &snapshots {
+                answer.peer(peer)?;
+            }
+        }
+        answer.finish()
+    }
+
     fn set(&mut self, request: SetRequest) -> Result<(), Errno> {
+        let _applying = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         for op in &request.device {
             self.apply_device_op(op)?;
         }
-        let now = clock::now();
-        for update in &request.peers {
-            self.apply_peer_update(update, now);
+        self.reserve_for(&request.peers);
+        let mut rest = &request.peers[..];
+        while !rest.is_empty() {
+            let applied = self.apply_peer_slice(rest);
+            rest = &rest[applied..];
+            if !rest.is_empty() {
+                std::thread::sleep(SLICE_PAUSE);
+            }
         }
         Ok(())
     }
 }
 
+impl ConfigHandler {
+    /// The private key, the bound port and the fwmark.
+    fn device_settings(&self) -> (Option<Zeroizing<[u8; 32]>>, u16, u32) {
+        let listen_port = self.shared.sockets().port();
+        let engine = self.shared.engine();
+        let private_key = engine.device.private_key().map(|k| k.to_bytes());
+        (private_key, listen_port, engine.fwmark)
+    }
+
+    /// Copies the `GET_CHUNK` peers added after `after` into `staged`
+    /// under one hold of the engine lock and moves `after` past them;
+    /// false when there were none left.
+    fn stage_next_chunk(&self, staged: &mut StagedPeers, after: &mut Option<PeerId>) -> bool {
+        let engine = self.shared.engine();
+        let ids = engine.device.peer_ids_after(*after, GET_CHUNK);
+        let Some(&last) = ids.last() else {
+            return false;
+        };
+        *after = Some(last);
+        staged.copy_from(&engine.device, &ids);
+        true
+    }
+}
+
 /// Peers read per acquisition of the engine lock by a `get` (well under a
 /// millisecond).
-const GET_CHUNK: usize = 256;
+const GET_CHUNK: usize = 512;
 
 /// One chunk of peers as copied out under the engine lock, into buffers
 /// that are reused from chunk to chunk.
@@ -206,10 +370,14 @@ impl StagedPeers {
         self.peers.clear();
         self.preshared_keys.clear();
         self.allowed_ips.clear();
-        for &id in ids {
-            let Some(peer) = device.peer(id) else {
-                continue;
-            };
+        // Every lookup is a cache miss on a large device: looking all of
+        // them up first, in a loop that does nothing else, lets the CPU
+        // wait for many at once.
+        let found: Vec<(PeerId, &Peer)> = ids
+            .iter()
+            .filter_map(|&id| device.peer(id).map(|peer| (id, peer)))
+            .collect();
+        for &(id, peer) in &found {
             let first = self.allowed_ips.len();
             self.allowed_ips
                 .extend(device.allowed_ips().prefixes_of(id));

@@ -24,7 +24,7 @@ use crate::sys::privileges::{self, Account};
 use crate::sys::process;
 use crate::sys::tun::{Tun, TunOptions};
 use crate::sys::udp::UdpSockets;
-use crate::uapi::serve_connection;
+use crate::uapi::serve_concurrently;
 
 /// Why the daemon stopped.
 #[derive(Debug)]
@@ -232,70 +232,21 @@ pub(crate) fn spawn_threads(
         .expect("spawn uapi thread");
 }
 
-/// How long one configuration connection may take in all: far more than
-/// `wg setconf` of 100 000 peers needs (under a second), and short enough
-/// that a client trickling bytes cannot hold the socket for long.
-const UAPI_CONNECTION_BUDGET: Duration = Duration::from_secs(30);
+/// How long a configuration client may go without progress (see
+/// `uapi::ProgressStream`) before its connection is dropped. There is no
+/// limit on a whole request: `wg setconf` of 2^20 peers keeps sending and
+/// is never cut.
+const UAPI_IDLE_LIMIT: Duration = Duration::from_secs(10);
 
-/// A stream whose reads and writes fail with `TimedOut` once its deadline
-/// has passed (each call also waits at most until then).
-struct DeadlineStream {
-    stream: std::os::unix::net::UnixStream,
-    deadline: std::time::Instant,
-}
-
-impl DeadlineStream {
-    fn remaining(&self) -> std::io::Result<Duration> {
-        let left = self
-            .deadline
-            .saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        Ok(left)
-    }
-}
-
-impl std::io::Read for DeadlineStream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.stream.set_read_timeout(Some(self.remaining()?))?;
-        self.stream.read(buf)
-    }
-}
-
-impl std::io::Write for DeadlineStream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.stream.set_write_timeout(Some(self.remaining()?))?;
-        self.stream.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.stream.flush()
-    }
-}
-
-/// Serves configuration connections one at a time, each within
-/// [`UAPI_CONNECTION_BUDGET`], so a stalled or trickling client cannot block
-/// configuration for long.
+/// Serves configuration connections, several at once (`uapi::serve_concurrently`),
+/// so that a silent client never blocks `wg`.
 fn uapi_loop(shared: Arc<Shared>, listener: ConfigSocket) {
-    let mut handler = ConfigHandler::new(shared);
-    loop {
-        match listener.accept() {
-            Ok(stream) => {
-                let stream = DeadlineStream {
-                    stream,
-                    deadline: std::time::Instant::now() + UAPI_CONNECTION_BUDGET,
-                };
-                if let Err(e) = serve_connection(stream, &mut handler) {
-                    log::debug!("configuration connection ended: {e}");
-                }
-            }
-            Err(e) => {
-                log::error!("configuration socket accept failed: {e}");
-                thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
+    let handler = ConfigHandler::new(shared);
+    serve_concurrently(
+        || listener.accept(),
+        UAPI_IDLE_LIMIT,
+        move || handler.clone(),
+    );
 }
 
 /// Forgets every peer's sticky source address when routes or addresses

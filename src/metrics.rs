@@ -1,8 +1,10 @@
 //! The opt-in Prometheus endpoint (`--metrics-listen ADDR:PORT`).
 //!
-//! A scrape pulls from the engine: it takes the engine lock once, copies the
-//! numbers out ([`sample_device`]: no formatting, no allocation per peer
-//! beyond one vector), releases the lock, and only then formats the text.
+//! A scrape pulls from the engine: it takes the engine lock for a chunk of
+//! peers at a time, copies their numbers out (no formatting, no
+//! allocation), releases the lock, and only then formats and writes the
+//! text, so that neither the lock hold nor the scrape's memory grows with
+//! the peer count.
 //! Nothing is counted for the endpoint's sake on the data path: the counters
 //! are the engine's own plain integers (see `PeerStats`).
 //!
@@ -13,13 +15,14 @@
 pub mod http;
 pub mod text;
 
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use ferroguard_proto::crypto::PublicKey;
 use ferroguard_proto::device::{Device, DropReason, Now};
-use ferroguard_proto::peer::PeerStats;
+use ferroguard_proto::peer::{Peer, PeerStats};
 
 use crate::runtime::Shared;
 use text::{Kind, TextEncoder};
@@ -73,7 +76,19 @@ pub fn sample_device(device: &Device, now: Now) -> DeviceSample {
         .peer_ids()
         .into_iter()
         .filter_map(|id| device.peer(id))
-        .map(|peer| PeerSample {
+        .map(PeerSample::of)
+        .collect();
+    DeviceSample {
+        peers,
+        drops_without_peer: DropReason::ALL.map(|r| device.drop_count_without_peer(r)),
+        under_load: device.is_under_load(now),
+    }
+}
+
+impl PeerSample {
+    /// The numbers of one peer.
+    pub fn of(peer: &Peer) -> Self {
+        PeerSample {
             public_key: peer.public_key,
             rx_bytes: peer.rx_bytes,
             tx_bytes: peer.tx_bytes,
@@ -83,12 +98,78 @@ pub fn sample_device(device: &Device, now: Now) -> DeviceSample {
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs()),
             staged: peer.staged.len(),
-        })
-        .collect();
-    DeviceSample {
-        peers,
-        drops_without_peer: DropReason::ALL.map(|r| device.drop_count_without_peer(r)),
-        under_load: device.is_under_load(now),
+        }
+    }
+}
+
+/// Peers copied out per hold of the engine lock by a live scrape.
+const SCRAPE_CHUNK: usize = 256;
+
+/// Bytes of text gathered before they are written to the client.
+const WRITE_THRESHOLD: usize = 64 * 1024;
+
+/// The peers of a scrape, handed out a chunk at a time in insertion order.
+trait PeerChunks {
+    /// How many peers there are (as the first line of the scrape says).
+    fn count(&self) -> usize;
+    /// Calls `each` with every peer, a chunk at a time.
+    fn for_each_chunk(
+        &self,
+        each: &mut dyn FnMut(&[PeerSample]) -> io::Result<()>,
+    ) -> io::Result<()>;
+}
+
+impl PeerChunks for Vec<PeerSample> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn for_each_chunk(
+        &self,
+        each: &mut dyn FnMut(&[PeerSample]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        each(self)
+    }
+}
+
+/// The peers of the running engine, copied out [`SCRAPE_CHUNK`] at a time
+/// under the engine lock and formatted with it released. Each walk sees the
+/// peers of that moment: a family may list a peer added or miss one
+/// removed since the previous family was written.
+struct LivePeers<'a> {
+    shared: &'a Shared,
+    count: usize,
+}
+
+impl PeerChunks for LivePeers<'_> {
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn for_each_chunk(
+        &self,
+        each: &mut dyn FnMut(&[PeerSample]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut chunk = Vec::with_capacity(SCRAPE_CHUNK);
+        let mut after = None;
+        loop {
+            chunk.clear();
+            {
+                let engine = self.shared.engine();
+                let device = &engine.device;
+                let ids = device.peer_ids_after(after, SCRAPE_CHUNK);
+                let Some(&last) = ids.last() else {
+                    return Ok(());
+                };
+                after = Some(last);
+                chunk.extend(
+                    ids.iter()
+                        .filter_map(|&id| device.peer(id))
+                        .map(PeerSample::of),
+                );
+            }
+            each(&chunk)?;
+        }
     }
 }
 
@@ -112,21 +193,41 @@ pub const HANDSHAKE_QUEUE_FULL: &str = "handshake_queue_full";
 
 /// Formats a scrape in the Prometheus text format (outside the lock).
 pub fn render(interface: &str, device: &DeviceSample, daemon: &DaemonSample) -> String {
+    let totals = DeviceTotals {
+        drops_without_peer: device.drops_without_peer,
+        under_load: device.under_load,
+    };
+    let mut out = Vec::new();
+    render_to(interface, &totals, &device.peers, daemon, &mut out)
+        .expect("writing to memory cannot fail");
+    String::from_utf8(out).expect("the exposition is UTF-8")
+}
+
+/// The device-wide numbers of a scrape.
+struct DeviceTotals {
+    drops_without_peer: [u64; DropReason::ALL.len()],
+    under_load: bool,
+}
+
+/// Writes a scrape to `out` as it is formatted, a chunk of peers at a
+/// time, so that its memory stays bounded whatever the peer count (2^20
+/// peers make about 2 GB of text).
+fn render_to(
+    interface: &str,
+    device: &DeviceTotals,
+    peers: &dyn PeerChunks,
+    daemon: &DaemonSample,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     let mut e = TextEncoder::new();
     let dev = [("interface", interface)];
-    let keys: Vec<String> = device
-        .peers
-        .iter()
-        .map(|p| base64(&p.public_key.0))
-        .collect();
-    let peer_labels = |i: usize| [("interface", interface), ("peer", keys[i].as_str())];
 
     e.family(
         "ferroguard_peers",
         "Number of configured peers.",
         Kind::Gauge,
     );
-    e.sample("ferroguard_peers", &dev, device.peers.len() as u64);
+    e.sample("ferroguard_peers", &dev, peers.count() as u64);
 
     type Field = fn(&PeerSample) -> u64;
     let per_peer: [(&str, &str, Kind, Field); 7] = [
@@ -138,11 +239,16 @@ pub fn render(interface: &str, device: &DeviceSample, daemon: &DaemonSample) -> 
         ("ferroguard_peer_last_handshake_seconds", "Time of the last completed handshake in seconds since the epoch, 0 for never (wg show latest-handshakes).", Kind::Gauge, |p| p.last_handshake_secs),
         ("ferroguard_peer_staged_packets", "Packets waiting for a session with the peer.", Kind::Gauge, |p| p.staged as u64),
     ];
+    let mut staged_total = 0u64;
     for (name, help, kind, field) in per_peer {
         e.family(name, help, kind);
-        for (i, peer) in device.peers.iter().enumerate() {
-            e.sample(name, &peer_labels(i), field(peer));
-        }
+        peers.for_each_chunk(&mut |chunk| {
+            for peer in chunk {
+                let key = base64(&peer.public_key.0);
+                e.sample(name, &[dev[0], ("peer", key.as_str())], field(peer));
+            }
+            e.write_out(out, WRITE_THRESHOLD)
+        })?;
     }
 
     let name = "ferroguard_peer_drops_total";
@@ -151,15 +257,20 @@ pub fn render(interface: &str, device: &DeviceSample, daemon: &DaemonSample) -> 
         "Datagrams dropped after they were tied to the peer, by reason.",
         Kind::Counter,
     );
-    for (i, peer) in device.peers.iter().enumerate() {
-        for reason in DropReason::ALL {
-            let count = peer.stats.drops.get(reason);
-            if count > 0 || PEER_DROP_REASONS.contains(&reason) {
-                let [interface, peer] = peer_labels(i);
-                e.sample(name, &[interface, peer, ("reason", reason.name())], count);
+    peers.for_each_chunk(&mut |chunk| {
+        for peer in chunk {
+            staged_total += peer.staged as u64;
+            let key = base64(&peer.public_key.0);
+            for reason in DropReason::ALL {
+                let count = peer.stats.drops.get(reason);
+                if count > 0 || PEER_DROP_REASONS.contains(&reason) {
+                    let labels = [dev[0], ("peer", key.as_str()), ("reason", reason.name())];
+                    e.sample(name, &labels, count);
+                }
             }
         }
-    }
+        e.write_out(out, WRITE_THRESHOLD)
+    })?;
 
     let name = "ferroguard_drops_total";
     e.family(
@@ -185,7 +296,7 @@ pub fn render(interface: &str, device: &DeviceSample, daemon: &DaemonSample) -> 
         (
             "ferroguard_staged_packets",
             "Packets waiting for a session, all peers.",
-            device.peers.iter().map(|p| p.staged as u64).sum(),
+            staged_total,
         ),
         (
             "ferroguard_under_load",
@@ -215,22 +326,34 @@ pub fn render(interface: &str, device: &DeviceSample, daemon: &DaemonSample) -> 
             e.sample(name, &dev, value);
         }
     }
-    e.finish()
+    e.write_out(out, 0)?;
+    out.flush()
 }
 
-/// One scrape: sample under the lock, format after.
-pub fn scrape(shared: &Shared, interface: &str) -> String {
-    let device = {
+/// One scrape written to `out`: the peers copied out a chunk at a time
+/// under the engine lock, formatted and written with it released.
+pub fn scrape(shared: &Shared, interface: &str, out: &mut dyn Write) -> io::Result<()> {
+    // Each scrape runs on a connection thread of its own (see `http::serve`).
+    if let Err(error) = crate::sys::process::lower_thread_priority(crate::config::BULK_NICE) {
+        log::debug!("could not lower the priority of a scrape: {error}");
+    }
+    let (device, count) = {
         let engine = shared.engine();
-        sample_device(&engine.device, crate::clock::now())
+        let device = &engine.device;
+        let totals = DeviceTotals {
+            drops_without_peer: DropReason::ALL.map(|r| device.drop_count_without_peer(r)),
+            under_load: device.is_under_load(crate::clock::now()),
+        };
+        (totals, device.peer_count())
     };
+    let peers = LivePeers { shared, count };
     let daemon = DaemonSample {
         handshake_queue_len: shared.handshake_queue_len(),
         handshake_queue_full_drops: shared.handshake_queue_full_drops(),
         resident_bytes: resident_bytes(),
         open_fds: open_fds(),
     };
-    render(interface, &device, &daemon)
+    render_to(interface, &device, &peers, &daemon, out)
 }
 
 /// Binds the endpoint's socket (done before the daemon detaches, so that
@@ -242,7 +365,10 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves `GET /metrics` on `listener` for the device behind `shared`,
 /// forever (run it on its own thread).
 pub fn serve(listener: TcpListener, shared: Arc<Shared>, interface: String) {
-    http::serve(listener, Arc::new(move || scrape(&shared, &interface)));
+    http::serve(
+        listener,
+        Arc::new(move |out: &mut dyn Write| scrape(&shared, &interface, out)),
+    );
 }
 
 /// Resident set size, from the `VmRSS` line of `/proc/self/status` (kB).

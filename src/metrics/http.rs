@@ -2,10 +2,14 @@
 //! nothing else, one request per connection.
 //!
 //! Bounded in every direction, since anyone who can reach the port can
-//! connect: a connection gets [`CONNECTION_BUDGET`] in all (a client
-//! trickling bytes cannot hold it longer), a request head may be at most
+//! connect: the request head must arrive within [`CONNECTION_BUDGET`] (a
+//! client trickling bytes cannot hold it longer), it may be at most
 //! [`MAX_REQUEST`] bytes, and at most [`MAX_CONNECTIONS`] connections are
-//! served at once (others are closed at once).
+//! served at once (others are closed at once). The answer is streamed as it
+//! is rendered, without a `Content-Length` (the connection's end delimits
+//! it), so its memory stays bounded with 2^20 peers (about 2 GB of text);
+//! while it is written the client must accept some of it every
+//! [`CONNECTION_BUDGET`], never all of it within one.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,32 +22,40 @@ use super::text::CONTENT_TYPE;
 
 /// The longest request head (request line and headers) accepted.
 pub const MAX_REQUEST: usize = 8 * 1024;
-/// How long one connection may take, reading and writing.
+/// How long the request head may take to arrive, and how long the client
+/// may go without accepting any of the answer.
 pub const CONNECTION_BUDGET: Duration = Duration::from_secs(5);
 /// Connections served at the same time.
 pub const MAX_CONNECTIONS: usize = 4;
 
-/// Renders the exposition for a `GET /metrics`.
-pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+/// Writes the exposition for a `GET /metrics` to the client as it renders.
+pub type Render = Arc<dyn Fn(&mut dyn Write) -> io::Result<()> + Send + Sync>;
 
 /// Reads one request from `stream` and writes the answer; returns the
 /// status code sent, or the I/O error (a timeout, a closed connection) that
 /// ended the exchange before a complete request was read.
-pub fn handle<S: Read + Write>(stream: &mut S, render: &dyn Fn() -> String) -> io::Result<u16> {
-    let (status, body) = match read_head(stream)? {
-        None => (400, "request too large or malformed\n".to_string()),
-        Some(head) => match route(&head) {
-            Ok(()) => (200, render()),
-            Err((status, reason)) => (status, format!("{reason}\n")),
-        },
+pub fn handle<S: Read + Write>(
+    stream: &mut S,
+    render: &dyn Fn(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<u16> {
+    let refusal = match read_head(stream)? {
+        None => Some((400, "request too large or malformed\n".to_string())),
+        Some(head) => route(&head)
+            .err()
+            .map(|(status, reason)| (status, format!("{reason}\n"))),
     };
-    let content_type = if status == 200 {
-        CONTENT_TYPE
-    } else {
-        "text/plain; charset=utf-8"
+    let Some((status, body)) = refusal else {
+        let head = format!(
+            "HTTP/1.1 200 {}\r\nContent-Type: {CONTENT_TYPE}\r\nConnection: close\r\n\r\n",
+            reason_phrase(200)
+        );
+        stream.write_all(head.as_bytes())?;
+        render(stream)?;
+        stream.flush()?;
+        return Ok(200);
     };
     let mut response = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
         reason_phrase(status),
         body.len()
     );
@@ -128,8 +140,9 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// A TCP stream whose reads and writes fail with `TimedOut` once the
-/// connection's budget is spent.
+/// A TCP stream whose reads fail with `TimedOut` once the connection's
+/// budget is spent, and whose writes fail when the client accepts nothing
+/// for [`CONNECTION_BUDGET`].
 struct DeadlineStream {
     stream: TcpStream,
     deadline: Instant,
@@ -154,7 +167,7 @@ impl Read for DeadlineStream {
 
 impl Write for DeadlineStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.set_write_timeout(Some(self.remaining()?))?;
+        self.stream.set_write_timeout(Some(CONNECTION_BUDGET))?;
         self.stream.write(buf)
     }
 
@@ -228,7 +241,7 @@ mod tests {
             input: Cursor::new(request.to_vec()),
             output: Vec::new(),
         };
-        let result = handle(&mut fake, &|| "m 1\n".to_string());
+        let result = handle(&mut fake, &|out: &mut dyn Write| out.write_all(b"m 1\n"));
         (result, String::from_utf8(fake.output).unwrap())
     }
 
@@ -254,7 +267,10 @@ mod tests {
         assert_eq!(status.unwrap(), 200);
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         assert!(out.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
-        assert!(out.contains("Content-Length: 4\r\n"));
+        assert!(
+            !out.contains("Content-Length"),
+            "streamed: the close delimits it"
+        );
         assert!(out.ends_with("\r\n\r\nm 1\n"));
         let (status, _) = exchange(b"GET /metrics?name[]=x HTTP/1.0\n\n");
         assert_eq!(status.unwrap(), 200, "query strings and bare LF accepted");
@@ -307,7 +323,8 @@ mod tests {
     fn server_bounds_connections() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        thread::spawn(move || serve(listener, Arc::new(|| "m 2\n".to_string())));
+        let render: Render = Arc::new(|out: &mut dyn Write| out.write_all(b"m 2\n"));
+        thread::spawn(move || serve(listener, render));
         // Fill every slot with silent clients.
         let silent: Vec<TcpStream> = (0..MAX_CONNECTIONS)
             .map(|_| TcpStream::connect(addr).unwrap())

@@ -165,17 +165,23 @@ fn a_scrape_shows_the_engine_counters() {
     assert_eq!(types, 15, "1 + 7 per-peer + 2 drops + 3 device + 2 process");
 }
 
+/// A device with `count` peers and no sessions.
+fn device_with_peers(count: u32) -> Device {
+    let mut device = Device::new([3; 32]);
+    for i in 0..count {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&i.to_le_bytes());
+        device.add_peer(PublicKey(key)).unwrap();
+    }
+    device
+}
+
 /// What a scrape costs the engine lock with 1 000 peers: copying their
 /// numbers out. The bound is loose (a loaded 2-core machine); the figure
 /// is measured in `benches/metrics.rs`.
 #[test]
 fn sampling_a_thousand_peers_is_quick() {
-    let mut device = Device::new([3; 32]);
-    for i in 0..1000u32 {
-        let mut key = [0u8; 32];
-        key[..4].copy_from_slice(&i.to_le_bytes());
-        device.add_peer(PublicKey(key)).unwrap();
-    }
+    let device = device_with_peers(1000);
     let now = Now::system();
     let started = std::time::Instant::now();
     let sample = sample_device(&device, now);
@@ -187,4 +193,51 @@ fn sampling_a_thousand_peers_is_quick() {
         text.matches("ferroguard_peer_rx_bytes_total{").count(),
         1000
     );
+}
+
+/// Peers handed out one at a time, as a live scrape hands them out in
+/// chunks, and a writer that counts what it holds at most between writes.
+struct OneByOne(Vec<PeerSample>);
+
+impl PeerChunks for OneByOne {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    fn for_each_chunk(
+        &self,
+        each: &mut dyn FnMut(&[PeerSample]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.0.chunks(1).try_for_each(each)
+    }
+}
+
+/// Rendering chunk by chunk gives the same text as rendering all peers at
+/// once, and is written out in pieces of bounded size.
+#[test]
+fn a_chunked_scrape_equals_a_whole_one_and_streams() {
+    let device = device_with_peers(3000);
+    let sample = sample_device(&device, Now::system());
+    let daemon = DaemonSample::default();
+    let whole = render("wg0", &sample, &daemon);
+    struct Pieces(Vec<usize>, Vec<u8>);
+    impl Write for Pieces {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.push(bytes.len());
+            self.1.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Pieces(Vec::new(), Vec::new());
+    let totals = DeviceTotals {
+        drops_without_peer: sample.drops_without_peer,
+        under_load: sample.under_load,
+    };
+    render_to("wg0", &totals, &OneByOne(sample.peers), &daemon, &mut out).unwrap();
+    assert_eq!(String::from_utf8(out.1).unwrap(), whole);
+    assert!(out.0.len() > 10, "written in pieces: {:?}", out.0.len());
+    assert!(out.0.iter().all(|&len| len < WRITE_THRESHOLD + 4096));
 }

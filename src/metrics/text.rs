@@ -81,6 +81,20 @@ impl TextEncoder {
     pub fn finish(self) -> String {
         self.out
     }
+
+    /// Writes the text gathered so far to `out` and forgets it, once it is
+    /// at least `threshold` bytes long (0: always).
+    pub fn write_out(
+        &mut self,
+        out: &mut dyn std::io::Write,
+        threshold: usize,
+    ) -> std::io::Result<()> {
+        if self.out.len() >= threshold {
+            out.write_all(self.out.as_bytes())?;
+            self.out.clear();
+        }
+        Ok(())
+    }
 }
 
 /// Escapes as the format requires: backslash and line feed everywhere, and

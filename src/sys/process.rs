@@ -151,6 +151,19 @@ pub fn interface_exists(name: &str) -> bool {
     if_nametoindex(name).is_some()
 }
 
+/// Lowers the calling thread's scheduling priority to `nice` (Linux keeps a
+/// nice value per thread), so that bulk work such as streaming the state of
+/// 2^20 peers yields the CPU to the data path threads. Raising it back needs
+/// privileges the daemon may have dropped: use it on threads that end with
+/// their work.
+pub fn lower_thread_priority(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority takes plain integers; PRIO_PROCESS with a thread
+    // id changes only that thread.
+    check(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) }).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

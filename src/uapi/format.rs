@@ -28,26 +28,61 @@ const FLUSH_THRESHOLD: usize = 64 * 1024;
 /// The output is gathered in a buffer of its own (written out every 64 KiB)
 /// that is wiped when done, since it holds the private and preshared keys.
 pub fn write_get(snapshot: &DeviceSnapshot, out: &mut impl Write) -> io::Result<()> {
-    let mut answer = AnswerBuffer::new(out);
-    if let Some(private_key) = &snapshot.private_key {
-        if private_key.iter().any(|&byte| byte != 0) {
-            answer.hex_line(b"private_key", private_key)?;
-        }
-    }
-    if snapshot.listen_port != 0 {
-        answer.number_line(b"listen_port", u64::from(snapshot.listen_port))?;
-    }
-    if snapshot.fwmark != 0 {
-        answer.number_line(b"fwmark", u64::from(snapshot.fwmark))?;
-    }
+    let private_key = snapshot.private_key.as_deref();
+    let mut answer = GetWriter::start(out, private_key, snapshot.listen_port, snapshot.fwmark)?;
     for peer in &snapshot.peers {
-        write_peer(&mut answer, peer)?;
+        answer.peer(peer)?;
     }
-    answer.raw(b"errno=0\n\n")?;
     answer.finish()
 }
 
-fn write_peer<W: Write>(answer: &mut AnswerBuffer<'_, W>, peer: &PeerSnapshot) -> io::Result<()> {
+/// Writes a `get` answer piece by piece, in the order and format of
+/// [`write_get`]: the device lines first, then each peer as it comes, then
+/// `errno=0`. Lets a caller stream the peers of a large device a slice at
+/// a time instead of gathering them all first.
+pub struct GetWriter<'a, W: Write + ?Sized> {
+    answer: AnswerBuffer<'a, W>,
+}
+
+impl<'a, W: Write + ?Sized> GetWriter<'a, W> {
+    /// Starts the answer with the device's lines.
+    pub fn start(
+        out: &'a mut W,
+        private_key: Option<&[u8; 32]>,
+        listen_port: u16,
+        fwmark: u32,
+    ) -> io::Result<Self> {
+        let mut answer = AnswerBuffer::new(out);
+        if let Some(private_key) = private_key {
+            if private_key.iter().any(|&byte| byte != 0) {
+                answer.hex_line(b"private_key", private_key)?;
+            }
+        }
+        if listen_port != 0 {
+            answer.number_line(b"listen_port", u64::from(listen_port))?;
+        }
+        if fwmark != 0 {
+            answer.number_line(b"fwmark", u64::from(fwmark))?;
+        }
+        Ok(GetWriter { answer })
+    }
+
+    /// Appends one peer (written out whenever 64 KiB have gathered).
+    pub fn peer(&mut self, peer: &PeerSnapshot) -> io::Result<()> {
+        write_peer(&mut self.answer, peer)
+    }
+
+    /// Ends the answer with `errno=0` and the blank line, and flushes.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.answer.raw(b"errno=0\n\n")?;
+        self.answer.finish()
+    }
+}
+
+fn write_peer<W: Write + ?Sized>(
+    answer: &mut AnswerBuffer<'_, W>,
+    peer: &PeerSnapshot,
+) -> io::Result<()> {
     answer.hex_line(b"public_key", &peer.public_key)?;
     answer.hex_line(b"preshared_key", &peer.preshared_key)?;
     answer.raw(b"protocol_version=1\n")?;
@@ -70,12 +105,12 @@ fn write_peer<W: Write>(answer: &mut AnswerBuffer<'_, W>, peer: &PeerSnapshot) -
 }
 
 /// A write buffer that is wiped on drop, written out in large chunks.
-struct AnswerBuffer<'a, W: Write> {
+struct AnswerBuffer<'a, W: Write + ?Sized> {
     pending: Zeroizing<Vec<u8>>,
     out: &'a mut W,
 }
 
-impl<'a, W: Write> AnswerBuffer<'a, W> {
+impl<'a, W: Write + ?Sized> AnswerBuffer<'a, W> {
     fn new(out: &'a mut W) -> Self {
         AnswerBuffer {
             pending: Zeroizing::new(Vec::with_capacity(FLUSH_THRESHOLD + 256)),
@@ -91,11 +126,14 @@ impl<'a, W: Write> AnswerBuffer<'a, W> {
     fn hex_line(&mut self, key: &[u8], value: &[u8; 32]) -> io::Result<()> {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         self.start_line(key);
-        for &byte in value {
-            let high = DIGITS[usize::from(byte >> 4)];
-            let low = DIGITS[usize::from(byte & 0x0f)];
-            self.pending.extend_from_slice(&[high, low]);
+        // Built on the stack and appended once: 2^20 peers make two keys
+        // each. The stack copy may hold a key: it is wiped like the buffer.
+        let mut digits = Zeroizing::new([0u8; 64]);
+        for (pair, &byte) in digits.chunks_exact_mut(2).zip(value) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0f)];
         }
+        self.pending.extend_from_slice(&digits[..]);
         self.end_line()
     }
 
@@ -114,7 +152,18 @@ impl<'a, W: Write> AnswerBuffer<'a, W> {
 
     fn allowed_ip_line(&mut self, address: IpAddr, cidr: u8) -> io::Result<()> {
         self.start_line(b"allowed_ip");
-        write!(&mut *self.pending, "{address}")?;
+        match address {
+            // The common case, without the formatting machinery.
+            IpAddr::V4(v4) => {
+                for (index, octet) in v4.octets().into_iter().enumerate() {
+                    if index > 0 {
+                        self.pending.push(b'.');
+                    }
+                    push_decimal(&mut self.pending, u64::from(octet));
+                }
+            }
+            IpAddr::V6(_) => write!(&mut *self.pending, "{address}")?,
+        }
         self.pending.push(b'/');
         push_decimal(&mut self.pending, u64::from(cidr));
         self.end_line()

@@ -11,6 +11,8 @@
 //! * [`write_get`] formats a whole `get=1` answer.
 //! * [`serve_connection`] runs the request loop on one accepted connection.
 //! * [`UapiListener`] binds the socket the way `wg(8)` expects to find it.
+//! * [`serve_concurrently`] serves its connections, several at once, each
+//!   cut when its client stops making progress ([`ProgressStream`]).
 //!
 //! Framing (one connection may carry several requests):
 //!
@@ -22,9 +24,11 @@
 //! Error numbers go on the wire **negative** (`errno=-22`), success is
 //! `errno=0`: `wg(8)` negates the number it reads to obtain the errno.
 
+mod concurrent;
 mod format;
 mod listener;
 mod parse;
+mod progress;
 mod server;
 
 use std::fmt;
@@ -35,9 +39,11 @@ use std::time::Duration;
 use ferroguard_proto::crypto::ct_eq;
 use zeroize::Zeroizing;
 
-pub use format::write_get;
+pub use concurrent::{serve_concurrently, MAX_CONNECTIONS};
+pub use format::{write_get, GetWriter};
 pub use listener::{socket_dir, UapiListener, SOCKET_DIR_ENV};
 pub use parse::{parse_set, MAX_LINE_LEN, MAX_REQUEST_LEN};
+pub use progress::{ProgressStream, PROGRESS_BYTES};
 pub use server::serve_connection;
 
 /// `-EIO` as sent on the wire: reading the request failed or ended early.
@@ -204,6 +210,13 @@ pub struct DeviceSnapshot {
 pub trait UapiHandler {
     /// The current state of the device, for a `get` request.
     fn get(&mut self) -> DeviceSnapshot;
+
+    /// Writes the whole answer to a `get` request (see [`write_get`]).
+    /// The default formats [`UapiHandler::get`]; a handler of a large
+    /// device streams its peers instead with a [`GetWriter`].
+    fn answer_get(&mut self, mut out: &mut dyn io::Write) -> io::Result<()> {
+        write_get(&self.get(), &mut out)
+    }
 
     /// Applies a `set` request that parsed completely. On error the handler
     /// returns the (negative) errno to answer; how much of the request was

@@ -3,7 +3,7 @@
 use std::io::{self, BufReader, Read, Write};
 
 use super::parse::{read_get_body, read_set_body, LineKind, LineReader, ReadError};
-use super::{write_get, Errno, UapiHandler};
+use super::{Errno, UapiHandler};
 
 /// Large enough for a typical `wg setconf` in one read.
 const READ_BUFFER: usize = 64 * 1024;
@@ -71,7 +71,7 @@ fn serve_get<S: Read + Write>(
 ) -> io::Result<()> {
     let body = read_get_body(lines);
     match body.result {
-        Ok(()) => write_get(&handler.get(), lines.get_mut().get_mut()),
+        Ok(()) => handler.answer_get(lines.get_mut().get_mut()),
         Err(errno) => answer_status(lines, Err(errno), body.out_of_step),
     }
 }

@@ -66,6 +66,8 @@ use std::fmt;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use rustc_hash::FxBuildHasher;
+
 /// Index value meaning "nothing" in the arenas and child slots.
 const NONE: u32 = u32::MAX;
 
@@ -649,7 +651,9 @@ pub struct AllowedIps<T> {
     /// Owner records; `None` marks a free slot (listed in `free_entries`).
     entries: Vec<Option<Entry<T>>>,
     free_entries: Vec<u32>,
-    by_value: HashMap<T, EntryList>,
+    /// Fx-hashed: its keys are peer ids the device hands out in sequence
+    /// (nobody else picks them), and `get` looks one up per peer listed.
+    by_value: HashMap<T, EntryList, FxBuildHasher>,
     len: usize,
 }
 
@@ -667,9 +671,18 @@ impl<T: Copy + Eq + Hash> AllowedIps<T> {
             v6: Trie::new(),
             entries: Vec::new(),
             free_entries: Vec::new(),
-            by_value: HashMap::new(),
+            by_value: HashMap::default(),
             len: 0,
         }
+    }
+
+    /// Makes room for `values` more owners and `prefixes` more prefixes,
+    /// so that adding them does not grow the tables one step at a time
+    /// (each step copies the whole table).
+    pub fn reserve(&mut self, values: usize, prefixes: usize) {
+        self.by_value.reserve(values);
+        let reused = self.free_entries.len();
+        self.entries.reserve(prefixes.saturating_sub(reused));
     }
 
     /// Routes `addr/cidr` (host bits ignored) to `value`.

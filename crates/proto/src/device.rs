@@ -8,7 +8,7 @@
 //! seeded by the caller, so two engines driven the same way behave the same.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -353,8 +353,12 @@ pub struct Device {
     identity: Option<Identity>,
     /// Fx-hashed (see [`IndexTable`]): looked up several times per packet,
     /// and its keys are ids this device hands out in sequence.
-    peers: HashMap<PeerId, Peer, FxBuildHasher>,
+    peers: HashMap<PeerId, Box<Peer>, FxBuildHasher>,
     by_public_key: HashMap<PublicKey, PeerId>,
+    /// Every peer's id in the order peers were added, so that readers can
+    /// walk the peers a slice at a time ([`Device::peer_ids_after`]) without
+    /// sorting them all first.
+    order: BTreeSet<PeerId>,
     next_peer_id: u64,
     indices: IndexTable,
     allowed_ips: AllowedIps<PeerId>,
@@ -425,6 +429,7 @@ impl Device {
             identity: None,
             peers: HashMap::default(),
             by_public_key: HashMap::new(),
+            order: BTreeSet::new(),
             next_peer_id: 1,
             indices: IndexTable::new(),
             allowed_ips: AllowedIps::new(),
@@ -500,10 +505,23 @@ impl Device {
         }
         let id = PeerId(self.next_peer_id);
         self.next_peer_id += 1;
-        let peer = Peer::new(public_key);
+        let peer = Box::new(Peer::new(public_key));
         self.peers.insert(id, peer);
         self.by_public_key.insert(public_key, id);
+        self.order.insert(id);
         Some(id)
+    }
+
+    /// Makes room for `peers` more peers owning `prefixes` more allowed
+    /// IPs in all. Growing a table copies all of it at once (tens of
+    /// milliseconds at 2^20 peers, a stall for whoever waits on the engine),
+    /// so a caller about to add many peers reserves first: on a small
+    /// device the reservation itself costs little, the memory being touched
+    /// only as it fills.
+    pub fn reserve_peers(&mut self, peers: usize, prefixes: usize) {
+        self.peers.reserve(peers);
+        self.by_public_key.reserve(peers);
+        self.allowed_ips.reserve(peers, prefixes);
     }
 
     /// The peer with this public key.
@@ -517,6 +535,7 @@ impl Device {
             return;
         };
         self.by_public_key.remove(&peer.public_key);
+        self.order.remove(&id);
         self.allowed_ips.remove_by_value(id);
         for index in peer.keypairs.clear() {
             self.indices.remove(index);
@@ -537,14 +556,27 @@ impl Device {
 
     /// A peer's state.
     pub fn peer(&self, id: PeerId) -> Option<&Peer> {
-        self.peers.get(&id)
+        self.peers.get(&id).map(|peer| &**peer)
     }
 
     /// All peers, in the order they were added.
     pub fn peer_ids(&self) -> Vec<PeerId> {
-        let mut ids: Vec<PeerId> = self.peers.keys().copied().collect();
-        ids.sort_unstable();
-        ids
+        self.order.iter().copied().collect()
+    }
+
+    /// Up to `limit` peers added after `after` (from the first peer when
+    /// `None`), in the order they were added: a reader walks a large
+    /// device a slice at a time, releasing its lock in between, by passing
+    /// the last id of one slice to get the next. A slice costs
+    /// O(log n + limit).
+    pub fn peer_ids_after(&self, after: Option<PeerId>, limit: usize) -> Vec<PeerId> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = after.map_or(Unbounded, Excluded);
+        self.order
+            .range((start, Unbounded))
+            .take(limit)
+            .copied()
+            .collect()
     }
 
     /// Number of peers.
@@ -1537,6 +1569,11 @@ impl Device {
             self.by_public_key.len(),
             self.peers.len(),
             "invariant: key table size"
+        );
+        assert!(
+            self.order.len() == self.peers.len()
+                && self.order.iter().all(|id| self.peers.contains_key(id)),
+            "invariant: the order of peers out of step with the peers"
         );
         for id in self.peers.keys() {
             let _ = self.allowed_ips.prefixes_of(*id).count();

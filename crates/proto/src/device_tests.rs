@@ -1451,3 +1451,27 @@ fn the_split_path_charges_every_drop_like_receive() {
         ReceiveOutcome::Deliver { .. }
     ));
 }
+
+#[test]
+fn peer_slices_walk_every_peer_once_in_insertion_order() {
+    let mut device = Device::new([3; 32]);
+    let ids: Vec<PeerId> = (0u8..10)
+        .map(|i| device.add_peer(PublicKey([i + 1; 32])).expect("a new peer"))
+        .collect();
+    device.remove_peer(ids[4]);
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let slice = device.peer_ids_after(after, 3);
+        assert!(slice.len() <= 3);
+        let Some(&last) = slice.last() else { break };
+        walked.extend_from_slice(&slice);
+        after = Some(last);
+    }
+    let expected: Vec<PeerId> = ids.iter().copied().filter(|&id| id != ids[4]).collect();
+    assert_eq!(walked, expected);
+    assert_eq!(device.peer_ids(), expected);
+    // A peer added during the walk comes after the ones already walked.
+    let late = device.add_peer(PublicKey([99; 32])).expect("a new peer");
+    assert_eq!(device.peer_ids_after(after, 3), vec![late]);
+}

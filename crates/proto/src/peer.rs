@@ -81,21 +81,26 @@ pub struct PeerStats {
 }
 
 /// The three keypair slots of a peer.
+///
+/// Each keypair is boxed: with its replay window it takes about 1 KiB, and
+/// most peers of a large device never hold one, so an empty slot costs a
+/// pointer rather than the keypair's size (a peer took 4 KiB before).
 #[derive(Default, Debug)]
 pub struct Keypairs {
     /// The keypair we send with.
-    pub current: Option<Keypair>,
+    pub current: Option<Box<Keypair>>,
     /// The one before it (still accepted on receive).
-    pub previous: Option<Keypair>,
+    pub previous: Option<Box<Keypair>>,
     /// A responder's new keypair, awaiting the first data packet.
-    pub next: Option<Keypair>,
+    pub next: Option<Box<Keypair>>,
 }
 
 impl Keypairs {
     /// Installs a new keypair; returns the local indices of keypairs dropped.
     pub fn install(&mut self, new: Keypair) -> Vec<u32> {
         let mut dropped = Vec::new();
-        let mut drop = |k: Option<Keypair>| {
+        let new = Box::new(new);
+        let mut drop = |k: Option<Box<Keypair>>| {
             if let Some(k) = k {
                 dropped.push(k.local_index);
             }
@@ -126,9 +131,9 @@ impl Keypairs {
     /// The slot holding the keypair with this local index.
     pub fn by_index_mut(&mut self, index: u32) -> Option<(&mut Keypair, Slot)> {
         [
-            (self.current.as_mut(), Slot::Current),
-            (self.previous.as_mut(), Slot::Previous),
-            (self.next.as_mut(), Slot::Next),
+            (self.current.as_deref_mut(), Slot::Current),
+            (self.previous.as_deref_mut(), Slot::Previous),
+            (self.next.as_deref_mut(), Slot::Next),
         ]
         .into_iter()
         .find_map(|(k, slot)| k.filter(|k| k.local_index == index).map(|k| (k, slot)))
