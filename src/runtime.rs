@@ -7,7 +7,8 @@
 //! * large batches are encrypted or decrypted outside the engine lock by
 //!   the reading thread and the crypto workers together (`crypto_pool`);
 //! * one thread sleeps until the engine's next deadline (`timer_loop`);
-//! * one thread serves the configuration socket (`uapi_loop`);
+//! * the configuration socket is served by `daemon::uapi_loop`: one `uapi` thread accepts,
+//!   each connection gets a `uapi-conn` thread of its own (`uapi::serve_concurrently`);
 //! * the main thread waits for signals and watches the socket file.
 //!
 //! The engine sits behind one mutex; it is held only for the protocol work,
