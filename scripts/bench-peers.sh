@@ -68,19 +68,7 @@ since() { python3 -c "import sys; print('%.3f' % (float(sys.argv[2]) - float(sys
 # peers_conf COUNT FILE: COUNT random peers (see the header), generated once per size.
 peers_conf() {
   [ -s "$2" ] && return
-  python3 - "$1" >"$2" <<'PY'
-import base64, os, sys
-count = int(sys.argv[1])
-out = sys.stdout
-for i in range(1, count + 1):
-    key = base64.b64encode(os.urandom(32)).decode()
-    ips = "10.%d.%d.%d/32" % (128 + (i >> 16), (i >> 8) & 255, i & 255)
-    if i % 2 == 0:
-        ips += ", fd00:5ca1::%x:%x/128" % (i >> 16, i & 0xFFFF)
-    out.write("[Peer]\nPublicKey = %s\nAllowedIPs = %s\n" % (key, ips))
-    if i % 4 == 0:
-        out.write("Endpoint = 198.51.100.%d:%d\n" % (i % 254 + 1, 1024 + i % 60000))
-PY
+  python3 scripts/random-peers.py "$1" >"$2"
 }
 
 # start_pair IMPL: both daemons up with the tunnel between them; sets PA PB.

@@ -136,23 +136,8 @@ peers_for() {
   echo "$n"
 }
 
-# extra_peers COUNT SEED: a wg config with COUNT random peers (see the header).
-extra_peers() {
-  python3 - "$1" "$2" <<'PY'
-import base64, os, sys
-count = int(sys.argv[1])
-lines = []
-for i in range(1, count + 1):
-    key = base64.b64encode(os.urandom(32)).decode()
-    ips = "10.%d.%d.%d/32" % (128 + (i >> 16), (i >> 8) & 255, i & 255)
-    if i % 2 == 0:
-        ips += ", fd00:5ca1::%x:%x/128" % (i >> 16, i & 0xFFFF)
-    lines.append("[Peer]\nPublicKey = %s\nAllowedIPs = %s\n" % (key, ips))
-    if i % 4 == 0:
-        lines.append("Endpoint = 198.51.100.%d:%d\n" % (i % 254 + 1, 1024 + i % 60000))
-sys.stdout.write("".join(lines))
-PY
-}
+# extra_peers COUNT: a wg config with COUNT random peers (see the header).
+extra_peers() { python3 scripts/random-peers.py "$1"; }
 
 # The tunnel address of side B that traffic goes to, by --inner.
 if [ "$INNER" = 6 ]; then TB=fd78::2; else TB=10.78.0.2; fi
@@ -278,7 +263,7 @@ print(round(t / ($hz * float(mbit) * s / 8000), 2) if mbit != '-' and float(mbit
 add_peers() {
   local n m secs_a secs_b rss_a0 rss_b0 status=ok got
   n=$(peers_for "$1"); m=$((n - 1))
-  extra_peers $m 1 >"$TMP/peers-a.conf"; extra_peers $m 2 >"$TMP/peers-b.conf"
+  extra_peers $m >"$TMP/peers-a.conf"; extra_peers $m >"$TMP/peers-b.conf"
   rss_a0=$(rss_kb $PA); rss_b0=$(rss_kb $PB)
   timed_addconf() { # NS IFACE FILE: wall seconds, or "timeout"
     local t0 t1
