@@ -30,7 +30,7 @@ use ferroguard_proto::peer::{Peer, PeerId};
 use zeroize::Zeroizing;
 
 use crate::clock;
-use crate::runtime::{drain, Shared};
+use crate::runtime::Shared;
 use crate::uapi::{
     DeviceOp, DeviceSnapshot, Errno, GetWriter, PeerOp, PeerSnapshot, PeerUpdate, SetRequest,
     UapiHandler,
@@ -155,19 +155,18 @@ impl ConfigHandler {
     /// [`SLICE_TIME`] under one hold of the engine lock; returns how many.
     fn apply_peer_slice(&self, updates: &[PeerUpdate]) -> usize {
         let now = clock::now();
-        let mut engine = self.shared.engine();
-        let started = Instant::now();
-        let mut applied = 0;
-        for update in updates {
-            apply_peer_update(&mut engine.device, update, now);
-            applied += 1;
-            if applied % CLOCK_EVERY == 0 && started.elapsed() >= SLICE_TIME {
-                break;
+        let (applied, pending) = self.shared.with_engine(|engine| {
+            let started = Instant::now();
+            let mut applied = 0;
+            for update in updates {
+                apply_peer_update(&mut engine.device, update, now);
+                applied += 1;
+                if applied % CLOCK_EVERY == 0 && started.elapsed() >= SLICE_TIME {
+                    break;
+                }
             }
-        }
-        let pending = drain(&mut engine.device);
-        self.shared.after_engine_change(&mut engine);
-        drop(engine);
+            applied
+        });
         self.shared.send_all(pending);
         applied
     }

@@ -289,12 +289,8 @@ pub(crate) fn spawn_signal_thread(
 /// that have nothing to do with the peers (wg-quick adding its own routes),
 /// and a handshake for each would be noise.
 fn network_changed(shared: &Shared) {
-    let pending = {
-        let mut engine = shared.engine();
-        engine.device.network_changed(crate::clock::now());
-        shared.after_engine_change(&mut engine);
-        runtime::drain(&mut engine.device)
-    };
+    let ((), pending) =
+        shared.with_engine(|engine| engine.device.network_changed(crate::clock::now()));
     shared.send_all(pending);
     log::info!("network changed (SIGUSR1): sticky sources cleared, handshakes restarted");
 }

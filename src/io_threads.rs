@@ -5,7 +5,7 @@
 //! crosses two daemons; with a thread per descriptor, the thread that
 //! writes the decrypted request to the TUN wakes the TUN reader, because
 //! the host's answer lands on the TUN within that write. That wake-up is
-//! wasted (the writer reads the answer itself, see `runtime::handle_batch`)
+//! wasted (the writer reads the answer itself, see `runtime::tx::read_answers`)
 //! but it makes the reader runnable on the writer's CPU just before the
 //! writer sends the answer to the other daemon. The kernel then no longer
 //! places the other daemon's receiver on the sender's CPU (a synchronous

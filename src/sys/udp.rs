@@ -77,6 +77,7 @@ use socket2::{Domain, SockAddr, SockAddrStorage, Socket, Type};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -132,20 +133,30 @@ pub struct RecvMeta {
 }
 
 impl RecvMeta {
-    /// The datagrams in `buf`, the buffer this metadata was received into:
-    /// its first [`len`](Self::len) bytes cut into pieces of
-    /// [`segment_size`](Self::segment_size) (a shorter last one), or those
-    /// bytes as one datagram without GRO. A `len` beyond `buf` is clipped.
-    pub fn datagrams<'b>(&self, buf: &'b [u8]) -> impl Iterator<Item = &'b [u8]> + 'b {
-        let data = buf.get(..self.len).unwrap_or(buf);
+    /// Where the datagrams lie in the buffer this metadata was received
+    /// into, of `buf_len` bytes: its first [`len`](Self::len) bytes cut into
+    /// pieces of [`segment_size`](Self::segment_size) (a shorter last one),
+    /// or those bytes as one datagram without GRO. A `len` beyond the
+    /// buffer is clipped. An empty datagram is one (empty) range: UDP
+    /// allows it, and the layer above decides what it means.
+    pub fn datagram_ranges(&self, buf_len: usize) -> impl Iterator<Item = Range<usize>> {
+        let len = self.len.min(buf_len);
         let step = match self.segment_size {
             Some(size) if size > 0 => size,
-            _ => data.len().max(1),
+            _ => len.max(1),
         };
-        // `chunks` yields nothing for an empty buffer, yet an empty UDP
-        // datagram is still one datagram.
-        let empty = data.is_empty().then_some(data);
-        empty.into_iter().chain(data.chunks(step))
+        let empty = (len == 0).then_some(0..0);
+        let pieces = (0..len)
+            .step_by(step)
+            .map(move |start| start..(start + step).min(len));
+        empty.into_iter().chain(pieces)
+    }
+
+    /// The datagrams in `buf`, the buffer this metadata was received into
+    /// (see [`datagram_ranges`](Self::datagram_ranges)).
+    pub fn datagrams<'b>(&self, buf: &'b [u8]) -> impl Iterator<Item = &'b [u8]> + 'b {
+        self.datagram_ranges(buf.len())
+            .map(move |range| &buf[range])
     }
 }
 
