@@ -32,7 +32,7 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use ferroguard::sys::poll_readable;
-use ferroguard::sys::udp::{Family, LocalSource, RecvMeta, UdpSockets};
+use ferroguard::sys::udp::{Family, LocalSource, RecvMeta, SendOutcome, Transmit, UdpSockets};
 use ferroguard_proto::cookie::CookieGenerator;
 use ferroguard_proto::crypto::{PublicKey, SecretKey};
 use ferroguard_proto::device::{Device, Now};
@@ -464,13 +464,20 @@ fn send_round(
         ifindex: 0,
     });
     let socket = &sender.sockets[cycle % sender.sockets.len()];
-    let batch: Vec<&[u8]> = (0..options.batch)
-        .map(|i| sender.pool[(sender.next + i) % sender.pool.len()].as_slice())
+    let batch: Vec<Transmit<'_>> = (0..options.batch)
+        .map(|i| {
+            let datagram = &sender.pool[(sender.next + i) % sender.pool.len()];
+            Transmit::datagram(options.target, datagram).from_source(source)
+        })
         .collect();
     sender.next = (sender.next + options.batch) % sender.pool.len();
-    match socket.send_batch(&batch, options.target, source.as_ref()) {
-        Ok(n) => tally.sent[sender.kind as usize] += n as u64,
-        Err(_) => tally.send_errors += 1,
+    for outcome in socket.send(&batch) {
+        match outcome {
+            SendOutcome::Sent => tally.sent[sender.kind as usize] += 1,
+            // A refused source still sends the datagram (from the default
+            // source): an error of the flood's set-up all the same.
+            SendOutcome::SourceDropped { .. } | SendOutcome::Failed(_) => tally.send_errors += 1,
+        }
     }
 }
 

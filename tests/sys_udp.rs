@@ -10,8 +10,8 @@ use common::*;
 use ferroguard::sys::poll_readable;
 use ferroguard::sys::process::if_nametoindex;
 use ferroguard::sys::udp::{
-    Datagram, DatagramOutcome, Family, LocalSource, RecvMeta, SegmentRun, SendError, UdpSockets,
-    GRO_BUFFER_BYTES, MAX_GSO_SEGMENTS,
+    Family, LocalSource, RecvMeta, SendOutcome, Transmit, UdpSockets, GRO_BUFFER_BYTES,
+    MAX_GSO_SEGMENTS,
 };
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -56,13 +56,37 @@ fn receive(sockets: &UdpSockets, family: Family, count: usize) -> Vec<(Vec<u8>, 
     received
 }
 
+/// Sends `transmits` and asserts that every one was sent as asked.
+fn send_ok(sockets: &UdpSockets, transmits: &[Transmit<'_>]) {
+    let outcomes = sockets.send(transmits);
+    assert_eq!(outcomes.len(), transmits.len());
+    for (i, outcome) in outcomes.iter().enumerate() {
+        assert!(
+            matches!(outcome, SendOutcome::Sent),
+            "transmit {i}: {outcome:?}"
+        );
+    }
+}
+
+/// Sends one transmit and returns its outcome.
+fn send_one(sockets: &UdpSockets, transmit: Transmit<'_>) -> SendOutcome {
+    let mut outcomes = sockets.send(&[transmit]);
+    assert_eq!(outcomes.len(), 1);
+    outcomes.remove(0)
+}
+
+/// One single-datagram transmit to `dst` per packet.
+fn datagrams_to<'a>(dst: SocketAddr, packets: &[&'a [u8]]) -> Vec<Transmit<'a>> {
+    packets.iter().map(|p| Transmit::datagram(dst, p)).collect()
+}
+
 /// Sends a batch from `a` to `b` over `loopback`, checks what `b` sees, and
 /// answers from the local address `b` saw.
 fn exchange(a: &UdpSockets, b: &UdpSockets, loopback: IpAddr, family: Family) {
     let packets: Vec<Vec<u8>> = (0u8..5).map(|i| vec![i; 100 + usize::from(i)]).collect();
     let slices: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
     let to_b = SocketAddr::new(loopback, b.port());
-    assert_eq!(a.send_batch(&slices, to_b, None).unwrap(), 5);
+    send_ok(a, &datagrams_to(to_b, &slices));
 
     let got = receive(b, family, 5);
     let lo_index = if_nametoindex("lo").expect("lo");
@@ -76,7 +100,10 @@ fn exchange(a: &UdpSockets, b: &UdpSockets, loopback: IpAddr, family: Family) {
 
     let reply_src = got[0].1.local;
     let to_a = got[0].1.src.unwrap();
-    b.send_to(b"reply", to_a, reply_src.as_ref()).unwrap();
+    send_ok(
+        b,
+        &[Transmit::datagram(to_a, b"reply").from_source(reply_src)],
+    );
     let back = receive(a, family, 1);
     assert_eq!(back[0].0, b"reply");
     assert_eq!(back[0].1.src, Some(SocketAddr::new(loopback, b.port())));
@@ -135,7 +162,7 @@ fn large_batches_are_split_and_all_sent() {
     let packets: Vec<Vec<u8>> = (0..300u32).map(|i| i.to_be_bytes().to_vec()).collect();
     let slices: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
     let to_b = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b.port());
-    assert_eq!(a.send_batch(&slices, to_b, None).unwrap(), 300);
+    send_ok(&a, &datagrams_to(to_b, &slices));
     let got = receive(&b, Family::V4, 300);
     let payloads: Vec<Vec<u8>> = got.into_iter().map(|(p, _)| p).collect();
     assert_eq!(payloads, packets);
@@ -146,7 +173,7 @@ fn mapped_destination_goes_out_over_ipv4() {
     let a = UdpSockets::bind(0, 0).unwrap();
     let b = UdpSockets::bind(0, 0).unwrap();
     let mapped = SocketAddr::new(IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()), b.port());
-    a.send_to(b"mapped", mapped, None).unwrap();
+    send_ok(&a, &[Transmit::datagram(mapped, b"mapped")]);
     let got = receive(&b, Family::V4, 1);
     assert_eq!(got[0].0, b"mapped");
     assert_eq!(
@@ -171,7 +198,7 @@ fn nothing_queued_would_block() {
 }
 
 #[test]
-fn a_source_not_on_the_host_is_reported_unusable() {
+fn a_source_not_on_the_host_is_dropped_and_the_datagram_still_sent() {
     let a = UdpSockets::bind(0, 0).unwrap();
     let b = UdpSockets::bind(0, 0).unwrap();
     let mut cases = vec![(
@@ -192,16 +219,23 @@ fn a_source_not_on_the_host_is_reported_unusable() {
             addr: foreign,
             ifindex: 1,
         };
-        match a.send_to(b"x", dst, Some(&gone)) {
-            Err(SendError::SourceUnusable(e)) => println!("send from {foreign}: {e}"),
-            other => panic!("expected SourceUnusable for {foreign}, got {other:?}"),
+        match send_one(&a, Transmit::datagram(dst, b"x").from_source(Some(gone))) {
+            SendOutcome::SourceDropped { refused, retry } => {
+                println!("send from {foreign}: {refused}");
+                retry.unwrap();
+            }
+            other => panic!("expected SourceDropped for {foreign}, got {other:?}"),
         }
-        match a.send_batch(&[b"x", b"y"], dst, Some(&gone)) {
-            Err(SendError::SourceUnusable(_)) => {}
-            other => panic!("expected SourceUnusable for a batch from {foreign}, got {other:?}"),
+        let got = receive(&b, family, 1);
+        assert_eq!(got[0].0, b"x");
+        assert_eq!(got[0].1.src, Some(SocketAddr::new(loopback, a.port())));
+        let segmented = Transmit::segments(dst, b"yz", 1).from_source(Some(gone));
+        match send_one(&a, segmented) {
+            SendOutcome::SourceDropped { retry: Ok(()), .. } => {}
+            other => panic!("expected SourceDropped for segments from {foreign}, got {other:?}"),
         }
-        a.send_to(b"retry", dst, None).unwrap();
-        assert_eq!(receive(&b, family, 1)[0].0, b"retry");
+        let got: Vec<Vec<u8>> = receive(&b, family, 2).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(got, [b"y".to_vec(), b"z".to_vec()]);
     }
     // A source of the other family can never be used for this destination.
     let v6_src = LocalSource {
@@ -210,9 +244,13 @@ fn a_source_not_on_the_host_is_reported_unusable() {
     };
     let v4_dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b.port());
     assert!(matches!(
-        a.send_to(b"x", v4_dst, Some(&v6_src)),
-        Err(SendError::SourceUnusable(_))
+        send_one(
+            &a,
+            Transmit::datagram(v4_dst, b"w").from_source(Some(v6_src))
+        ),
+        SendOutcome::SourceDropped { retry: Ok(()), .. }
     ));
+    assert_eq!(receive(&b, Family::V4, 1)[0].0, b"w");
 }
 
 #[test]
@@ -290,9 +328,10 @@ fn sticky_source_helper() {
     assert_eq!(sticky.addr, local_ip.parse::<IpAddr>().unwrap());
     let peer_addr = meta.src.unwrap();
 
-    device
-        .send_to(b"from sticky", peer_addr, Some(&sticky))
-        .unwrap();
+    send_ok(
+        &device,
+        &[Transmit::datagram(peer_addr, b"from sticky").from_source(Some(sticky))],
+    );
     let mut buf = [0u8; 64];
     let (n, from) = peer.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"from sticky");
@@ -303,19 +342,22 @@ fn sticky_source_helper() {
     );
 
     ip(&["addr", "del", &format!("{local_ip}/32"), "dev", "lo"]);
-    match device.send_to(b"stale", peer_addr, Some(&sticky)) {
-        Err(SendError::SourceUnusable(e)) => println!("send from a removed address: {e}"),
-        other => panic!("expected SourceUnusable after the address was removed, got {other:?}"),
+    let stale = Transmit::datagram(peer_addr, b"stale").from_source(Some(sticky));
+    match send_one(&device, stale) {
+        SendOutcome::SourceDropped { refused, retry } => {
+            println!("send from a removed address: {refused}");
+            retry.unwrap();
+        }
+        other => panic!("expected SourceDropped after the address was removed, got {other:?}"),
     }
-    device.send_to(b"fresh", peer_addr, None).unwrap();
     let (n, from) = peer.recv_from(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"fresh");
+    assert_eq!(&buf[..n], b"stale", "sent again without the source");
     assert_eq!(from.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
     println!("sticky source helper passed");
 }
 
-/// Measures loopback throughput of `send_batch`/`recv_batch` against one
-/// `send_to` per datagram. Run it in release mode:
+/// Measures loopback throughput of a `send` of 64 datagrams and
+/// `recv_batch` against a `send` per datagram. Run it in release mode:
 /// `cargo test --release -p ferroguard --test sys_udp -- --ignored --nocapture loopback_throughput`.
 #[test]
 #[ignore = "measurement; run by hand in release mode"]
@@ -332,7 +374,8 @@ fn loopback_throughput() {
             let packets: Vec<&[u8]> = vec![payload.as_slice(); batch];
             let mut sent = 0;
             while sent < TOTAL {
-                sent += a.send_batch(&packets, to_b, None).unwrap();
+                send_ok(&a, &datagrams_to(to_b, &packets));
+                sent += packets.len();
             }
             sent
         });
@@ -468,7 +511,7 @@ fn gso_send_arrives_as_separate_datagrams_without_gro() {
     for family in families(&a) {
         let data = segments(10, 1200, 0);
         let to_b = SocketAddr::new(loopback(family), b.port());
-        a.send_segments(&data, 1200, to_b, None).unwrap();
+        send_ok(&a, &[Transmit::segments(to_b, &data, 1200)]);
         let (datagrams, metas) = receive_datagrams(&b, family, 10, 2048);
         assert_eq!(datagrams.len(), 10);
         assert_eq!(metas.len(), 10, "one datagram per buffer");
@@ -488,7 +531,7 @@ fn gso_send_arrives_as_one_buffer_with_gro() {
         assert!(b.gro_enabled(family));
         let data = segments(10, 1200, 0);
         let to_b = SocketAddr::new(loopback(family), b.port());
-        a.send_segments(&data, 1200, to_b, None).unwrap();
+        send_ok(&a, &[Transmit::segments(to_b, &data, 1200)]);
         let (datagrams, metas) = receive_datagrams(&b, family, 10, GRO_BUFFER_BYTES);
         assert_eq!(metas.len(), 1, "one coalesced buffer: {metas:?}");
         assert_eq!(metas[0].segment_size, Some(1200));
@@ -511,7 +554,7 @@ fn a_short_tail_and_long_input_are_delivered_in_order() {
     let to_b = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b.port());
     // 9 full segments and a 500-byte tail.
     let data = segments(9, 1200, 500);
-    a.send_segments(&data, 1200, to_b, None).unwrap();
+    send_ok(&a, &[Transmit::segments(to_b, &data, 1200)]);
     let (datagrams, metas) = receive_datagrams(&b, Family::V4, 10, GRO_BUFFER_BYTES);
     assert_eq!(datagrams.len(), 10);
     assert_eq!(datagrams[9].len(), 500);
@@ -521,7 +564,7 @@ fn a_short_tail_and_long_input_are_delivered_in_order() {
     // 300 datagrams of 1420 bytes: more than 64 segments and 65507 bytes
     // per message, so several GSO messages in one sendmmsg.
     let data = segments(299, 1420, 77);
-    a.send_segments(&data, 1420, to_b, None).unwrap();
+    send_ok(&a, &[Transmit::segments(to_b, &data, 1420)]);
     let (datagrams, metas) = receive_datagrams(&b, Family::V4, 300, GRO_BUFFER_BYTES);
     assert_eq!(datagrams.len(), 300);
     assert_eq!(datagrams.concat(), data);
@@ -536,16 +579,10 @@ fn a_short_tail_and_long_input_are_delivered_in_order() {
     let first = segments(3, 1000, 10);
     let second = segments(5, 600, 0);
     let runs = [
-        SegmentRun {
-            data: &first,
-            segment_size: 1000,
-        },
-        SegmentRun {
-            data: &second,
-            segment_size: 600,
-        },
+        Transmit::segments(to_b, &first, 1000),
+        Transmit::segments(to_b, &second, 600),
     ];
-    a.send_segment_runs(&runs, to_b, None).unwrap();
+    send_ok(&a, &runs);
     let (datagrams, _) = receive_datagrams(&b, Family::V4, 9, GRO_BUFFER_BYTES);
     assert_eq!(datagrams.len(), 9);
     assert_eq!(datagrams[..4].concat(), first);
@@ -561,7 +598,7 @@ fn forced_fallback_still_delivers() {
     for family in families(&a) {
         let data = segments(10, 1200, 333);
         let to_b = SocketAddr::new(loopback(family), b.port());
-        a.send_segments(&data, 1200, to_b, None).unwrap();
+        send_ok(&a, &[Transmit::segments(to_b, &data, 1200)]);
         let (datagrams, metas) = receive_datagrams(&b, family, 11, GRO_BUFFER_BYTES);
         assert_eq!(datagrams.len(), 11);
         assert_eq!(datagrams.concat(), data);
@@ -582,7 +619,7 @@ fn small_buffers_turn_gro_off() {
     assert!(!b.gro_enabled(Family::V4));
     let data = segments(4, 1200, 0);
     let to_b = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b.port());
-    a.send_segments(&data, 1200, to_b, None).unwrap();
+    send_ok(&a, &[Transmit::segments(to_b, &data, 1200)]);
     let (datagrams, metas) = receive_datagrams(&b, Family::V4, 4, 2048);
     assert_eq!(metas.len(), 4);
     assert_eq!(datagrams.concat(), data);
@@ -593,25 +630,33 @@ fn segment_sends_check_their_input_and_source() {
     let a = UdpSockets::bind(0, 0).unwrap();
     let b = UdpSockets::bind(0, 0).unwrap();
     let to_b = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b.port());
-    match a.send_segments(b"abc", 0, to_b, None) {
-        Err(SendError::Other(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidInput),
+    match send_one(&a, Transmit::segments(to_b, b"abc", 0)) {
+        SendOutcome::Failed(e) => assert_eq!(e.kind(), io::ErrorKind::InvalidInput),
         other => panic!("segment size 0 accepted: {other:?}"),
     }
-    a.send_segments(&[], 1200, to_b, None).unwrap();
+    send_ok(&a, &[Transmit::segments(to_b, &[], 1200)]);
     let gone = LocalSource {
         addr: "192.0.2.77".parse().unwrap(),
         ifindex: 1,
     };
     let data = segments(3, 1000, 0);
     assert!(matches!(
-        a.send_segments(&data, 1000, to_b, Some(&gone)),
-        Err(SendError::SourceUnusable(_))
+        send_one(
+            &a,
+            Transmit::segments(to_b, &data, 1000).from_source(Some(gone))
+        ),
+        SendOutcome::SourceDropped { retry: Ok(()), .. }
     ));
+    let (datagrams, _) = receive_datagrams(&b, Family::V4, 3, GRO_BUFFER_BYTES);
+    assert_eq!(datagrams.concat(), data, "sent again without the source");
     let here = LocalSource {
         addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         ifindex: 1,
     };
-    a.send_segments(&data, 1000, to_b, Some(&here)).unwrap();
+    send_ok(
+        &a,
+        &[Transmit::segments(to_b, &data, 1000).from_source(Some(here))],
+    );
     let (datagrams, metas) = receive_datagrams(&b, Family::V4, 3, GRO_BUFFER_BYTES);
     assert_eq!(datagrams.concat(), data);
     assert_eq!(metas[0].src, Some(SocketAddr::new(here.addr, a.port())));
@@ -658,27 +703,16 @@ fn datagrams_to_many_destinations_arrive_in_order_per_destination() {
     let payloads: Vec<Vec<u8>> = (0..count as u32)
         .map(|i| i.to_be_bytes().to_vec())
         .collect();
-    let datagrams: Vec<Datagram<'_>> = payloads
+    let datagrams: Vec<Transmit<'_>> = payloads
         .iter()
         .enumerate()
         .map(|(i, payload)| {
             let (receiver, family, odd_source) = routes[i % routes.len()];
-            Datagram {
-                data: payload,
-                dst: SocketAddr::new(loopback(family), receivers[receiver].port()),
-                src: (i % 2 == 1).then(|| source(odd_source)),
-            }
+            let dst = SocketAddr::new(loopback(family), receivers[receiver].port());
+            Transmit::datagram(dst, payload).from_source((i % 2 == 1).then(|| source(odd_source)))
         })
         .collect();
-
-    let outcomes = a.send_datagrams(&datagrams);
-    assert_eq!(outcomes.len(), count);
-    for (i, outcome) in outcomes.iter().enumerate() {
-        assert!(
-            matches!(outcome, DatagramOutcome::Sent),
-            "datagram {i}: {outcome:?}"
-        );
-    }
+    send_ok(&a, &datagrams);
     for (route, &(receiver, family, odd_source)) in routes.iter().enumerate() {
         let expected: Vec<usize> = (route..count).step_by(routes.len()).collect();
         let got = receive(&receivers[receiver], family, expected.len());
@@ -746,21 +780,18 @@ fn a_refused_datagram_does_not_stop_the_batch() {
         }
     }
     for (family, _, data, src) in &payloads {
-        datagrams.push(Datagram {
-            data,
-            dst: SocketAddr::new(loopback(*family), b.port()),
-            src: src.map(source),
-        });
+        let dst = SocketAddr::new(loopback(*family), b.port());
+        datagrams.push(Transmit::datagram(dst, data).from_source(src.map(source)));
     }
 
-    let outcomes = a.send_datagrams(&datagrams);
+    let outcomes = a.send(&datagrams);
     assert_eq!(outcomes.len(), datagrams.len());
     for ((family, step, _, _), outcome) in payloads.iter().zip(&outcomes) {
         let what = format!("{family:?} {}: {outcome:?}", labels[*step]);
         match (step, outcome) {
-            (0 | 2 | 5, DatagramOutcome::Sent) => {}
-            (1 | 4, DatagramOutcome::SourceDropped { retry: Ok(()), .. }) => println!("{what}"),
-            (3, DatagramOutcome::Failed(e)) => {
+            (0 | 2 | 5, SendOutcome::Sent) => {}
+            (1 | 4, SendOutcome::SourceDropped { retry: Ok(()), .. }) => println!("{what}"),
+            (3, SendOutcome::Failed(e)) => {
                 assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{what}")
             }
             _ => panic!("unexpected outcome for {what}"),
@@ -814,22 +845,22 @@ fn gso_throughput() {
         let sender = std::thread::spawn(move || {
             let payload = vec![0x5au8; SIZE * 46];
             let packets: Vec<&[u8]> = payload.chunks(SIZE).cycle().take(64).collect();
-            let run = SegmentRun {
-                data: &payload,
-                segment_size: SIZE,
-            };
+            let run = Transmit::segments(to_b, &payload, SIZE);
             let runs = [run; 4];
             let started = Instant::now();
             let mut sent = 0;
             while started.elapsed() < SEND_TIME {
                 match send {
-                    Send::Sendmmsg64 => sent += a.send_batch(&packets, to_b, None).unwrap(),
+                    Send::Sendmmsg64 => {
+                        send_ok(&a, &datagrams_to(to_b, &packets));
+                        sent += packets.len();
+                    }
                     Send::Gso46 => {
-                        a.send_segments(&payload, SIZE, to_b, None).unwrap();
+                        send_ok(&a, &runs[..1]);
                         sent += 46;
                     }
                     Send::Gso4x46 => {
-                        a.send_segment_runs(&runs, to_b, None).unwrap();
+                        send_ok(&a, &runs);
                         sent += 4 * 46;
                     }
                 }

@@ -7,83 +7,53 @@ use ferroguard_proto::device::Transmit;
 use ferroguard_proto::peer::{Endpoint, PeerId};
 
 use super::{Shared, MAX_PACKET, OVERHEAD};
-use crate::sys::udp::{Datagram, DatagramOutcome, LocalSource, SegmentRun, SendError, UdpSockets};
+use crate::sys::udp::{self, LocalSource, SendOutcome};
 
 impl Shared {
-    /// Sends queued datagrams, outside the engine lock: all of them with one
-    /// `sendmmsg` per address family (see [`UdpSockets::send_datagrams`]).
+    /// Sends the engine's queued datagrams, outside the engine lock, with
+    /// one `sendmmsg` per address family.
     pub fn send_all(&self, transmits: Vec<Transmit>) {
         // An empty payload has no datagram to send.
         let nonempty: Vec<&Transmit> = transmits.iter().filter(|t| !t.data.is_empty()).collect();
-        if nonempty.is_empty() {
-            return;
-        }
-        let datagrams: Vec<Datagram<'_>> = nonempty
+        let sends: Vec<udp::Transmit<'_>> = nonempty
             .iter()
-            .map(|t| Datagram {
-                data: &t.data,
-                dst: t.endpoint.addr,
-                src: local_source(&t.endpoint),
+            .map(|t| {
+                udp::Transmit::datagram(t.endpoint.addr, &t.data)
+                    .from_source(local_source(&t.endpoint))
             })
             .collect();
-        let outcomes = self.sockets().send_datagrams(&datagrams);
-        for (t, outcome) in nonempty.iter().zip(outcomes) {
+        self.send_and_settle(&sends, |i| nonempty[i].peer);
+    }
+
+    /// Sends `sends` on the current sockets and deals with each outcome: a
+    /// refused source is forgotten for the peer that had it
+    /// (`peer_of(index)`), failures are logged.
+    fn send_and_settle(
+        &self,
+        sends: &[udp::Transmit<'_>],
+        peer_of: impl Fn(usize) -> Option<PeerId>,
+    ) {
+        if sends.is_empty() {
+            return;
+        }
+        let outcomes = self.sockets().send(sends);
+        for (i, (send, outcome)) in sends.iter().zip(outcomes).enumerate() {
             match outcome {
-                DatagramOutcome::Sent => {}
-                DatagramOutcome::SourceDropped { refused, retry } => {
-                    self.forget_refused_source(&t.endpoint, t.peer, &refused);
+                SendOutcome::Sent => {}
+                SendOutcome::SourceDropped { refused, retry } => {
+                    log::debug!(
+                        "source {:?} unusable ({refused}); sending without it",
+                        send.source
+                    );
+                    if let Some(peer) = peer_of(i) {
+                        self.engine().device.clear_sticky_source(peer);
+                    }
                     if let Err(e) = retry {
-                        log::debug!("send to {} failed: {e}", t.endpoint.addr);
+                        log::debug!("send to {} failed: {e}", send.destination);
                     }
                 }
-                DatagramOutcome::Failed(e) => {
-                    log::debug!("send to {} failed: {e}", t.endpoint.addr)
-                }
+                SendOutcome::Failed(e) => log::debug!("send to {} failed: {e}", send.destination),
             }
-        }
-    }
-
-    /// Sends `runs` to `endpoint`, together (one `sendmmsg` as far as it
-    /// holds them), each run datagrams of its `segment_size` back to back
-    /// (the last may be shorter), with UDP GSO where the socket has it.
-    fn send_runs(
-        &self,
-        sockets: &UdpSockets,
-        runs: &[SegmentRun<'_>],
-        endpoint: Endpoint,
-        peer: Option<PeerId>,
-    ) {
-        let source = local_source(&endpoint);
-        match sockets.send_segment_runs(runs, endpoint.addr, source.as_ref()) {
-            Ok(()) => {}
-            Err(SendError::SourceUnusable(e)) => {
-                // Every datagram has this source, so a refused source fails
-                // the first one and the retry duplicates nothing. (A later
-                // refusal is of the datagram itself, e.g. its size; a copy
-                // sent twice then is dropped by the receiver's replay window.)
-                self.forget_refused_source(&endpoint, peer, &e);
-                if let Err(SendError::Other(e) | SendError::SourceUnusable(e)) =
-                    sockets.send_segment_runs(runs, endpoint.addr, None)
-                {
-                    log::debug!("send to {} failed: {e}", endpoint.addr);
-                }
-            }
-            Err(SendError::Other(e)) => log::debug!("send to {} failed: {e}", endpoint.addr),
-        }
-    }
-
-    /// Forgets `peer`'s sticky source after the kernel refused to send from
-    /// it (the datagram itself goes again without a source).
-    fn forget_refused_source(
-        &self,
-        endpoint: &Endpoint,
-        peer: Option<PeerId>,
-        why: &std::io::Error,
-    ) {
-        let source = local_source(endpoint);
-        log::debug!("source {source:?} unusable ({why}); sending without it");
-        if let Some(peer) = peer {
-            self.engine().device.clear_sticky_source(peer);
         }
     }
 }
@@ -175,25 +145,21 @@ impl TxBatch {
     /// size but a shorter last one, is one GSO message; the consecutive runs
     /// to one endpoint leave together, in one `sendmmsg`.
     pub(super) fn flush(&mut self, shared: &Shared) {
-        if self.items.is_empty() {
-            self.used = 0; // bytes of forgotten items only
-            return;
-        }
-        let sockets = shared.sockets();
         let runs = self.runs();
-        for group in runs.chunk_by(|a, b| a.endpoint == b.endpoint) {
-            let segment_runs: Vec<SegmentRun<'_>> = group
-                .iter()
-                .map(|run| SegmentRun {
-                    data: &self.data[run.bytes.clone()],
-                    segment_size: run.segment_size,
-                })
-                .collect();
-            let first = &group[0];
-            shared.send_runs(&sockets, &segment_runs, first.endpoint, Some(first.peer));
-        }
+        let sends: Vec<udp::Transmit<'_>> = runs
+            .iter()
+            .map(|run| {
+                udp::Transmit::segments(
+                    run.endpoint.addr,
+                    &self.data[run.bytes.clone()],
+                    run.segment_size,
+                )
+                .from_source(local_source(&run.endpoint))
+            })
+            .collect();
+        shared.send_and_settle(&sends, |i| Some(runs[i].peer));
         self.items.clear();
-        self.used = 0;
+        self.used = 0; // also the bytes of forgotten items
     }
 
     /// The items cut into GSO runs: contiguous items to one endpoint, all of

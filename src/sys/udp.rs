@@ -32,18 +32,23 @@
 //! longer on the host the kernel refuses the send: measured on Linux 6.18,
 //! `ENETUNREACH` for IPv4 and `EINVAL` for IPv6. Those errors (and the few
 //! others a source can cause, see `classify_send_error`) on a send with a
-//! source are reported as [`SendError::SourceUnusable`], so the caller
-//! clears its sticky source and sends again without one.
+//! source mean the source is unusable: [`UdpSockets::send`] sends the
+//! datagrams again at once without it, before anything later to that
+//! destination, and reports [`SendOutcome::SourceDropped`] so the caller
+//! clears its sticky source.
 //!
-//! # Batches to many destinations
+//! # One send call
 //!
-//! [`UdpSockets::send_datagrams`] sends datagrams that each have their own
+//! [`UdpSockets::send`] takes a batch of [`Transmit`]s, each a destination,
+//! an optional source and either one datagram or, with a segment size,
+//! several equal-sized datagrams end to end (the last may be shorter), and
+//! returns one [`SendOutcome`] per transmit. Consecutive segmented
+//! transmits to one destination from one source leave together, as GSO
+//! messages in one `sendmmsg`; single datagrams, each with its own
 //! destination and source (the engine's outbox: handshake messages, cookie
-//! replies, keepalives) with one `sendmmsg` per family, each message with
-//! its own name and pktinfo. `sendmmsg` stops at the first message the
-//! kernel refuses; that message is dealt with alone (a refused source is
-//! dropped and the message sent again at once, so the order per
-//! destination holds) and the batch goes on after it.
+//! replies, keepalives), leave with one `sendmmsg` per family. `sendmmsg`
+//! stops at the first message the kernel refuses; that message is dealt
+//! with alone and the batch goes on after it.
 //!
 //! # Offloads: UDP GSO and GRO
 //!
@@ -51,8 +56,8 @@
 //! to one destination: equal-sized datagrams (the last may be shorter) laid
 //! end to end, with a `UDP_SEGMENT` control message giving the size; the
 //! kernel (or the NIC) cuts them apart late, so the stack is traversed once
-//! per run instead of once per datagram. [`UdpSockets::send_segments`] and
-//! [`UdpSockets::send_segment_runs`] do this when the socket supports it
+//! per run instead of once per datagram. [`UdpSockets::send`] does this for
+//! a segmented [`Transmit`] when the socket supports it
 //! (probed with `getsockopt(UDP_SEGMENT)` at bind) and fall back to one
 //! datagram per segment with `sendmmsg` otherwise. When a GSO send fails with
 //! `EIO`, GSO is switched off for that socket for good and the same data is
@@ -160,14 +165,66 @@ impl RecvMeta {
     }
 }
 
-/// A run of datagrams for [`UdpSockets::send_segment_runs`]: `data` holds
-/// consecutive datagrams of `segment_size` bytes, the last may be shorter.
+/// A run of datagrams to one destination: `data` holds consecutive
+/// datagrams of `segment_size` bytes, the last may be shorter.
 #[derive(Clone, Copy, Debug)]
-pub struct SegmentRun<'a> {
+struct SegmentRun<'a> {
     /// The datagrams, end to end.
-    pub data: &'a [u8],
+    data: &'a [u8],
     /// The size of every datagram but the last.
-    pub segment_size: usize,
+    segment_size: usize,
+}
+
+/// One send of [`UdpSockets::send`]: one datagram, or several of
+/// `segment_size` bytes end to end, to `destination`, from `source` when
+/// given.
+#[derive(Clone, Copy, Debug)]
+pub struct Transmit<'a> {
+    /// Where the datagrams go (an IPv4-mapped IPv6 address goes out over IPv4).
+    pub destination: SocketAddr,
+    /// The local address to send from (a pktinfo control message).
+    pub source: Option<LocalSource>,
+    /// The UDP payload: one datagram (an empty one is sent as an empty
+    /// datagram), or with `segment_size` several (an empty run sends nothing).
+    pub contents: &'a [u8],
+    /// The size of every datagram of `contents` but the last, which may be
+    /// shorter; `None`: `contents` is one datagram.
+    pub segment_size: Option<usize>,
+}
+
+impl<'a> Transmit<'a> {
+    /// One datagram to `destination`, from no particular source.
+    pub fn datagram(destination: SocketAddr, contents: &'a [u8]) -> Self {
+        Transmit {
+            destination,
+            source: None,
+            contents,
+            segment_size: None,
+        }
+    }
+
+    /// Datagrams of `segment_size` bytes end to end (the last may be
+    /// shorter) to `destination`, from no particular source.
+    pub fn segments(destination: SocketAddr, contents: &'a [u8], segment_size: usize) -> Self {
+        Transmit {
+            segment_size: Some(segment_size),
+            ..Transmit::datagram(destination, contents)
+        }
+    }
+
+    /// The same, sent from `source`.
+    pub fn from_source(self, source: Option<LocalSource>) -> Self {
+        Transmit { source, ..self }
+    }
+
+    /// Whether `other` can leave in the same GSO batch: both segmented, to
+    /// the same destination from the same source.
+    fn joins(&self, other: &Transmit<'_>) -> bool {
+        self.segment_size.is_some()
+            && other.segment_size.is_some()
+            && self.destination == other.destination
+            && self.source == other.source
+    }
 }
 
 /// A local address to send from, with the interface it was seen on (from
@@ -180,26 +237,23 @@ pub struct LocalSource {
     pub ifindex: u32,
 }
 
-/// One datagram of a [`UdpSockets::send_datagrams`] batch: its own
-/// destination and, optionally, its own source.
+/// One single datagram on its way through a `sendmmsg` of single
+/// datagrams: its own destination and, optionally, its own source.
 #[derive(Clone, Copy, Debug)]
-pub struct Datagram<'a> {
-    /// The UDP payload (an empty one is sent as an empty datagram).
-    pub data: &'a [u8],
-    /// Where it goes.
-    pub dst: SocketAddr,
-    /// The local address to send from (a pktinfo control message).
-    pub src: Option<LocalSource>,
+struct Datagram<'a> {
+    data: &'a [u8],
+    dst: SocketAddr,
+    src: Option<LocalSource>,
 }
 
-/// What became of one datagram of a [`UdpSockets::send_datagrams`] batch.
+/// What became of one [`Transmit`].
 #[derive(Debug)]
-pub enum DatagramOutcome {
+pub enum SendOutcome {
     /// Sent as asked.
     Sent,
-    /// The kernel refused its source address (what a single send reports
-    /// as [`SendError::SourceUnusable`]), so it was sent once more without
-    /// one, before any later datagram of the batch; `retry` is how that went.
+    /// The kernel refused its source address (gone from the host, wrong
+    /// family, no route from it), so it was sent once more without one,
+    /// before anything later to that destination; `retry` is how that went.
     /// The caller should clear its sticky source.
     SourceDropped {
         /// Why the source was refused.
@@ -207,13 +261,44 @@ pub enum DatagramOutcome {
         /// The outcome of the send without a source.
         retry: io::Result<()>,
     },
-    /// Not sent, for a reason other than its source.
+    /// Not sent (or, for segments, not all of them), for a reason other
+    /// than its source.
     Failed(io::Error),
 }
 
+impl SendOutcome {
+    /// The outcome of sending without a source after `refused`.
+    fn after_refusal(refused: io::Error, retry: Result<(), SendError>) -> SendOutcome {
+        SendOutcome::SourceDropped {
+            refused,
+            retry: retry.map_err(io::Error::from),
+        }
+    }
+
+    /// The same outcome for another transmit of the same GSO batch (errors
+    /// are not `Clone`: the copy keeps the OS error number or kind).
+    fn duplicate(&self) -> SendOutcome {
+        match self {
+            SendOutcome::Sent => SendOutcome::Sent,
+            SendOutcome::SourceDropped { refused, retry } => SendOutcome::SourceDropped {
+                refused: copy_error(refused),
+                retry: retry.as_ref().map(|_| ()).map_err(copy_error),
+            },
+            SendOutcome::Failed(e) => SendOutcome::Failed(copy_error(e)),
+        }
+    }
+}
+
+/// A copy of `e` with its OS error number, or else its kind.
+fn copy_error(e: &io::Error) -> io::Error {
+    e.raw_os_error()
+        .map_or_else(|| io::Error::from(e.kind()), io::Error::from_raw_os_error)
+}
+
+/// Why a send failed (inside this module: [`SendOutcome`] is what callers see).
 /// Why a send failed.
 #[derive(Debug)]
-pub enum SendError {
+enum SendError {
     /// The send had a source address that the kernel refused (gone from the
     /// host, wrong family, no route from it): the caller should clear its
     /// sticky source and send again without one.
@@ -447,80 +532,85 @@ impl UdpSockets {
         Ok(received)
     }
 
-    /// Sends one datagram to `dst`, from `src` when given (a pktinfo control
-    /// message); the errors are those of [`send_batch`](Self::send_batch).
-    pub fn send_to(
-        &self,
-        packet: &[u8],
-        dst: SocketAddr,
-        src: Option<&LocalSource>,
-    ) -> Result<(), SendError> {
-        self.send_batch(&[packet], dst, src).map(drop)
-    }
-
-    /// Sends `packets` to `dst`, from `src` when given, with `sendmmsg`
-    /// (several calls for more than [`MAX_BATCH`]). Returns how many were
-    /// sent: all of them, or — when the kernel refused one after others had
-    /// gone — the count before it (sending the rest again reports the
-    /// error). An error means that nothing was sent.
-    pub fn send_batch(
-        &self,
-        packets: &[&[u8]],
-        dst: SocketAddr,
-        src: Option<&LocalSource>,
-    ) -> Result<usize, SendError> {
-        let dst = normalize(dst);
-        let socket = self
-            .socket(family_of(&dst.ip()))
-            .map_err(SendError::Other)?;
-        let control = match src {
-            Some(src) => Some(source_control(src, &dst)?),
-            None => None,
-        };
-        let name = SockAddr::from(dst);
-        let mut sent = 0;
-        while let Some(rest) = packets.get(sent..).filter(|rest| !rest.is_empty()) {
-            let chunk = &rest[..rest.len().min(MAX_BATCH)];
-            match send_chunk(socket.as_raw_fd(), chunk, &name, control.as_ref()) {
-                Ok(0) => break, // not expected for a non-empty chunk; never spin
-                Ok(n) => sent += n,
-                Err(_) if sent > 0 => break,
-                Err(e) => return Err(classify_send_error(e, src.is_some())),
+    /// Sends `transmits`, in order per destination, and returns one outcome
+    /// per transmit, in the order given.
+    ///
+    /// Consecutive segmented transmits to one destination from one source
+    /// leave together (see [`send_runs`](Self::send_runs)); single
+    /// datagrams leave with one `sendmmsg` per family (see
+    /// [`send_singles`](Self::send_singles)). A refused source is dropped
+    /// and the datagrams sent again at once without it
+    /// ([`SendOutcome::SourceDropped`]). A segmented transmit with a zero
+    /// segment size fails with `InvalidInput`.
+    pub fn send(&self, transmits: &[Transmit<'_>]) -> Vec<SendOutcome> {
+        let mut outcomes = Vec::with_capacity(transmits.len());
+        let mut rest = transmits;
+        while let Some(first) = rest.first() {
+            let together = match first.segment_size {
+                Some(_) => 1 + rest[1..].iter().take_while(|t| first.joins(t)).count(),
+                None => rest.iter().take_while(|t| t.segment_size.is_none()).count(),
+            };
+            let (group, tail) = rest.split_at(together);
+            if first.segment_size.is_some() {
+                let outcome = self.send_segmented(group);
+                let copies: Vec<SendOutcome> =
+                    (1..group.len()).map(|_| outcome.duplicate()).collect();
+                outcomes.push(outcome);
+                outcomes.extend(copies);
+            } else {
+                let datagrams: Vec<Datagram<'_>> = group
+                    .iter()
+                    .map(|t| Datagram {
+                        data: t.contents,
+                        dst: t.destination,
+                        src: t.source,
+                    })
+                    .collect();
+                outcomes.extend(self.send_singles(&datagrams));
             }
+            rest = tail;
         }
-        Ok(sent)
+        outcomes
     }
 
-    /// Sends `data`, consecutive datagrams of `segment_size` bytes (the last
-    /// may be shorter), to `dst`, from `src` when given.
+    /// Sends segmented transmits that share a destination and a source,
+    /// dropping a refused source (one outcome for all of them).
+    fn send_segmented(&self, group: &[Transmit<'_>]) -> SendOutcome {
+        let runs: Vec<SegmentRun<'_>> = group
+            .iter()
+            .map(|t| SegmentRun {
+                data: t.contents,
+                segment_size: t.segment_size.unwrap_or(t.contents.len()),
+            })
+            .collect();
+        let first = &group[0];
+        match self.send_runs(&runs, first.destination, first.source.as_ref()) {
+            Ok(()) => SendOutcome::Sent,
+            Err(SendError::SourceUnusable(refused)) => {
+                // Every datagram has this source, so a refused source fails
+                // the first one and the retry duplicates nothing. (A later
+                // refusal is of the datagram itself, e.g. its size; a copy
+                // sent twice then is dropped by the receiver's replay window.)
+                let retry = self.send_runs(&runs, first.destination, None);
+                SendOutcome::after_refusal(refused, retry)
+            }
+            Err(SendError::Other(e)) => SendOutcome::Failed(e),
+        }
+    }
+
+    /// Sends `runs` to `dst`, from `src` when given, in as few `sendmmsg`
+    /// calls as possible.
     ///
     /// With GSO ([`gso_supported`](Self::gso_supported)) each run of up to
     /// [`MAX_GSO_SEGMENTS`] datagrams and [`MAX_GSO_BYTES`] bytes is one
-    /// message with a `UDP_SEGMENT` control message (longer input takes
-    /// several, sent together with `sendmmsg`); every datagram plus its
-    /// headers must then fit the route's MTU, or the kernel refuses the send
-    /// (`EINVAL`). Without GSO, or after the kernel answered `EIO` (which
-    /// turns GSO off for this socket for good), each datagram is sent alone
-    /// (`sendmmsg`). Empty `data` sends nothing.
-    ///
-    /// Errors are those of [`send_batch`](Self::send_batch), plus
-    /// `InvalidInput` for a zero `segment_size`. An error may come after
-    /// the datagrams before the failing one went out.
-    pub fn send_segments(
-        &self,
-        data: &[u8],
-        segment_size: usize,
-        dst: SocketAddr,
-        src: Option<&LocalSource>,
-    ) -> Result<(), SendError> {
-        self.send_segment_runs(&[SegmentRun { data, segment_size }], dst, src)
-    }
-
-    /// Sends several runs as [`send_segments`](Self::send_segments) does,
-    /// all to `dst`, in as few `sendmmsg` calls as possible (up to
-    /// [`MAX_BATCH`] GSO messages each). Runs may have different segment
-    /// sizes; each is cut into GSO messages on its own.
-    pub fn send_segment_runs(
+    /// message with a `UDP_SEGMENT` control message (a longer run takes
+    /// several; up to [`MAX_BATCH`] messages a call); every datagram plus
+    /// its headers must then fit the route's MTU, or the kernel refuses the
+    /// send (`EINVAL`). Runs may have different segment sizes. Without GSO,
+    /// or after the kernel answered `EIO` (which turns GSO off for this
+    /// socket for good), each datagram is sent alone (`sendmmsg`). An error
+    /// may come after the datagrams before the failing one went out.
+    fn send_runs(
         &self,
         runs: &[SegmentRun<'_>],
         dst: SocketAddr,
@@ -567,20 +657,20 @@ impl UdpSockets {
         send_all_datagrams(&target, &datagrams).map_err(|e| classify_send_error(e, src.is_some()))
     }
 
-    /// Sends datagrams to many destinations, each with its own source: one
-    /// `sendmmsg` per family for up to [`MAX_BATCH`] datagrams (IPv4 ones
-    /// first, then IPv6 ones, each family in the given order, so the order
-    /// per destination is kept). Returns one outcome per datagram, in the
-    /// order given.
+    /// Sends single datagrams to many destinations, each with its own
+    /// source: one `sendmmsg` per family for up to [`MAX_BATCH`] datagrams
+    /// (IPv4 ones first, then IPv6 ones, each family in the given order, so
+    /// the order per destination is kept). Returns one outcome per
+    /// datagram, in the order given.
     ///
     /// `sendmmsg` stops at the first datagram the kernel refuses; that one
     /// gets its outcome and the call goes on with the next. A refused
     /// source is dropped and the datagram sent again at once without it
-    /// ([`DatagramOutcome::SourceDropped`]), so it still arrives before the
+    /// ([`SendOutcome::SourceDropped`]), so it still arrives before the
     /// later datagrams to its destination. No GSO: each datagram is one
     /// message.
-    pub fn send_datagrams(&self, datagrams: &[Datagram<'_>]) -> Vec<DatagramOutcome> {
-        let mut outcomes: Vec<Option<DatagramOutcome>> = datagrams.iter().map(|_| None).collect();
+    fn send_singles(&self, datagrams: &[Datagram<'_>]) -> Vec<SendOutcome> {
+        let mut outcomes: Vec<Option<SendOutcome>> = datagrams.iter().map(|_| None).collect();
         for family in [Family::V4, Family::V6] {
             let batch: Vec<PreparedDatagram<'_>> = datagrams
                 .iter()
@@ -595,11 +685,7 @@ impl UdpSockets {
                 Ok(socket) => send_prepared(socket.as_raw_fd(), batch, &mut outcomes),
                 Err(e) => {
                     for prepared in batch {
-                        let error = e.raw_os_error().map_or_else(
-                            || io::Error::from(e.kind()),
-                            io::Error::from_raw_os_error,
-                        );
-                        outcomes[prepared.index] = Some(DatagramOutcome::Failed(error));
+                        outcomes[prepared.index] = Some(SendOutcome::Failed(copy_error(&e)));
                     }
                 }
             }
@@ -609,7 +695,7 @@ impl UdpSockets {
         outcomes
             .into_iter()
             .map(|outcome| {
-                outcome.unwrap_or_else(|| DatagramOutcome::Failed(io::Error::other("not sent")))
+                outcome.unwrap_or_else(|| SendOutcome::Failed(io::Error::other("not sent")))
             })
             .collect()
     }
@@ -1108,7 +1194,7 @@ impl<'a> PreparedDatagram<'a> {
 fn send_prepared(
     fd: RawFd,
     mut batch: Vec<PreparedDatagram<'_>>,
-    outcomes: &mut [Option<DatagramOutcome>],
+    outcomes: &mut [Option<SendOutcome>],
 ) {
     let mut next = 0;
     while next < batch.len() {
@@ -1128,7 +1214,7 @@ fn send_prepared(
                     Ok(n) if n > 0 => {
                         let n = n.min(run.len());
                         for prepared in &run[..n] {
-                            outcomes[prepared.index] = Some(DatagramOutcome::Sent);
+                            outcomes[prepared.index] = Some(SendOutcome::Sent);
                         }
                         next += n;
                         continue;
@@ -1149,7 +1235,7 @@ fn send_prepared(
 /// The outcome of a datagram the kernel (or the preparation of its source)
 /// refused: an unusable source is dropped and the datagram sent once more
 /// without it; any other error is final.
-fn settle_refused(fd: RawFd, prepared: &PreparedDatagram<'_>, err: SendError) -> DatagramOutcome {
+fn settle_refused(fd: RawFd, prepared: &PreparedDatagram<'_>, err: SendError) -> SendOutcome {
     match err {
         SendError::SourceUnusable(refused) => {
             let retry = send_messages_with(fd, &[prepared.data], |_| &prepared.name, |_| None)
@@ -1157,9 +1243,9 @@ fn settle_refused(fd: RawFd, prepared: &PreparedDatagram<'_>, err: SendError) ->
                     0 => Err(io::Error::from(io::ErrorKind::WriteZero)),
                     _ => Ok(()),
                 });
-            DatagramOutcome::SourceDropped { refused, retry }
+            SendOutcome::SourceDropped { refused, retry }
         }
-        SendError::Other(e) => DatagramOutcome::Failed(e),
+        SendError::Other(e) => SendOutcome::Failed(e),
     }
 }
 
@@ -1433,7 +1519,8 @@ mod tests {
         a4.simulate_eio.store(true, Ordering::Relaxed);
         let data: Vec<u8> = (0..10u8).flat_map(|i| [i; 1200]).collect();
         let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b.port());
-        a.send_segments(&data, 1200, dst, None).unwrap();
+        let outcome = a.send(&[Transmit::segments(dst, &data, 1200)]);
+        assert!(matches!(outcome[..], [SendOutcome::Sent]), "{outcome:?}");
         assert!(!a.gso_enabled(Family::V4), "EIO turns GSO off for good");
         assert!(!a.gso_supported());
         if a.v6.is_some() {
