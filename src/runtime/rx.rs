@@ -85,6 +85,9 @@ fn datagrams<'a>(bufs: &'a mut [Vec<u8>], meta: &[RecvMeta]) -> Vec<RxDatagram<'
         for range in meta.datagram_ranges(rest.len()) {
             let (data, tail) = std::mem::take(&mut rest).split_at_mut(range.len());
             rest = tail;
+            if data.is_empty() {
+                continue; // no message at all: not even a drop to count
+            }
             datagrams.push(RxDatagram {
                 buf: i,
                 offset: range.start,
