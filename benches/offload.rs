@@ -7,7 +7,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ferroguard::offload::virtio::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_LEN,
 };
-use ferroguard::offload::{checksum, split, Coalescer, SegmentBatch, VirtioNetHdr};
+use ferroguard::offload::{split, Coalescer, SegmentBatch, VirtioNetHdr};
+use ferroguard_proto::packet::checksum;
 
 const MSS: usize = 1380;
 const HEADERS: usize = 40;

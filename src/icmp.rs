@@ -16,14 +16,17 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ferroguard_proto::packet::{
+    checksum, ipv4_address, ipv6_address, read_u16, IPV4_MIN_HEADER_LEN as IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN, PROTO_ICMP, PROTO_ICMPV6,
+};
+
 /// Hop limit / TTL of the errors we build.
 const TTL: u8 = 64;
 
-const IPV4_HEADER_LEN: usize = 20;
 const ICMP_HEADER_LEN: usize = 8;
 /// Largest IPv4 ICMP error, RFC 1812 §4.3.2.3.
 const IPV4_ERROR_MAX_LEN: usize = 576;
-const PROTOCOL_ICMP: u8 = 1;
 const ICMP_DESTINATION_UNREACHABLE: u8 = 3;
 const ICMP_HOST_UNREACHABLE: u8 = 1;
 /// "Don't fragment" in the flags/offset word; with it set the identification
@@ -35,11 +38,9 @@ const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
 const IPV4_PRECEDENCE_INTERNET_CONTROL: u8 = 0xc0;
 const IPV4_TOS_MASK: u8 = 0x1e;
 
-const IPV6_HEADER_LEN: usize = 40;
 const ICMPV6_HEADER_LEN: usize = 8;
 /// Largest ICMPv6 error: the IPv6 minimum MTU, RFC 4443 §2.4 (c).
 const IPV6_ERROR_MAX_LEN: usize = 1280;
-const NEXT_HEADER_ICMPV6: u8 = 58;
 const ICMPV6_DESTINATION_UNREACHABLE: u8 = 1;
 const ICMPV6_ADDRESS_UNREACHABLE: u8 = 3;
 /// ICMPv6 types below this are errors (RFC 4443 §2.1).
@@ -93,21 +94,6 @@ struct Ipv4Packet<'a> {
     destination: Ipv4Addr,
 }
 
-fn be16(bytes: &[u8], at: usize) -> Option<u16> {
-    let pair = bytes.get(at..at.checked_add(2)?)?;
-    Some(u16::from_be_bytes([pair[0], pair[1]]))
-}
-
-fn ipv4_address(bytes: &[u8], at: usize) -> Option<Ipv4Addr> {
-    let octets: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
-    Some(Ipv4Addr::from(octets))
-}
-
-fn ipv6_address(bytes: &[u8], at: usize) -> Option<Ipv6Addr> {
-    let octets: [u8; 16] = bytes.get(at..at.checked_add(16)?)?.try_into().ok()?;
-    Some(Ipv6Addr::from(octets))
-}
-
 fn parse_ipv4(packet: &[u8]) -> Option<Ipv4Packet<'_>> {
     let first = *packet.first()?;
     let header_len = usize::from(first & 0x0f) * 4;
@@ -115,10 +101,10 @@ fn parse_ipv4(packet: &[u8]) -> Option<Ipv4Packet<'_>> {
         return None;
     }
     let header = packet.get(..header_len)?;
-    if internet_checksum(&[header]) != 0 {
+    if checksum::sum(header) != 0xffff {
         return None;
     }
-    let total_len = usize::from(be16(header, 2)?);
+    let total_len = usize::from(read_u16(header, 2)?);
     if total_len < header_len {
         return None;
     }
@@ -126,7 +112,7 @@ fn parse_ipv4(packet: &[u8]) -> Option<Ipv4Packet<'_>> {
         bytes: packet.get(..total_len)?,
         header_len,
         tos: *header.get(1)?,
-        fragment_offset: be16(header, 6)? & IPV4_FRAGMENT_OFFSET_MASK,
+        fragment_offset: read_u16(header, 6)? & IPV4_FRAGMENT_OFFSET_MASK,
         protocol: *header.get(9)?,
         source: ipv4_address(header, 12)?,
         destination: ipv4_address(header, 16)?,
@@ -155,7 +141,7 @@ fn may_answer_ipv4(packet: &Ipv4Packet<'_>) -> bool {
     {
         return false;
     }
-    if packet.protocol == PROTOCOL_ICMP {
+    if packet.protocol == PROTO_ICMP {
         // A first fragment or whole packet must show its ICMP type.
         return match packet.bytes.get(packet.header_len) {
             Some(&icmp_type) => is_icmp_query(icmp_type),
@@ -186,17 +172,17 @@ fn ipv4_host_unreachable(packet: &[u8], reply_source: Option<Ipv4Addr>) -> Optio
     out.extend_from_slice(&u16::try_from(total_len).ok()?.to_be_bytes());
     out.extend_from_slice(&[0, 0]); // identification
     out.extend_from_slice(&IPV4_DONT_FRAGMENT.to_be_bytes());
-    out.extend_from_slice(&[TTL, PROTOCOL_ICMP, 0, 0]);
+    out.extend_from_slice(&[TTL, PROTO_ICMP, 0, 0]);
     out.extend_from_slice(&source.octets());
     out.extend_from_slice(&original.source.octets());
-    let header_checksum = internet_checksum(&[out.get(..IPV4_HEADER_LEN)?]);
+    let header_checksum = !checksum::sum(out.get(..IPV4_HEADER_LEN)?);
     out.get_mut(10..12)?
         .copy_from_slice(&header_checksum.to_be_bytes());
 
     out.extend_from_slice(&[ICMP_DESTINATION_UNREACHABLE, ICMP_HOST_UNREACHABLE]);
     out.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // checksum, then 4 unused bytes
     out.extend_from_slice(quoted);
-    let icmp_checksum = internet_checksum(&[out.get(IPV4_HEADER_LEN..)?]);
+    let icmp_checksum = !checksum::sum(out.get(IPV4_HEADER_LEN..)?);
     out.get_mut(IPV4_HEADER_LEN + 2..IPV4_HEADER_LEN + 4)?
         .copy_from_slice(&icmp_checksum.to_be_bytes());
     Some(out)
@@ -215,7 +201,7 @@ fn parse_ipv6(packet: &[u8]) -> Option<Ipv6Packet<'_>> {
     if packet.first()? >> 4 != 6 {
         return None;
     }
-    let payload_len = usize::from(be16(packet, 4)?);
+    let payload_len = usize::from(read_u16(packet, 4)?);
     Some(Ipv6Packet {
         bytes: packet.get(..IPV6_HEADER_LEN + payload_len)?,
         source: ipv6_address(packet, 8)?,
@@ -265,13 +251,13 @@ fn ipv6_payload_may_be_answered(packet: &[u8]) -> Option<()> {
             }
             FRAGMENT => {
                 let header = packet.get(at..at + 8)?;
-                if be16(header, 2)? >> 3 != 0 {
+                if read_u16(header, 2)? >> 3 != 0 {
                     return None;
                 }
                 next_header = header[0];
                 at += 8;
             }
-            NEXT_HEADER_ICMPV6 => {
+            PROTO_ICMPV6 => {
                 let icmp_type = *packet.get(at)?;
                 let answerable =
                     icmp_type >= ICMPV6_FIRST_INFORMATIONAL && icmp_type != ICMPV6_REDIRECT;
@@ -310,7 +296,7 @@ fn ipv6_address_unreachable(packet: &[u8], reply_source: Option<Ipv6Addr>) -> Op
     let mut out = Vec::with_capacity(IPV6_HEADER_LEN + icmp_len);
     out.extend_from_slice(&[0x60, 0, 0, 0]); // version 6, traffic class 0, flow label 0
     out.extend_from_slice(&u16::try_from(icmp_len).ok()?.to_be_bytes());
-    out.extend_from_slice(&[NEXT_HEADER_ICMPV6, TTL]);
+    out.extend_from_slice(&[PROTO_ICMPV6, TTL]);
     out.extend_from_slice(&source.octets());
     out.extend_from_slice(&original.source.octets());
 
@@ -324,39 +310,17 @@ fn ipv6_address_unreachable(packet: &[u8], reply_source: Option<Ipv6Addr>) -> Op
 }
 
 /// The ICMPv6 checksum of `message` (with its checksum field zero), over the
-/// RFC 8200 §8.1 pseudo-header: source, destination, upper-layer length
-/// (u32), three zero bytes and the next header value 58.
+/// RFC 8200 §8.1 pseudo-header: source, destination, upper-layer length and
+/// the next header value 58.
 fn icmpv6_checksum(source: Ipv6Addr, destination: Ipv6Addr, message: &[u8]) -> Option<u16> {
-    let length = u32::try_from(message.len()).ok()?.to_be_bytes();
-    Some(internet_checksum(&[
+    let length = u32::try_from(message.len()).ok()?;
+    let pseudo = checksum::pseudo_header_v6(
         &source.octets(),
         &destination.octets(),
-        &length,
-        &[0, 0, 0, NEXT_HEADER_ICMPV6],
-        message,
-    ]))
-}
-
-/// The Internet checksum (RFC 1071) of the concatenation of `parts`: the
-/// ones' complement of the ones' complement sum of its 16-bit big-endian
-/// words, an odd last byte padded with zero. Over data that contains a
-/// correct checksum the result is 0.
-fn internet_checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u64 = 0;
-    let mut pending_high_byte: Option<u8> = None;
-    for &byte in parts.iter().flat_map(|part| part.iter()) {
-        match pending_high_byte.take() {
-            Some(high) => sum += u64::from(u16::from_be_bytes([high, byte])),
-            None => pending_high_byte = Some(byte),
-        }
-    }
-    if let Some(high) = pending_high_byte {
-        sum += u64::from(high) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+        PROTO_ICMPV6,
+        length,
+    );
+    Some(!checksum::sum_with(message, pseudo))
 }
 
 #[cfg(test)]
@@ -688,13 +652,24 @@ mod tests {
     }
 
     #[test]
-    fn checksum_handles_odd_splits() {
-        let data: Vec<u8> = (0..41u8).map(|i| i.wrapping_mul(97)).collect();
-        let whole = internet_checksum(&[&data]);
-        assert_eq!(whole, reference_checksum(&data));
+    fn checksums_agree_with_the_reference() {
+        for len in [0usize, 1, 7, 20, 41, 576] {
+            let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(97)).collect();
+            assert_eq!(
+                !checksum::sum(&data),
+                reference_checksum(&data),
+                "{len} bytes"
+            );
+        }
+        let message: Vec<u8> = (0..41u8).collect();
+        let (src, dst) = (v6("fd00::1"), v6("fd00::63"));
         assert_eq!(
-            internet_checksum(&[&data[..7], &data[7..20], &data[20..]]),
-            whole
+            icmpv6_checksum(src, dst, &message),
+            Some(reference_icmpv6_checksum(
+                &src.octets(),
+                &dst.octets(),
+                &message
+            ))
         );
     }
 

@@ -1,7 +1,6 @@
 //! The TUN write path: GRO. Decrypted IP packets in, buffers that each start
 //! with a virtio-net header out.
 
-use super::checksum;
 use super::packet::{
     parse_ip, pseudo_header_sum, read_u16, read_u32, transport_checksum_ok, write_u16,
     IPV4_FRAGMENT_MASK, IPV4_MIN_HEADER_LEN, PROTO_TCP, PROTO_UDP, TCP_CHECKSUM_OFFSET, TCP_CWR,
@@ -12,6 +11,7 @@ use super::virtio::{
     VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
     VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_LEN,
 };
+use ferroguard_proto::packet::checksum;
 
 /// Largest IP packet a super-packet may become.
 pub const MAX_COALESCED_LEN: usize = 65535;

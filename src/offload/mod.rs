@@ -16,7 +16,6 @@
 //! its checksums verified (a panic means a bug here, never bad input).
 #![forbid(unsafe_code)]
 
-pub mod checksum;
 mod coalesce;
 mod packet;
 mod split;

@@ -1,14 +1,14 @@
 //! IPv4/IPv6/TCP/UDP header layout and a full validity check.
 
-use super::checksum;
 use super::OffloadError;
+use ferroguard_proto::packet::checksum;
+pub(crate) use ferroguard_proto::packet::{
+    read_u16, read_u32, write_u16, write_u32, IPV4_MIN_HEADER_LEN, IPV6_HEADER_LEN, PROTO_TCP,
+    PROTO_UDP,
+};
 
-pub(crate) const IPV4_MIN_HEADER_LEN: usize = 20;
-pub(crate) const IPV6_HEADER_LEN: usize = 40;
 pub(crate) const TCP_MIN_HEADER_LEN: usize = 20;
 pub(crate) const UDP_HEADER_LEN: usize = 8;
-pub(crate) const PROTO_TCP: u8 = 6;
-pub(crate) const PROTO_UDP: u8 = 17;
 /// Offset of the checksum inside the TCP header.
 pub(crate) const TCP_CHECKSUM_OFFSET: usize = 16;
 /// Offset of the checksum inside the UDP header.
@@ -25,28 +25,6 @@ pub(crate) const TCP_CWR: u8 = 0x80;
 
 /// IPv4 "more fragments" flag and fragment offset, in the 16-bit word at 6.
 pub(crate) const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
-
-/// Big-endian `u16` at `at`, if in bounds.
-pub(crate) fn read_u16(bytes: &[u8], at: usize) -> Option<u16> {
-    let pair = bytes.get(at..at.checked_add(2)?)?;
-    Some(u16::from_be_bytes([pair[0], pair[1]]))
-}
-
-/// Big-endian `u32` at `at`, if in bounds.
-pub(crate) fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
-    let quad = bytes.get(at..at.checked_add(4)?)?;
-    Some(u32::from_be_bytes([quad[0], quad[1], quad[2], quad[3]]))
-}
-
-/// Writes a big-endian `u16`. Callers have validated `at + 2 <= len`.
-pub(crate) fn write_u16(bytes: &mut [u8], at: usize, value: u16) {
-    bytes[at..at + 2].copy_from_slice(&value.to_be_bytes());
-}
-
-/// Writes a big-endian `u32`. Callers have validated `at + 4 <= len`.
-pub(crate) fn write_u32(bytes: &mut [u8], at: usize, value: u32) {
-    bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
-}
 
 /// Pseudo-header sum for a packet whose IP header has been validated
 /// (at least 20 bytes for IPv4, 40 for IPv6).

@@ -1,7 +1,6 @@
 //! The TUN read path: GSO super-packets and partial checksums in, complete
 //! IP packets out.
 
-use super::checksum;
 use super::packet::{
     parse_ip, pseudo_header_sum, read_u16, read_u32, write_u16, write_u32, IPV4_FRAGMENT_MASK,
     PROTO_TCP, PROTO_UDP, TCP_CHECKSUM_OFFSET, TCP_CWR, TCP_FIN, TCP_FLAGS_OFFSET,
@@ -12,6 +11,7 @@ use super::virtio::{
     VIRTIO_NET_HDR_GSO_UDP_L4,
 };
 use super::OffloadError;
+use ferroguard_proto::packet::checksum;
 
 /// Bytes left free in front of every segment: room for the 16-byte
 /// WireGuard transport header (type, receiver index, counter).

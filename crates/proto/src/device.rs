@@ -9,7 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand_chacha::ChaCha20Rng;
@@ -27,6 +27,7 @@ use crate::messages::{
     self, Message, COOKIE_REPLY_LEN, INITIATION_LEN, RESPONSE_LEN, TRANSPORT_HEADER_LEN,
 };
 use crate::noise;
+use crate::packet;
 use crate::peer::{
     DropCounts, Endpoint, HandshakeState, Peer, PeerId, PeerStats, Slot, StaticStatic,
 };
@@ -775,7 +776,7 @@ impl Device {
     /// The one-call form of [`Device::prepare_send`], [`SendJob::seal`] and
     /// [`Device::complete_sends`].
     pub fn send(&mut self, now: Now, packet: &[u8], out: &mut [u8]) -> SendOutcome {
-        let Some(destination) = destination_address(packet) else {
+        let Some(destination) = packet::destination_address(packet) else {
             return SendOutcome::Invalid;
         };
         let job = match self.prepare_send_to(now, destination, packet, out.len()) {
@@ -800,7 +801,7 @@ impl Device {
     /// prepared to keep a peer's packets in order (the receiver tolerates
     /// reordering within its replay window, but TCP does not like it).
     pub fn prepare_send(&mut self, now: Now, packet: &[u8]) -> SendPrepared {
-        match destination_address(packet) {
+        match packet::destination_address(packet) {
             Some(destination) => self.prepare_send_to(now, destination, packet, usize::MAX),
             None => SendPrepared::Done(SendOutcome::Invalid),
         }
@@ -1192,7 +1193,8 @@ impl Device {
         let plaintext = datagram
             .get(TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + padded_len)
             .ok_or(DropReason::Malformed)?;
-        let (len, source) = inner_packet(plaintext).ok_or(DropReason::InvalidInnerPacket)?;
+        let (len, source) =
+            packet::length_and_source(plaintext).ok_or(DropReason::InvalidInnerPacket)?;
         if self.allowed_ips.lookup(source) != Some(id) {
             return Err(DropReason::SourceNotAllowed);
         }
@@ -1605,46 +1607,6 @@ fn transport_drop_reason(error: TransportError) -> DropReason {
 fn clear_sticky_source(peer: &mut Peer) {
     if let Some(endpoint) = &mut peer.endpoint {
         endpoint.local = None;
-    }
-}
-
-/// The destination address of an IPv4 or IPv6 packet.
-fn destination_address(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 if packet.len() >= 20 => {
-            let b: [u8; 4] = packet[16..20].try_into().ok()?;
-            Some(IpAddr::V4(Ipv4Addr::from(b)))
-        }
-        6 if packet.len() >= 40 => {
-            let b: [u8; 16] = packet[24..40].try_into().ok()?;
-            Some(IpAddr::V6(Ipv6Addr::from(b)))
-        }
-        _ => None,
-    }
-}
-
-/// Validates a decrypted packet and returns its real length (padding
-/// removed) and its source address.
-fn inner_packet(plaintext: &[u8]) -> Option<(usize, IpAddr)> {
-    match plaintext.first()? >> 4 {
-        4 if plaintext.len() >= 20 => {
-            let total = usize::from(u16::from_be_bytes([plaintext[2], plaintext[3]]));
-            if !(20..=plaintext.len()).contains(&total) {
-                return None;
-            }
-            let b: [u8; 4] = plaintext[12..16].try_into().ok()?;
-            Some((total, IpAddr::V4(Ipv4Addr::from(b))))
-        }
-        6 if plaintext.len() >= 40 => {
-            let payload = usize::from(u16::from_be_bytes([plaintext[4], plaintext[5]]));
-            let total = 40 + payload;
-            if total > plaintext.len() {
-                return None;
-            }
-            let b: [u8; 16] = plaintext[8..24].try_into().ok()?;
-            Some((total, IpAddr::V6(Ipv6Addr::from(b))))
-        }
-        _ => None,
     }
 }
 

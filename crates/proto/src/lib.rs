@@ -64,6 +64,7 @@ pub mod crypto;
 pub mod device;
 pub mod messages;
 pub mod noise;
+pub mod packet;
 pub mod peer;
 pub mod peerlookup;
 pub mod ratelimiter;
