@@ -62,6 +62,7 @@ pub mod constants;
 pub mod cookie;
 pub mod crypto;
 pub mod device;
+pub mod drops;
 pub mod messages;
 pub mod noise;
 pub mod packet;

@@ -1,8 +1,10 @@
 //! Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s exactly as WireGuard uses it.
 //!
 //! Pure functions over keys and messages: the session state machine that
-//! decides *when* to call them lives in [`crate::peer`]. Step numbers refer
-//! to the whitepaper's section 5.4.2 and 5.4.3.
+//! decides *when* to call them lives in [`crate::device`] (handshake
+//! creation, consumption and the timers' rekeys), and what a peer keeps
+//! between the messages in [`crate::peer`]. Step numbers refer to the
+//! whitepaper's section 5.4.2 and 5.4.3.
 //!
 //! The responder looks the initiator up only after decrypting its static key,
 //! so consuming an initiation is split in two: [`open_initiation_static`]

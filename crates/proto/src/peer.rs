@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use crate::constants::MAX_STAGED_PACKETS;
 use crate::cookie::CookieGenerator;
 use crate::crypto::{PublicKey, SecretKey, SharedSecret, SymmetricKey};
-use crate::device::DropReason;
+pub use crate::drops::DropCounts;
 use crate::noise::InitiatorState;
 use crate::tai64n::Tai64n;
 use crate::timers::Timers;
@@ -44,22 +44,6 @@ pub struct Endpoint {
 impl From<SocketAddr> for Endpoint {
     fn from(addr: SocketAddr) -> Self {
         Endpoint { addr, local: None }
-    }
-}
-
-/// Drop counts, one per [`DropReason`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DropCounts([u64; DropReason::ALL.len()]);
-
-impl DropCounts {
-    /// Counts one drop for `reason`.
-    pub fn add(&mut self, reason: DropReason) {
-        self.0[reason as usize] += 1;
-    }
-
-    /// How many drops were counted for `reason`.
-    pub fn get(&self, reason: DropReason) -> u64 {
-        self.0[reason as usize]
     }
 }
 
