@@ -788,10 +788,7 @@ impl Device {
     ) {
         let jitter = self.jitter();
         let peer = self.peers.get_mut(&id).expect("caller checked");
-        peer.tx_bytes += wire_bytes;
-        peer.stats.tx_packets += packets;
-        peer.timers.any_authenticated_packet_traversal(now.mono);
-        peer.timers.any_authenticated_packet_sent();
+        peer.count_sent(now.mono, wire_bytes, packets);
         if !keepalive {
             peer.timers.data_sent(now.mono, jitter);
         }
@@ -905,10 +902,7 @@ impl Device {
             retry: is_retry,
         });
         peer.last_sent_handshake = Some(now.mono);
-        peer.tx_bytes += bytes.len() as u64;
-        peer.stats.tx_packets += 1;
-        peer.timers.any_authenticated_packet_traversal(now.mono);
-        peer.timers.any_authenticated_packet_sent();
+        peer.count_sent(now.mono, bytes.len() as u64, 1);
         peer.timers.handshake_initiated(now.mono, jitter);
         self.outbox.push_back(Transmit {
             peer: Some(id),
@@ -1096,11 +1090,9 @@ impl Device {
         }
         self.keep_key_fresh_on_receive(now, id);
         let peer = self.peers.get_mut(&id).expect("still there");
-        peer.timers.any_authenticated_packet_received();
-        peer.timers.any_authenticated_packet_traversal(now.mono);
+        peer.authenticated_receipt(now.mono);
         if padded_len == 0 {
-            peer.rx_bytes += datagram.len() as u64;
-            peer.stats.rx_packets += 1;
+            peer.count_received(datagram.len() as u64);
             self.reschedule(id);
             return Ok(ReceiveOutcome::Handled);
         }
@@ -1115,8 +1107,7 @@ impl Device {
             return Err(DropReason::SourceNotAllowed);
         }
         let peer = self.peers.get_mut(&id).expect("still there");
-        peer.rx_bytes += datagram.len() as u64;
-        peer.stats.rx_packets += 1;
+        peer.count_received(datagram.len() as u64);
         Ok(ReceiveOutcome::Deliver { peer: id, len })
     }
 
@@ -1261,10 +1252,8 @@ impl Device {
         peer.latest_timestamp = Some(consumed.timestamp);
         peer.last_initiation_consumed = Some(now.mono);
         peer.endpoint = Some(from);
-        peer.rx_bytes += INITIATION_LEN as u64;
-        peer.stats.rx_packets += 1;
-        peer.timers.any_authenticated_packet_received();
-        peer.timers.any_authenticated_packet_traversal(now.mono);
+        peer.count_received(INITIATION_LEN as u64);
+        peer.authenticated_receipt(now.mono);
         // A handshake we had in flight is superseded (as in the kernel,
         // one handshake state per peer).
         if let Some(old) = peer.handshake_index() {
@@ -1278,10 +1267,7 @@ impl Device {
         let mut bytes = response.to_bytes();
         peer.cookie.add_macs(now.mono, &mut bytes);
         peer.last_sent_handshake = Some(now.mono);
-        peer.tx_bytes += RESPONSE_LEN as u64;
-        peer.stats.tx_packets += 1;
-        peer.timers.any_authenticated_packet_traversal(now.mono);
-        peer.timers.any_authenticated_packet_sent();
+        peer.count_sent(now.mono, RESPONSE_LEN as u64, 1);
         peer.timers.session_derived(now.mono);
         self.outbox.push_back(Transmit {
             peer: Some(id),
@@ -1322,16 +1308,14 @@ impl Device {
             self.indices.remove(dropped);
         }
         peer.endpoint = Some(from);
-        peer.rx_bytes += RESPONSE_LEN as u64;
-        peer.stats.rx_packets += 1;
+        peer.count_received(RESPONSE_LEN as u64);
         peer.last_handshake = Some(now.wall);
         peer.stats.handshakes_completed += 1;
         self.events
             .push_back(Event::HandshakeCompleted { peer: id });
         peer.timers.session_derived(now.mono);
         peer.timers.handshake_complete();
-        peer.timers.any_authenticated_packet_received();
-        peer.timers.any_authenticated_packet_traversal(now.mono);
+        peer.authenticated_receipt(now.mono);
         // Confirm the session at once: staged data, or else a keepalive.
         self.send_keepalive(now, id);
         self.reschedule(id);

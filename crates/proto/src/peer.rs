@@ -275,6 +275,30 @@ impl Peer {
         }
     }
 
+    /// Counts an authenticated message sent to the peer (`packets` data
+    /// packets, a keepalive or a handshake message, `wire_bytes` on the
+    /// wire) and arms the timers every authenticated send arms.
+    pub(crate) fn count_sent(&mut self, now: Instant, wire_bytes: u64, packets: u64) {
+        self.tx_bytes += wire_bytes;
+        self.stats.tx_packets += packets;
+        self.timers.any_authenticated_packet_traversal(now);
+        self.timers.any_authenticated_packet_sent();
+    }
+
+    /// Counts a message received from the peer that was accepted whole
+    /// (`wire_bytes` on the wire).
+    pub(crate) fn count_received(&mut self, wire_bytes: u64) {
+        self.rx_bytes += wire_bytes;
+        self.stats.rx_packets += 1;
+    }
+
+    /// The timers every authenticated message from the peer arms (also one
+    /// whose inner packet is then refused).
+    pub(crate) fn authenticated_receipt(&mut self, now: Instant) {
+        self.timers.any_authenticated_packet_received();
+        self.timers.any_authenticated_packet_traversal(now);
+    }
+
     /// The local index of the handshake in flight, if any.
     pub fn handshake_index(&self) -> Option<u32> {
         match &self.handshake {
