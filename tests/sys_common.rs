@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// Whether the tests that need root (TUN, namespaces) can run here; prints
 /// why not when they cannot (the caller then returns early). Under `CI`
 /// (set by CI) a test that cannot run fails instead.
-pub fn root_or_skip(test: &str) -> bool {
+pub(crate) fn root_or_skip(test: &str) -> bool {
     let root = std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false);
@@ -31,14 +31,14 @@ pub fn root_or_skip(test: &str) -> bool {
 
 /// A name unique to this process and call, short enough for an interface
 /// (at most 15 bytes) or a namespace.
-pub fn unique_name(prefix: &str) -> String {
+pub(crate) fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}{}x{n}", std::process::id() % 1_000_000)
 }
 
 /// Runs `ip ARGS`, returning its output without judging it.
-pub fn ip_output(args: &[&str]) -> Output {
+pub(crate) fn ip_output(args: &[&str]) -> Output {
     Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
@@ -47,7 +47,7 @@ pub fn ip_output(args: &[&str]) -> Output {
 }
 
 /// Runs `ip ARGS` and panics with its stderr when it fails.
-pub fn ip(args: &[&str]) -> String {
+pub(crate) fn ip(args: &[&str]) -> String {
     let out = ip_output(args);
     assert!(
         out.status.success(),
@@ -59,14 +59,14 @@ pub fn ip(args: &[&str]) -> String {
 
 /// A network namespace created for a test and deleted on drop (also when
 /// the test panics). Interfaces inside it go with it.
-pub struct TestNetns {
+pub(crate) struct TestNetns {
     /// The namespace's name (as `ip netns` knows it).
-    pub name: String,
+    pub(crate) name: String,
 }
 
 impl TestNetns {
     /// Creates a namespace with a unique name and its loopback up.
-    pub fn create() -> TestNetns {
+    pub(crate) fn create() -> TestNetns {
         let name = unique_name("fgns");
         ip(&["netns", "add", &name]);
         let ns = TestNetns { name };
@@ -75,14 +75,14 @@ impl TestNetns {
     }
 
     /// Runs a command inside the namespace and panics if it fails.
-    pub fn exec(&self, cmd: &[&str]) -> String {
+    pub(crate) fn exec(&self, cmd: &[&str]) -> String {
         let mut args = vec!["netns", "exec", self.name.as_str()];
         args.extend_from_slice(cmd);
         ip(&args)
     }
 
     /// The path of the namespace's file, for `setns`-style use.
-    pub fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         format!("/run/netns/{}", self.name)
     }
 }
@@ -95,9 +95,9 @@ impl Drop for TestNetns {
 
 /// An interface in the test's own namespace deleted on drop (for veth pairs
 /// and other links a test adds with `ip link add`).
-pub struct TestLink {
+pub(crate) struct TestLink {
     /// The interface's name.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 impl Drop for TestLink {
@@ -108,7 +108,7 @@ impl Drop for TestLink {
 
 /// Waits for `child` to exit, killing it after `limit`; returns whether it
 /// exited successfully in time.
-pub fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> bool {
+pub(crate) fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {
@@ -125,7 +125,7 @@ pub fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> bool {
 
 /// The MTU `ip link show` reports for `name` (in the namespace `ns`, or the
 /// test's own when `None`).
-pub fn link_mtu(ns: Option<&TestNetns>, name: &str) -> u32 {
+pub(crate) fn link_mtu(ns: Option<&TestNetns>, name: &str) -> u32 {
     let out = match ns {
         Some(ns) => ns.exec(&["ip", "-o", "link", "show", "dev", name]),
         None => ip(&["-o", "link", "show", "dev", name]),

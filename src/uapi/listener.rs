@@ -88,12 +88,6 @@ impl UapiListener {
     pub fn accept(&self) -> io::Result<UnixStream> {
         self.listener.accept().map(|(stream, _)| stream)
     }
-
-    /// Makes [`UapiListener::accept`] return `WouldBlock` instead of
-    /// waiting (for use with a poll loop).
-    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        self.listener.set_nonblocking(nonblocking)
-    }
 }
 
 impl AsRawFd for UapiListener {
