@@ -32,7 +32,7 @@ use crate::packet;
 use crate::peer::{
     DropCounts, Endpoint, HandshakeState, Peer, PeerId, PeerStats, Slot, StaticStatic,
 };
-use crate::peerlookup::IndexTable;
+use crate::peerlookup::{IndexTable, PublicKeyTable};
 use crate::ratelimiter::{LoadDetector, RateLimiter, DEFAULT_MAX_ENTRIES};
 use crate::tai64n::Tai64n;
 use crate::timers::TimerEvent;
@@ -271,7 +271,7 @@ pub struct Device {
     /// Fx-hashed (see [`IndexTable`]): looked up several times per packet,
     /// and its keys are ids this device hands out in sequence.
     peers: HashMap<PeerId, Box<Peer>, FxBuildHasher>,
-    by_public_key: HashMap<PublicKey, PeerId>,
+    by_public_key: PublicKeyTable,
     /// Every peer's id in the order peers were added, so that readers can
     /// walk the peers a slice at a time ([`Device::peer_ids_after`]) without
     /// sorting them all first.
@@ -345,7 +345,7 @@ impl Device {
         Device {
             identity: None,
             peers: HashMap::default(),
-            by_public_key: HashMap::new(),
+            by_public_key: PublicKeyTable::default(),
             order: BTreeSet::new(),
             next_peer_id: 1,
             indices: IndexTable::new(),
@@ -392,7 +392,7 @@ impl Device {
             secret,
         });
         let public = self.public_key();
-        if let Some(own) = public.and_then(|p| self.by_public_key.get(&p).copied()) {
+        if let Some(own) = public.and_then(|p| self.by_public_key.get(&p)) {
             self.remove_peer(own);
         }
         self.cookie_checker.set_public_key(public.as_ref());
@@ -418,7 +418,7 @@ impl Device {
             return None;
         }
         if let Some(id) = self.by_public_key.get(&public_key) {
-            return Some(*id);
+            return Some(id);
         }
         let id = PeerId(self.next_peer_id);
         self.next_peer_id += 1;
@@ -443,7 +443,7 @@ impl Device {
 
     /// The peer with this public key.
     pub fn peer_id(&self, public_key: &PublicKey) -> Option<PeerId> {
-        self.by_public_key.get(public_key).copied()
+        self.by_public_key.get(public_key)
     }
 
     /// Removes a peer with its sessions and allowed IPs.
@@ -1222,7 +1222,6 @@ impl Device {
         let id = self
             .by_public_key
             .get(&progress.peer_public)
-            .copied()
             .ok_or(unknown_peer)?;
         let peer = self.peers.get_mut(&id).ok_or(unknown_peer)?;
         // Tied to the peer by the static key it claims.
@@ -1446,7 +1445,7 @@ impl Device {
         for (id, peer) in &self.peers {
             assert_eq!(
                 self.by_public_key.get(&peer.public_key),
-                Some(id),
+                Some(*id),
                 "invariant: public key table out of step for {id:?}"
             );
             for index in peer.keypairs.indices().chain(peer.handshake_index()) {

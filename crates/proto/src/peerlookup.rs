@@ -1,15 +1,60 @@
-//! Session indices: random 32-bit values, unique within a device.
+//! Finding a peer: by session index ([`IndexTable`]) and by public key
+//! ([`PublicKeyTable`]), as the kernel's `peerlookup.c` keeps both.
 //!
 //! An index names one handshake or keypair of one peer. The value is random
 //! (not a counter) so that it reveals neither how many peers nor how many
-//! handshakes a device has. Lookup by public key is a plain map in
-//! [`crate::device::Device`].
+//! handshakes a device has.
 
 use std::collections::HashMap;
 
 use rustc_hash::FxBuildHasher;
 
+use crate::crypto::PublicKey;
 use crate::peer::PeerId;
+
+/// The peers by static public key.
+///
+/// Hashed with the standard library's keyed SipHash, unlike the index
+/// table: the key looked up when an initiation arrives is the one its
+/// sender chose (anyone who knows our public key can make one decrypt), so
+/// the keys are not ours to trust.
+#[derive(Default, Debug)]
+pub struct PublicKeyTable {
+    peers: HashMap<PublicKey, PeerId>,
+}
+
+impl PublicKeyTable {
+    /// The peer with this public key.
+    pub fn get(&self, public_key: &PublicKey) -> Option<PeerId> {
+        self.peers.get(public_key).copied()
+    }
+
+    /// Records `peer` as the owner of `public_key`.
+    pub fn insert(&mut self, public_key: PublicKey, peer: PeerId) {
+        self.peers.insert(public_key, peer);
+    }
+
+    /// Forgets `public_key`.
+    pub fn remove(&mut self, public_key: &PublicKey) {
+        self.peers.remove(public_key);
+    }
+
+    /// Makes room for `additional` more keys at once (see
+    /// `Device::reserve_peers`).
+    pub fn reserve(&mut self, additional: usize) {
+        self.peers.reserve(additional);
+    }
+
+    /// Keys recorded.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no key is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
 
 /// The table of session indices in use.
 ///
