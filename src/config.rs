@@ -380,16 +380,16 @@ impl StagedPeers {
             let first = self.allowed_ips.len();
             self.allowed_ips
                 .extend(device.allowed_ips().prefixes_of(id));
-            self.preshared_keys.push(*peer.preshared_key.as_bytes());
+            self.preshared_keys.push(*peer.preshared_key().as_bytes());
             self.peers.push(StagedPeer {
-                public_key: peer.public_key.0,
-                endpoint: peer.endpoint.map(|e| e.addr),
+                public_key: peer.public_key().0,
+                endpoint: peer.endpoint().map(|e| e.addr),
                 last_handshake: peer
-                    .last_handshake
+                    .last_handshake()
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok()),
-                tx_bytes: peer.tx_bytes,
-                rx_bytes: peer.rx_bytes,
-                persistent_keepalive: peer.timers.persistent_keepalive_interval.as_secs() as u16,
+                tx_bytes: peer.tx_bytes(),
+                rx_bytes: peer.rx_bytes(),
+                persistent_keepalive: peer.persistent_keepalive().as_secs() as u16,
                 prefixes: first..self.allowed_ips.len(),
             });
         }
@@ -462,9 +462,9 @@ mod tests {
         assert_eq!(peers.len(), ids.len());
         for (snapshot, &id) in peers.iter().zip(&ids) {
             let peer = device.peer(id).expect("peer exists");
-            assert_eq!(snapshot.public_key, peer.public_key.0);
-            assert_eq!(*snapshot.preshared_key, *peer.preshared_key.as_bytes());
-            assert_eq!(snapshot.endpoint, peer.endpoint.map(|e| e.addr));
+            assert_eq!(snapshot.public_key, peer.public_key().0);
+            assert_eq!(*snapshot.preshared_key, *peer.preshared_key().as_bytes());
+            assert_eq!(snapshot.endpoint, peer.endpoint().map(|e| e.addr));
             let prefixes: Vec<_> = device.allowed_ips().prefixes_of(id).collect();
             assert_eq!(snapshot.allowed_ips, prefixes);
         }
@@ -484,7 +484,7 @@ mod tests {
         let reported: Vec<[u8; 32]> = peers.iter().map(|p| p.public_key).collect();
         let expected: Vec<[u8; 32]> = [0, 1, 3, 4]
             .iter()
-            .map(|&i| device.peer(ids[i]).expect("kept").public_key.0)
+            .map(|&i| device.peer(ids[i]).expect("kept").public_key().0)
             .collect();
         assert_eq!(reported, expected);
     }

@@ -89,15 +89,15 @@ impl PeerSample {
     /// The numbers of one peer.
     pub fn of(peer: &Peer) -> Self {
         PeerSample {
-            public_key: peer.public_key,
-            rx_bytes: peer.rx_bytes,
-            tx_bytes: peer.tx_bytes,
-            stats: peer.stats,
+            public_key: peer.public_key(),
+            rx_bytes: peer.rx_bytes(),
+            tx_bytes: peer.tx_bytes(),
+            stats: peer.stats(),
             last_handshake_secs: peer
-                .last_handshake
+                .last_handshake()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs()),
-            staged: peer.staged.len(),
+            staged: peer.staged_len(),
         }
     }
 }

@@ -59,8 +59,12 @@ fn a_scrape_shows_the_engine_counters() {
     );
     let id = b.peer_ids()[0];
     let peer = b.peer(id).unwrap();
-    let (rx, tx, key) = (peer.rx_bytes, peer.tx_bytes, base64(&peer.public_key.0));
-    let index = peer.keypairs.current.as_ref().unwrap().local_index;
+    let (rx, tx, key) = (
+        peer.rx_bytes(),
+        peer.tx_bytes(),
+        base64(&peer.public_key().0),
+    );
+    let index = peer.current_session_index().unwrap();
     let mut forged = vec![0u8; 32 + 16];
     forged[0] = 4;
     forged[4..8].copy_from_slice(&index.to_le_bytes());
@@ -99,7 +103,7 @@ fn a_scrape_shows_the_engine_counters() {
         value(&text, &format!("ferroguard_peer_rx_packets_total{labels}")),
         Some(2)
     );
-    let last = b.peer(id).unwrap().last_handshake.unwrap();
+    let last = b.peer(id).unwrap().last_handshake().unwrap();
     let secs = last.duration_since(UNIX_EPOCH).unwrap().as_secs();
     assert_eq!(
         value(

@@ -23,8 +23,8 @@ fn log_events(device: &mut Device) {
         };
         let id = device
             .peer(peer)
-            .map_or_else(|| "?".to_string(), |p| p.public_key.short_id());
-        let endpoint = device.peer(peer).and_then(|p| p.endpoint).map(|e| e.addr);
+            .map_or_else(|| "?".to_string(), |p| p.public_key().short_id());
+        let endpoint = device.peer(peer).and_then(|p| p.endpoint()).map(|e| e.addr);
         match event {
             Event::HandshakeInitiated { retry, .. } => log::debug!(
                 "peer {id}: sending handshake initiation{} to {endpoint:?}",

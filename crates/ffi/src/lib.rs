@@ -610,19 +610,19 @@ pub unsafe extern "C" fn fg_peer_get_stats(
     with_peer(device, peer, |engine, id| {
         let p = engine.device.peer(id).expect("peer_of checked it");
         let last = p
-            .last_handshake
+            .last_handshake()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64);
         let drops = ferroguard_proto::device::DropReason::ALL
             .iter()
-            .map(|r| p.stats.drops.get(*r))
+            .map(|r| p.stats().drops.get(*r))
             .sum();
         let value = fg_peer_stats {
-            rx_bytes: p.rx_bytes,
-            tx_bytes: p.tx_bytes,
-            rx_packets: p.stats.rx_packets,
-            tx_packets: p.stats.tx_packets,
-            handshakes_completed: p.stats.handshakes_completed,
+            rx_bytes: p.rx_bytes(),
+            tx_bytes: p.tx_bytes(),
+            rx_packets: p.stats().rx_packets,
+            tx_packets: p.stats().tx_packets,
+            handshakes_completed: p.stats().handshakes_completed,
             drops,
             last_handshake_unix_ns: last,
         };

@@ -200,26 +200,26 @@ fn get(engine: &Engine) -> Zeroizing<String> {
         let _ = writeln!(
             out,
             "public_key={}",
-            hex(peer.public_key.as_bytes()).as_str()
+            hex(peer.public_key().as_bytes()).as_str()
         );
         let _ = writeln!(
             out,
             "preshared_key={}",
-            hex(peer.preshared_key.as_bytes()).as_str()
+            hex(peer.preshared_key().as_bytes()).as_str()
         );
         let _ = writeln!(out, "protocol_version=1");
-        if let Some(endpoint) = peer.endpoint {
+        if let Some(endpoint) = peer.endpoint() {
             let _ = writeln!(out, "endpoint={}", endpoint.addr);
         }
         let since = peer
-            .last_handshake
+            .last_handshake()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .unwrap_or_default();
         let _ = writeln!(out, "last_handshake_time_sec={}", since.as_secs());
         let _ = writeln!(out, "last_handshake_time_nsec={}", since.subsec_nanos());
-        let _ = writeln!(out, "tx_bytes={}", peer.tx_bytes);
-        let _ = writeln!(out, "rx_bytes={}", peer.rx_bytes);
-        let keepalive = peer.timers.persistent_keepalive_interval.as_secs();
+        let _ = writeln!(out, "tx_bytes={}", peer.tx_bytes());
+        let _ = writeln!(out, "rx_bytes={}", peer.rx_bytes());
+        let keepalive = peer.persistent_keepalive().as_secs();
         let _ = writeln!(out, "persistent_keepalive_interval={keepalive}");
         for (addr, cidr) in device.allowed_ips().prefixes_of(id) {
             let _ = writeln!(out, "allowed_ip={addr}/{cidr}");
@@ -345,6 +345,6 @@ mod tests {
         );
         let ids = e.device.peer_ids();
         assert_eq!(ids.len(), 1);
-        assert_eq!(e.device.peer(ids[0]).unwrap().public_key.0, [9; 32]);
+        assert_eq!(e.device.peer(ids[0]).unwrap().public_key().0, [9; 32]);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::constants::MAX_STAGED_PACKETS;
 use crate::cookie::CookieGenerator;
@@ -175,40 +175,46 @@ pub enum HandshakeState {
 }
 
 /// Everything the device knows about one peer.
+///
+/// The fields are private to the engine: outside it a peer is read through
+/// the methods below ([`Device::peer`](crate::device::Device::peer)) and
+/// changed only through the device, which keeps a peer's sessions, indices
+/// and routes in step (its invariants are checked by
+/// `Device::check_invariants`).
 pub struct Peer {
     /// The peer's static public key.
-    pub public_key: PublicKey,
+    pub(crate) public_key: PublicKey,
     /// The preshared key (all zeros when unset).
-    pub preshared_key: SymmetricKey,
+    pub(crate) preshared_key: SymmetricKey,
     /// DH(our static, peer static), computed on first use (so configuring
     /// 100 000 peers costs no Diffie-Hellman at all).
-    pub static_static: StaticStatic,
+    pub(crate) static_static: StaticStatic,
     /// Where to send, if known.
-    pub endpoint: Option<Endpoint>,
+    pub(crate) endpoint: Option<Endpoint>,
     /// Handshake in flight.
-    pub handshake: HandshakeState,
+    pub(crate) handshake: HandshakeState,
     /// Session keys.
-    pub keypairs: Keypairs,
+    pub(crate) keypairs: Keypairs,
     /// mac1/mac2 and received cookies for messages we send to this peer.
-    pub cookie: CookieGenerator,
+    pub(crate) cookie: CookieGenerator,
     /// Timers.
-    pub timers: Timers,
+    pub(crate) timers: Timers,
     /// Packets waiting for a session (oldest dropped beyond 128).
-    pub staged: VecDeque<Vec<u8>>,
+    pub(crate) staged: VecDeque<Vec<u8>>,
     /// The greatest timestamp of an initiation accepted from the peer.
-    pub latest_timestamp: Option<Tai64n>,
+    pub(crate) latest_timestamp: Option<Tai64n>,
     /// When we last accepted an initiation from the peer (flood guard).
-    pub last_initiation_consumed: Option<Instant>,
+    pub(crate) last_initiation_consumed: Option<Instant>,
     /// When we last sent an initiation (one per REKEY_TIMEOUT).
-    pub last_sent_handshake: Option<Instant>,
+    pub(crate) last_sent_handshake: Option<Instant>,
     /// Wall-clock time of the last completed handshake.
-    pub last_handshake: Option<SystemTime>,
+    pub(crate) last_handshake: Option<SystemTime>,
     /// Bytes received from the peer, as WireGuard messages on the wire.
-    pub rx_bytes: u64,
+    pub(crate) rx_bytes: u64,
     /// Bytes sent to the peer, as WireGuard messages on the wire.
-    pub tx_bytes: u64,
+    pub(crate) tx_bytes: u64,
     /// Packet, handshake and drop counters (for metrics).
-    pub stats: PeerStats,
+    pub(crate) stats: PeerStats,
     /// The deadline currently registered in the device's timer heap.
     pub(crate) scheduled: Option<Instant>,
 }
@@ -246,6 +252,56 @@ impl Peer {
             stats: PeerStats::default(),
             scheduled: None,
         }
+    }
+
+    /// The peer's static public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public_key
+    }
+
+    /// The preshared key (all zeros when unset).
+    pub fn preshared_key(&self) -> &SymmetricKey {
+        &self.preshared_key
+    }
+
+    /// Where datagrams to the peer go, if known.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.endpoint
+    }
+
+    /// Wall-clock time of the last completed handshake.
+    pub fn last_handshake(&self) -> Option<SystemTime> {
+        self.last_handshake
+    }
+
+    /// Bytes received from the peer, as WireGuard messages on the wire.
+    pub fn rx_bytes(&self) -> u64 {
+        self.rx_bytes
+    }
+
+    /// Bytes sent to the peer, as WireGuard messages on the wire.
+    pub fn tx_bytes(&self) -> u64 {
+        self.tx_bytes
+    }
+
+    /// Packet, handshake and drop counters (for metrics).
+    pub fn stats(&self) -> PeerStats {
+        self.stats
+    }
+
+    /// The persistent-keepalive interval (zero: off).
+    pub fn persistent_keepalive(&self) -> Duration {
+        self.timers.persistent_keepalive_interval
+    }
+
+    /// The local index of the session we send with, if there is one.
+    pub fn current_session_index(&self) -> Option<u32> {
+        self.keypairs.current.as_ref().map(|k| k.local_index)
+    }
+
+    /// Packets waiting for a session.
+    pub fn staged_len(&self) -> usize {
+        self.staged.len()
     }
 
     /// Queues a packet until a session exists, dropping the oldest beyond
