@@ -65,12 +65,18 @@
 #   halted vCPU is woken by an inter-processor interrupt, tens of µs), with
 #   the median traced time of each group. Tracing slows every hop, so compare
 #   the groups and the implementations, not the times with untraced pings.
+# --stages: instead, where the CPU goes: per IMPL, one TCP stream A->B for
+#   -t SECONDS while `perf record` samples each daemon; the samples are sorted
+#   into the data path's stages by scripts/stage-model.py and printed as CPU
+#   ns per data packet per stage (A sends, B receives), with what is serial
+#   per device or per I/O thread today, and the goodput those costs allow on
+#   1 to 64 cores today and with issue #18's design. Needs perf.
 # --pin: namespace A's daemon and clients on CPU 0, B's on CPU 1.
 # Needs root. Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=5 PEERS=1 SETCONF_TIMEOUT=120 RTT_ONLY=0 ROUNDS=3 COUNT=200 PIN=0
-OUTER=4 INNER=4 MTUS="" GATEWAY=0 CLIENT_RATE=200M
+OUTER=4 INNER=4 MTUS="" GATEWAY=0 CLIENT_RATE=200M STAGES=0
 PEERS_FOR=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -89,6 +95,7 @@ while [ $# -gt 0 ]; do
     --mtu) MTUS=${2//,/ }; shift 2 ;;
     --gateway) GATEWAY=$2; shift 2 ;;
     --client-rate) CLIENT_RATE=$2; shift 2 ;;
+    --stages) STAGES=1; shift ;;
     -*) echo "bench: unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -561,6 +568,39 @@ if [ "$GATEWAY" -gt 0 ]; then
       echo "    ratio to the first: tcp $(ratio "$tcp" "${first% *}"), udp $(ratio "$udp" "${first#* }")"
     fi
     gateway_down
+  done
+  exit 0
+fi
+
+# stage_profile: one TCP stream A -> B under `perf record` of both daemons; prints the stage model.
+stage_profile() {
+  local ta tb ra rb hz bytes side
+  ta=$(cpu_ticks $PA); tb=$(cpu_ticks $PB)
+  perf record -q -F 1999 -o "$TMP/a.perf" -p "$PA" >/dev/null 2>&1 & ra=$!
+  perf record -q -F 1999 -o "$TMP/b.perf" -p "$PB" >/dev/null 2>&1 & rb=$!
+  sleep 0.5
+  bytes=$(on_cpu 1 ip netns exec $NA iperf3 -c "$TB" -p 5201 -t "$SECONDS_EACH" -J 2>/dev/null |
+    python3 -c 'import json, sys; print(int(json.load(sys.stdin)["end"]["sum_received"]["bytes"]))')
+  kill -INT $ra $rb; wait $ra $rb 2>/dev/null || true
+  hz=$(getconf CLK_TCK)
+  for side in a b; do
+    perf report --stdio --no-children --sort dso,sym -i "$TMP/$side.perf" >"$TMP/$side.txt" 2>/dev/null
+  done
+  echo "  $((bytes * 8 / SECONDS_EACH / 1000000)) Mbit/s during the profile (perf slows it)"
+  python3 scripts/stage-model.py --bytes "$bytes" --mss $((1420 - 40 - 12)) \
+    --cpu-a "$(python3 -c "print(($(cpu_ticks $PA) - $ta) / $hz)")" \
+    --cpu-b "$(python3 -c "print(($(cpu_ticks $PB) - $tb) / $hz)")" "$TMP/a.txt" "$TMP/b.txt"
+}
+if [ "$STAGES" = 1 ]; then
+  command -v perf >/dev/null || { echo "bench: --stages needs perf" >&2; exit 1; }
+  echo "Stage costs: one TCP stream A -> B, $SECONDS_EACH s, MTU 1420, underlay IPv$OUTER, traffic IPv$INNER"
+  index=0
+  for impl in "$@"; do
+    echo "$impl"
+    start_pair "$impl" "$index"
+    stage_profile
+    stop_pair
+    index=$((index + 1))
   done
   exit 0
 fi
