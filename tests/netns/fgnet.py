@@ -141,6 +141,14 @@ def ask(port, command, timeout):
     return answer
 
 
+def relay_ctrl(ctrl_port, command):
+    """Sends one command to a PortPairRelay's control port and prints its answer; False if the answer is an
+    error ("error ...")."""
+    answer = ask(ctrl_port, command, timeout=3)
+    print(answer.decode())
+    return not answer.startswith(b"error")
+
+
 class PortPairRelay:
     """A UDP relay on 127.0.0.1:listen between the daemons on 127.0.0.1:a_port and 127.0.0.1:b_port, steered
     through a control socket on 127.0.0.1:ctrl_port.
@@ -444,6 +452,7 @@ COMMANDS = {
     "connectable": (connectable, (str,)),
     "iperf-summary": (iperf_summary, (str,)),
     "json-field": (json_field, None),
+    "relay-ctrl": (relay_ctrl, (int, str)),
     "tcp-recv": (tcp_recv, (str, int, str, float)),
     "tcp-send": (tcp_send, (str, int, int, str, str)),
     "udp-recv": (udp_recv, (str, int, str, float)),

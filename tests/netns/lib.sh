@@ -104,6 +104,22 @@ no_single_targets() {
 	return 0
 }
 
+# wg_rx_bytes IFNAME: bytes received from its first (usually only) peer.
+wg_rx_bytes() { wg show "$1" transfer 2>/dev/null | awk -F'\t' 'NR == 1 { print $2 }'; }
+
+# key_hex BASE64KEY: the key in hex.
+key_hex() { base64 -d <<<"$1" | od -An -v -tx1 | tr -d ' \n'; }
+
+# first_ferroguard: the number (1 or 2) of the first Ferroguard of the pair; false if there is none (for the
+# scenarios that test an option only Ferroguard has).
+first_ferroguard() {
+	local n
+	for n in 1 2; do
+		[[ $(impl_kind "$n") == ferroguard ]] && { printf '%s' "$n"; return 0; }
+	done
+	return 1
+}
+
 # ---------------------------------------------------------------------------------------------------------
 # Names
 # ---------------------------------------------------------------------------------------------------------
@@ -726,6 +742,22 @@ udp_listen_result() {
 	UDP_RECEIVED=$(<"$UDP_LISTENER_OUT")
 	UDP_RECEIVED=${UDP_RECEIVED:-none}
 }
+
+# relay_start PY ARGS...: a scenario's relay between two daemons (an fgnet.PortPairRelay), started in ns0 as
+# "python3 PY relay ARGS... READYFILE" (≤ 140 s, stderr to relay.log); sets RELAY_PID; true once it is ready.
+relay_start() {
+	local py=$1 ready
+	shift
+	ready=$(mktemp -u "$FGT_LOGDIR/relay-ready-XXXXXX")
+	in_ns "$NS0" timeout --foreground 140 python3 "$py" relay "$@" "$ready" 2>>"$FGT_LOGDIR/relay.log" &
+	RELAY_PID=$!
+	FGT_PIDS+=("$RELAY_PID")
+	wait_ready_file "$ready" "$RELAY_PID" relay
+}
+
+# relay_ctrl CTRL_PORT COMMAND: one command to the relay listening for them on ns0's 127.0.0.1:CTRL_PORT
+# (≤ 5 s); prints its answer, false if that is an error.
+relay_ctrl() { in_ns "$NS0" timeout --foreground 5 python3 "$FGT_NET_PY" relay-ctrl "$1" "$2"; }
 
 # make_stale_socket PATH: a UNIX socket file that nobody serves.
 make_stale_socket() { python3 "$FGT_NET_PY" stale-socket "$1"; }

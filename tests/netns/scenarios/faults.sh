@@ -65,11 +65,11 @@
 #      the usage text: the daemon exits (status 0) on SIGTERM, interface deletion and socket removal,
 #      removing the socket and the interface; a moved interface keeps its TUN descriptor, so the daemon
 #      keeps running with its UDP socket in ns0 and the tunnel works from the new namespace once it is
-#      addressed there. Bounds: exit within 3 s (netns.sh lifetime's bound: the socket is checked every
+#      addressed there. Bounds: exit within 3 s (the lifetime scenario's bound: the socket is checked every
 #      0.5 s) and 5 s for SIGTERM (stop_daemon); then no socket, no interface in any namespace, no process
 #      left for the name, and a new daemon for the same name starts at once (≤ 5 s, start_daemon) and the
 #      tunnel works again. (d) is done while the interface is in the other namespace: SIGTERM must
-#      remove it there too. netns.sh lifetime checks the same events without traffic.
+#      remove it there too. The lifetime scenario checks the same events without traffic.
 #   Known differences of Debian's wireguard-go 0.0.20220316 are reported as SKIP (lib.sh's "supported").
 
 FAULTS_PY="$(dirname "${BASH_SOURCE[0]}")/faults.py"
@@ -98,9 +98,6 @@ faults_wait_first_reply() {
 
 # faults_between VALUE LOW HIGH: LOW <= VALUE <= HIGH (decimals).
 faults_between() { awk -v v="$1" -v l="$2" -v h="$3" 'BEGIN { exit !(v != "" && v + 0 >= l && v + 0 <= h) }'; }
-
-# faults_rx IFNAME: bytes received from its only peer.
-faults_rx() { wg show "$1" transfer 2>/dev/null | awk -F'\t' 'NR == 1 { print $2 }'; }
 
 # faults_configure N: IFn (in NSn) gets its address, key, listen port and its peer with the direct endpoint.
 faults_configure() {
@@ -366,17 +363,7 @@ faults_loss() {
 # 2. Reordering, duplication, delay (faults.py relay)
 # ---------------------------------------------------------------------------------------------------------
 
-faults_relay_start() {
-	local ready
-	ready=$(mktemp -u "$FGT_LOGDIR/relay-ready-XXXXXX")
-	in_ns "$NS0" timeout --foreground 140 python3 "$FAULTS_PY" relay "$FAULTS_RELAY_PORT" 1 2 "$FAULTS_CTRL_PORT" \
-		"$ready" 2>>"$FGT_LOGDIR/relay.log" &
-	FAULTS_RELAY_PID=$!
-	FGT_PIDS+=("$FAULTS_RELAY_PID")
-	wait_ready_file "$ready" "$FAULTS_RELAY_PID"
-}
-
-faults_relay() { ip netns exec "$NS0" timeout --foreground 5 python3 "$FAULTS_PY" ctrl "$FAULTS_CTRL_PORT" "$1"; }
+faults_relay() { relay_ctrl "$FAULTS_CTRL_PORT" "$1"; }
 
 # faults_relay_stat PORT FIELD: from the relay's statistics (since its last reset).
 faults_relay_stat() {
@@ -399,7 +386,7 @@ faults_rx_matches() {
 	local i delivered grown drops deficit
 	for i in 1 2; do
 		delivered=$(faults_relay_stat "$2" bytes)
-		grown=$(($(faults_rx "$1") - FAULTS_RX_BASE[$1]))
+		grown=$(($(wg_rx_bytes "$1") - FAULTS_RX_BASE[$1]))
 		drops=$(($(faults_udp_drops "$2") - FAULTS_DROPS_BASE[$2]))
 		fgt_log "$1: rx grew by $grown, relay delivered $delivered / $3, kernel dropped $drops"
 		[[ $delivered =~ ^[0-9]+$ ]] && ((delivered > 0)) || continue
@@ -416,8 +403,8 @@ faults_relay_phase() {
 	must faults_relay "set $1"
 	sleep 0.1
 	must faults_relay reset
-	FAULTS_RX_BASE[$IF1]=$(faults_rx "$IF1")
-	FAULTS_RX_BASE[$IF2]=$(faults_rx "$IF2")
+	FAULTS_RX_BASE[$IF1]=$(wg_rx_bytes "$IF1")
+	FAULTS_RX_BASE[$IF2]=$(wg_rx_bytes "$IF2")
 	FAULTS_DROPS_BASE[1]=$(faults_udp_drops 1)
 	FAULTS_DROPS_BASE[2]=$(faults_udp_drops 2)
 }
@@ -469,7 +456,7 @@ faults_delay() {
 }
 
 faults_relay_checks() {
-	must faults_relay_start
+	must relay_start "$FAULTS_PY" "$FAULTS_RELAY_PORT" 1 2 "$FAULTS_CTRL_PORT"
 	must wgc set "$IF1" peer "$pub2" endpoint "127.0.0.1:$FAULTS_RELAY_PORT"
 	must wgc set "$IF2" peer "$pub1" endpoint "127.0.0.1:$FAULTS_RELAY_PORT"
 	check "faults: session up through the relay" ping_all "$NS1" 192.168.241.2 5
@@ -479,8 +466,8 @@ faults_relay_checks() {
 	must faults_relay "set reorder=0 dup=0 delay=0"
 	must wgc set "$IF1" peer "$pub2" endpoint 127.0.0.1:2
 	must wgc set "$IF2" peer "$pub1" endpoint 127.0.0.1:1
-	kill_pids "$FAULTS_RELAY_PID"
-	wait "$FAULTS_RELAY_PID" 2>/dev/null
+	kill_pids "$RELAY_PID"
+	wait "$RELAY_PID" 2>/dev/null
 	check "faults: direct session again after the relay" ping_retry "$NS1" 192.168.241.2
 }
 
@@ -642,9 +629,9 @@ faults_flood_stop() {
 # faults_traffic_flowing: IF1 receives data (its rx counter grows within 0.5 s).
 faults_traffic_flowing() {
 	local before after
-	before=$(faults_rx "$IF1")
+	before=$(wg_rx_bytes "$IF1")
 	sleep 0.5
-	after=$(faults_rx "$IF1")
+	after=$(wg_rx_bytes "$IF1")
 	FAULTS_FLOW=$((after - before))
 	fgt_log "IF1 rx grew by $FAULTS_FLOW bytes in 0.5 s"
 	((FAULTS_FLOW > 0))

@@ -26,19 +26,13 @@ HOSTILE_PY="$(dirname "${BASH_SOURCE[0]}")/hostile.py"
 HOSTILE_RELAY_PORT=10
 HOSTILE_CTRL_PORT=11
 
-# hostile_relay_start: the relay in ns0 between ports 1 and 2; sets HOSTILE_CAPTURE.
+# hostile_relay_start: the recording relay in ns0 between ports 1 and 2; sets HOSTILE_CAPTURE.
 hostile_relay_start() {
-	local ready pid
-	ready=$(mktemp -u "$FGT_LOGDIR/relay-ready-XXXXXX")
 	HOSTILE_CAPTURE="$FGT_LOGDIR/relay-capture.txt"
-	in_ns "$NS0" timeout --foreground 140 python3 "$HOSTILE_PY" relay "$HOSTILE_RELAY_PORT" 1 2 \
-		"$HOSTILE_CTRL_PORT" "$HOSTILE_CAPTURE" "$ready" 2>>"$FGT_LOGDIR/relay.log" &
-	pid=$!
-	FGT_PIDS+=("$pid")
-	wait_ready_file "$ready" "$pid" relay
+	relay_start "$HOSTILE_PY" "$HOSTILE_RELAY_PORT" 1 2 "$HOSTILE_CTRL_PORT" "$HOSTILE_CAPTURE"
 }
 
-hostile_relay() { in_ns "$NS0" timeout --foreground 5 python3 "$HOSTILE_PY" ctrl "$HOSTILE_CTRL_PORT" "$1"; }
+hostile_relay() { relay_ctrl "$HOSTILE_CTRL_PORT" "$1"; }
 
 # hostile_counter_setup NS IFNAME: a named nftables counter of every packet coming in from the tunnel.
 hostile_counter_setup() {
@@ -60,21 +54,15 @@ hostile_delivered() {
 	[[ $out =~ packets\ ([0-9]+) ]] && printf '%s' "${BASH_REMATCH[1]}" || printf 'unknown'
 }
 
-# hostile_rx IFNAME: received bytes of its only peer.
-hostile_rx() { wg show "$1" transfer 2>/dev/null | awk -F'\t' 'NR == 1 { print $2 }'; }
-
 # hostile_answers_none SUMMARY: the attacker's summary says no datagram came back.
 hostile_answers_none() { [[ $1 =~ answers\ 0\  ]]; }
 
 # hostile_state: one line with what must not change during the attack.
 hostile_state() {
 	printf 'ns1 delivered %s rx %s endpoint %s | ns2 delivered %s rx %s endpoint %s' \
-		"$(hostile_delivered "$NS1")" "$(hostile_rx "$IF1")" "$(wg show "$IF1" endpoints | cut -f2)" \
-		"$(hostile_delivered "$NS2")" "$(hostile_rx "$IF2")" "$(wg show "$IF2" endpoints | cut -f2)"
+		"$(hostile_delivered "$NS1")" "$(wg_rx_bytes "$IF1")" "$(wg show "$IF1" endpoints | cut -f2)" \
+		"$(hostile_delivered "$NS2")" "$(wg_rx_bytes "$IF2")" "$(wg show "$IF2" endpoints | cut -f2)"
 }
-
-# hostile_hex BASE64KEY: the key in hex.
-hostile_hex() { base64 -d <<<"$1" | od -An -v -tx1 | tr -d ' \n'; }
 
 # hostile_drops_logged N IFNAME ATTACKER SUMMARY: Ferroguard logs every dropped datagram at trace level with
 # its reason; every non-empty datagram of the attack must have been looked at and dropped (this shows the
@@ -114,9 +102,9 @@ hostile_transport() {
 	before=$(hostile_state)
 	note "before the attack: $before"
 	summary1=$(in_ns "$NS0" timeout --foreground 30 python3 "$HOSTILE_PY" attack "$HOSTILE_CAPTURE" 1 127.0.0.5 \
-		"$(hostile_hex "$pub1")" 2>>"$FGT_LOGDIR/attack.log")
+		"$(key_hex "$pub1")" 2>>"$FGT_LOGDIR/attack.log")
 	summary2=$(in_ns "$NS0" timeout --foreground 30 python3 "$HOSTILE_PY" attack "$HOSTILE_CAPTURE" 2 127.0.0.6 \
-		"$(hostile_hex "$pub2")" 2>>"$FGT_LOGDIR/attack.log")
+		"$(key_hex "$pub2")" 2>>"$FGT_LOGDIR/attack.log")
 	note "attack on ns1's daemon: $summary1"
 	note "attack on ns2's daemon: $summary2"
 	sleep 0.5
@@ -153,7 +141,7 @@ hostile_transport() {
 # hostile_secret_forms BASE64KEY: the strings that must never be logged.
 hostile_secret_forms() {
 	local hex upper
-	hex=$(hostile_hex "$1")
+	hex=$(key_hex "$1")
 	upper=${hex^^}
 	printf '%s\n' "$1" "$hex" "$upper" "${hex:0:16}" "${upper:0:16}"
 }
@@ -237,7 +225,7 @@ FGT_UNSUPPORTED[wireguard-go:atomic_set]="wireguard-go applies the lines of a se
 # hostile_uapi_case INDEX BEFORE: case INDEX is refused (errno=-N or closed) and wg showconf still gives BEFORE.
 hostile_uapi_case() {
 	local out after
-	out=$(timeout --foreground 20 python3 "$HOSTILE_PY" uapi-case "$(sock_path "$IF1")" "$(hostile_hex "$pub2")" "$1" \
+	out=$(timeout --foreground 20 python3 "$HOSTILE_PY" uapi-case "$(sock_path "$IF1")" "$(key_hex "$pub2")" "$1" \
 		2>>"$FGT_LOGDIR/uapi-corpus.log")
 	fgt_log "answer: $out"
 	[[ $out == "ok "* ]] || return 1
