@@ -547,6 +547,19 @@ nat_links() {
 	must sysctl_ns "$NS0" net/ipv4/ip_forward 1
 }
 
+# snat NS MATCH ADDRESS: an nftables table fgt_nat in NS that rewrites the source of what MATCH (nft syntax)
+# matches to ADDRESS on the way out.
+snat() {
+	in_ns "$1" nft -f - <<-EOF
+		table ip fgt_nat {
+			chain postrouting {
+				type nat hook postrouting priority srcnat; policy accept;
+				$2 snat to $3
+			}
+		}
+	EOF
+}
+
 # NAT topology of the kernel script (daemons in ns1/ns2, their sockets there; ns0 routes and SNATs):
 #   ns1: IF1 192.168.241.1, vethc 192.168.1.100 -> ns0: vethrc 192.168.1.1 | vethrs 10.0.0.1 -> ns2: veths
 #   10.0.0.100, IF2 192.168.241.2
@@ -556,14 +569,7 @@ topo_nat() {
 	must start_daemon 2 "$IF2" "$NS2"
 	configure_peers
 	nat_links
-	must in_ns "$NS0" nft -f - <<-'EOF'
-		table ip fgt_nat {
-			chain postrouting {
-				type nat hook postrouting priority srcnat; policy accept;
-				ip saddr 192.168.1.0/24 ip daddr 10.0.0.0/24 snat to 10.0.0.1
-			}
-		}
-	EOF
+	must snat "$NS0" "ip saddr 192.168.1.0/24 ip daddr 10.0.0.0/24" 10.0.0.1
 	# Short UDP conntrack timeouts make the NAT mapping expire unless keepalives refresh it.
 	must sysctl_ns "$NS0" net/netfilter/nf_conntrack_udp_timeout 2
 	must sysctl_ns "$NS0" net/netfilter/nf_conntrack_udp_timeout_stream 2
@@ -582,6 +588,14 @@ topo_veth() {
 	must sysctl_ns "$NS1" net/ipv6/conf/veth1/accept_dad 0
 	must sysctl_ns "$NS2" net/ipv6/conf/veth2/accept_dad 0
 	must sysctl_ns "$NS1" net/ipv4/conf/veth1/promote_secondaries 1
+}
+
+# veths_up: veth1 (ns1) and veth2 (ns2), as topo_veth names them, up, and waited for.
+veths_up() {
+	must ip1 link set veth1 up
+	must ip2 link set veth2 up
+	must wait_iface_up "$NS1" veth1
+	must wait_iface_up "$NS2" veth2
 }
 
 # ---------------------------------------------------------------------------------------------------------

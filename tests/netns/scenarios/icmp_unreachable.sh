@@ -6,14 +6,7 @@ scenario_icmp_unreachable() {
 	must wgc set "$IF1" peer "$pub2" endpoint 10.0.0.100:2
 	check "ICMP: session up (ns1 -> ns2)" ping_once "$NS1" 192.168.241.2
 	# ns2 routes ns0's packets into its tunnel, NATed to its tunnel address.
-	must in_ns "$NS2" nft -f - <<-'EOF'
-		table ip fgt_nat {
-			chain postrouting {
-				type nat hook postrouting priority srcnat; policy accept;
-				ip saddr 10.0.0.0/24 ip daddr 192.168.241.0/24 snat to 192.168.241.2
-			}
-		}
-	EOF
+	must snat "$NS2" "ip saddr 10.0.0.0/24 ip daddr 192.168.241.0/24" 192.168.241.2
 	must sysctl_ns "$NS2" net/ipv4/ip_forward 1
 	must ip0 -4 route add 192.168.241.1 via 10.0.0.100
 	check "ICMP (control): ns0 reaches ns1 through ns2's tunnel" ping_once "$NS0" 192.168.241.1

@@ -39,10 +39,7 @@ mtu_links() {
 	topo_veth
 	must ip1 addr add 10.0.0.1/24 dev veth1
 	must ip2 addr add 10.0.0.2/24 dev veth2
-	must ip1 link set veth1 up
-	must ip2 link set veth2 up
-	must wait_iface_up "$NS1" veth1
-	must wait_iface_up "$NS2" veth2
+	veths_up
 }
 
 # mtu_outer FAMILY: both peers' endpoints over that family of the underlay.

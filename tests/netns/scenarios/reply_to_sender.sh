@@ -10,10 +10,7 @@ scenario_reply_to_sender() {
 	must ip1 addr add fd00:aa::2/96 dev veth1
 	must ip2 addr add 10.0.0.3/24 dev veth2
 	must ip2 addr add fd00:aa::3/96 dev veth2
-	must ip1 link set veth1 up
-	must ip2 link set veth2 up
-	must wait_iface_up "$NS1" veth1
-	must wait_iface_up "$NS2" veth2
+	veths_up
 	local endpoint
 	for endpoint in 10.0.0.1:1 '[fd00:aa::1]:1' 10.0.0.2:1 '[fd00:aa::2]:1'; do
 		must wgc set "$IF2" peer "$pub1" endpoint "$endpoint"

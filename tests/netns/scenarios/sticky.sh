@@ -8,10 +8,7 @@ scenario_sticky() {
 	must ip1 addr add fd00:aa::1/96 dev veth1
 	must ip2 addr add 10.0.0.2/24 dev veth2
 	must ip2 addr add fd00:aa::2/96 dev veth2
-	must ip1 link set veth1 up
-	must ip2 link set veth2 up
-	must wait_iface_up "$NS1" veth1
-	must wait_iface_up "$NS2" veth2
+	veths_up
 	must wgc set "$IF1" peer "$pub2" endpoint 10.0.0.2:2
 	check "sticky: ping over v4 veth" ping_once "$NS1" 192.168.241.2
 	must ip1 addr add 10.0.0.10/24 dev veth1
