@@ -96,6 +96,26 @@ faults_wait_first_reply() {
 	printf '%s\n' "$summary"
 }
 
+# faults_ping_start NS DEST INTERVAL SECONDS LIMIT: a background "ping -D" from NS to DEST for SECONDS (killed
+# after LIMIT) into FAULTS_PING_LOG (pid FAULTS_PING_PID); returns once a first reply is logged, or after 1 s.
+faults_ping_start() {
+	local i
+	FAULTS_PING_LOG=$(mktemp "$FGT_LOGDIR/ping-XXXXXX")
+	in_ns "$1" timeout --foreground "$5" ping -n -D -i "$3" -W 1 -w "$4" "$2" >"$FAULTS_PING_LOG" 2>&1 &
+	FAULTS_PING_PID=$!
+	FGT_PIDS+=("$FAULTS_PING_PID")
+	for ((i = 0; i < 20; i++)); do
+		grep -q ' bytes from ' "$FAULTS_PING_LOG" && return 0
+		sleep 0.05
+	done
+}
+
+# faults_ping_stop: ends the ping of faults_ping_start.
+faults_ping_stop() {
+	kill_pids "$FAULTS_PING_PID"
+	wait "$FAULTS_PING_PID" 2>/dev/null
+}
+
 # faults_between VALUE LOW HIGH: LOW <= VALUE <= HIGH (decimals).
 faults_between() { awk -v v="$1" -v l="$2" -v h="$3" 'BEGIN { exit !(v != "" && v + 0 >= l && v + 0 <= h) }'; }
 
@@ -486,14 +506,11 @@ faults_iface_absent() {
 }
 
 faults_restart() {
-	local n=$1 ns ifname dst log ppid pid restarted kill_time gaps first i
+	local n=$1 ns ifname dst log pid restarted kill_time gaps first i
 	if [[ $n == 1 ]]; then ns=$NS1 ifname=$IF1 dst=192.168.241.2; else ns=$NS2 ifname=$IF2 dst=192.168.241.1; fi
 	local p="faults: impl$n killed (SIGKILL) and restarted during a ping"
-	log=$(mktemp "$FGT_LOGDIR/ping-restart-XXXXXX")
-	in_ns "$ns" timeout --foreground 25 ping -n -D -i 0.2 -W 1 -w 20 "$dst" >"$log" 2>&1 &
-	ppid=$!
-	FGT_PIDS+=("$ppid")
-	sleep 1
+	faults_ping_start "$ns" "$dst" 0.2 20 25
+	log=$FAULTS_PING_LOG
 	pid=${FGT_DAEMON_PID[$ifname]}
 	kill_time=$(faults_now)
 	kill -KILL "$pid"
@@ -503,8 +520,7 @@ faults_restart() {
 	restarted=$(faults_now)
 	note "impl$n restarted and configured $(faults_elapsed_ms "$kill_time") ms after the kill"
 	first=$(faults_wait_first_reply "$log" "$restarted" 80)
-	kill_pids "$ppid"
-	wait "$ppid" 2>/dev/null
+	faults_ping_stop
 	gaps=$(faults_py ping-gaps "$log" "$kill_time")
 	note "ping: $gaps (from the kill); $first (from the restart)"
 	[[ $first =~ first_after\ ([0-9.]+) ]]
@@ -557,13 +573,10 @@ faults_server_endpoint() { wg show "$IF4" endpoints 2>/dev/null | cut -f2; }
 # faults_nat_event NAME BEFORE ACTION...: during a ping from the server side, run ACTION; the server must
 # learn a new endpoint (10.0.0.1:20002-20009, not BEFORE) and its pings resume within 3 s.
 faults_nat_event() {
-	local name=$1 before=$2 log ppid start endpoint i first gaps
+	local name=$1 before=$2 log start endpoint i first gaps
 	shift 2
-	log=$(mktemp "$FGT_LOGDIR/ping-nat-XXXXXX")
-	in_ns "$NS2" timeout --foreground 20 ping -n -D -i 0.1 -W 1 -w 12 192.168.242.1 >"$log" 2>&1 &
-	ppid=$!
-	FGT_PIDS+=("$ppid")
-	sleep 1
+	faults_ping_start "$NS2" 192.168.242.1 0.1 12 20
+	log=$FAULTS_PING_LOG
 	must "$@"
 	start=$(faults_now)
 	for ((i = 0; i < 100; i++)); do
@@ -574,8 +587,7 @@ faults_nat_event() {
 	note "$name: the server saw the client move from $before to $endpoint after $(faults_elapsed_ms "$start") ms"
 	first=$(faults_wait_first_reply "$log" "$start" 50)
 	sleep 0.5
-	kill_pids "$ppid"
-	wait "$ppid" 2>/dev/null
+	faults_ping_stop
 	gaps=$(faults_py ping-gaps "$log" "$start")
 	note "$name: ping from the server side: $gaps"
 	[[ $first =~ first_after\ ([0-9.]+) ]]
