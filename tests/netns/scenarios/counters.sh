@@ -2,8 +2,8 @@
 # Scenario "counters" (kernel #1): byte counters and handshake timestamps right after the first
 # handshake (kernel: right after configuration, before tests()).
 
-# counter_check SIDE KIND RX TX RXSET TXSET: exact for ferroguard, the ranges of wireguard-go's netns.sh else.
-counter_check() {
+# counters_check SIDE KIND RX TX RXSET TXSET: exact for ferroguard, the ranges of wireguard-go's netns.sh else.
+counters_check() {
 	local side=$1 n=$2 rx=$3 tx=$4 want_rx=$5 want_tx=$6 name
 	name="counters: $side: wg show transfer"
 	if [[ $(impl_kind "$n") == ferroguard ]]; then
@@ -33,8 +33,8 @@ scenario_counters() {
 	note "ns2 (initiator): rx ${rx2:-?} tx ${tx2:-?}; ns1 (responder): rx ${rx1:-?} tx ${tx1:-?}"
 	# Initiator: 92-byte response + 10 replies of 84 bytes padded to 96 (+32 header/tag) = 1372 received;
 	# 148-byte initiation + 10 requests = 1428 sent, 1460 if a keepalive followed the handshake.
-	counter_check "ns2 (initiator)" 2 "${rx2:-0}" "${tx2:-0}" 1372 "1428|1460"
-	counter_check "ns1 (responder)" 1 "${rx1:-0}" "${tx1:-0}" "1428|1460" 1372
+	counters_check "ns2 (initiator)" 2 "${rx2:-0}" "${tx2:-0}" 1372 "1428|1460"
+	counters_check "ns1 (responder)" 1 "${rx1:-0}" "${tx1:-0}" "1428|1460" 1372
 	read -r _ ts1 < <(wg show "$IF1" latest-handshakes)
 	read -r _ ts2 < <(wg show "$IF2" latest-handshakes)
 	check "counters: latest-handshakes non-zero on ns1" test "${ts1:-0}" -ne 0

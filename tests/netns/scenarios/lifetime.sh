@@ -1,9 +1,9 @@
 #!/bin/bash
 # Scenario "lifetime" (kernel #25, analogue): the lifetime of the daemon, one implementation at a time.
 
-# second_daemon_refused N IFNAME: another daemon for a name in use must exit non-zero within 5 s and leave
+# lifetime_second_refused N IFNAME: another daemon for a name in use must exit non-zero within 5 s and leave
 # the first one serving.
-second_daemon_refused() {
+lifetime_second_refused() {
 	local n=$1 name=$2 pid rc
 	impl_command "$n"
 	ip netns exec "$NS0" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL="${FGT_LOG_LEVEL:-verbose}" \
@@ -27,7 +27,7 @@ lifetime_for() {
 
 	check "$p: socket and interface appear within 5 s" start_daemon "$n" "$name" "$NS0" || return
 	check "$p: wg show answers" wgc show "$name"
-	check "$p: a second daemon for the same name is refused" second_daemon_refused "$n" "$name"
+	check "$p: a second daemon for the same name is refused" lifetime_second_refused "$n" "$name"
 	check "$p: the first daemon still serves afterwards" wgc show "$name"
 	check "$p: SIGTERM: exits, socket and interface removed" stop_daemon "$name"
 

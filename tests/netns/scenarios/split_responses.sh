@@ -2,7 +2,7 @@
 # Scenario "split_responses" (kernel #21): configurations that make split responses, one implementation
 # at a time.
 
-split_for() {
+split_responses_for() {
 	local n=$1 a p count lines bad
 	a=$(ifname "S$n")
 	p="split responses (impl$n $(impl_kind "$n"))"
@@ -84,5 +84,5 @@ scenario_split_responses() {
 	no_single_targets "split responses" && return
 	make_namespaces
 	local n
-	for n in $(single_targets); do split_for "$n"; done
+	for n in $(single_targets); do split_responses_for "$n"; done
 }

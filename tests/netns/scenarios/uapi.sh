@@ -2,9 +2,9 @@
 # Scenario "uapi" (§2 of the reference): UAPI conformance, driven by the real wg(8), one implementation
 # at a time.
 
-# dump_ok IFNAME PUBLIC_KEY: "wg show all dump" has a 5-field line for IFNAME and 9-field peer lines with the
+# uapi_dump_ok IFNAME PUBLIC_KEY: "wg show all dump" has a 5-field line for IFNAME and 9-field peer lines with the
 # values set by uapi_for.
-dump_ok() {
+uapi_dump_ok() {
 	local ifname=$1 public=$2 lines iface_line peer2 peer3
 	lines=$(wg show all dump 2>&1 | awk -v n="$ifname" -F'\t' '$1 == n')
 	fgt_log "$lines"
@@ -22,9 +22,9 @@ dump_ok() {
 		"$ifname"$'\t'"$pub3"$'\t'"(none)"$'\t''[fd00::9]:51820'$'\t'10.1.0.1/32$'\t'0$'\t'0$'\t'0$'\t'off
 }
 
-# port_held_refused IFNAME PORT: with PORT taken by another socket in ns0, "wg set listen-port" must fail with
+# uapi_port_held_refused IFNAME PORT: with PORT taken by another socket in ns0, "wg set listen-port" must fail with
 # "Address already in use".
-port_held_refused() {
+uapi_port_held_refused() {
 	local ready pid out rc
 	ready=$(mktemp -u "$FGT_LOGDIR/hold-XXXXXX")
 	in_ns "$NS0" timeout --foreground 30 python3 "$FGT_NET_PY" udp-hold 0.0.0.0 "$2" "$ready" &
@@ -65,7 +65,7 @@ uapi_for() {
 	conf=$(wg showconf "$a" 2>&1)
 	check "$p: wg showconf gives back exactly what was set" "$cmp" showconf "$conf" "$expected"
 	check "$p: wg show public-key is derived from the private key" equals public-key "$(wg_field "$a" public-key)" "$public"
-	check "$p: wg show all dump fields" dump_ok "$a" "$public"
+	check "$p: wg show all dump fields" uapi_dump_ok "$a" "$public"
 	check "$p: wg show endpoints (v4 and bracketed v6)" "$cmp" endpoints "$(wg_field "$a" endpoints)" \
 		"$pub2"$'\t'127.0.0.1:2$'\n'"$pub3"$'\t''[fd00::9]:51820'
 	check "$p: wg show persistent-keepalive" "$cmp" keepalive "$(wg_field "$a" persistent-keepalive)" \
@@ -115,7 +115,7 @@ uapi_for() {
 	check "$p: ... private key" equals private-key "$(wg_field "$a" private-key)" "$key2"
 
 	must wgc set "$a" listen-port 51822
-	check "$p: listen-port on a port taken by another socket fails with EADDRINUSE" port_held_refused "$a" 40002
+	check "$p: listen-port on a port taken by another socket fails with EADDRINUSE" uapi_port_held_refused "$a" 40002
 	if supported keeps_port_on_bind_error "$p: the daemon keeps its previous port after that" "$n"; then
 		check "$p: the daemon keeps its previous port after that" equals listen-port \
 			"$(wg_field "$a" listen-port)" 51822
