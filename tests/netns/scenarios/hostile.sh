@@ -253,10 +253,13 @@ hostile_uapi_corpus() {
 	check "hostile: the daemon still runs after the corpus" pid_running "${FGT_DAEMON_PID[$IF1]}"
 }
 
-# hostile_beside_stalled_client MODE SECONDS: how long wg show takes (ms, into HOSTILE_ELAPSED) while another
-# client holds a connection with an unfinished request for SECONDS (MODE: silent or trickle, see hostile.py).
+# hostile_beside_stalled_client MODE SECONDS [stop]: how long wg show takes (ms, into HOSTILE_ELAPSED) while
+# another client holds a connection with an unfinished request for SECONDS (MODE: silent or trickle, see
+# hostile.py). Then the client is left to end by itself and report how it ended, or with "stop" it is stopped
+# once wg show has answered (a silent client never learns whether the daemon cut it off: its report would say
+# nothing, and waiting for it would only cost time).
 hostile_beside_stalled_client() {
-	local mode=$1 seconds=$2 ready pid start out
+	local mode=$1 seconds=$2 stop=${3:-} ready pid start out client
 	ready=$(mktemp -u "$FGT_LOGDIR/stall-ready-XXXXXX")
 	timeout --foreground $((seconds + 10)) python3 "$HOSTILE_PY" stall "$(sock_path "$IF1")" "$mode" "$seconds" \
 		"$ready" >"$FGT_LOGDIR/stall-$mode.out" 2>&1 &
@@ -268,17 +271,25 @@ hostile_beside_stalled_client() {
 	out=$(timeout --foreground $((seconds + 10)) wg show "$IF1" listen-port 2>&1)
 	HOSTILE_ELAPSED=$((($(date +%s%N) - start) / 1000000))
 	[[ -e $ready && $out =~ ^[0-9]+$ ]] || HOSTILE_ELAPSED=unanswered
-	wait_pid_exit "$pid" $((seconds + 5)) || kill_pids "$pid"
+	if [[ $stop == stop ]]; then
+		kill_pids "$pid"
+		client="stopped after wg show answered"
+	else
+		wait_pid_exit "$pid" $((seconds + 5)) || kill_pids "$pid"
+		client=$(<"$FGT_LOGDIR/stall-$mode.out")
+	fi
 	wait "$pid" 2>/dev/null
-	note "wg show beside a $mode client: $HOSTILE_ELAPSED ms; the client: $(<"$FGT_LOGDIR/stall-$mode.out")"
+	note "wg show beside a $mode client: $HOSTILE_ELAPSED ms; the client: $client"
 }
 
 # hostile_stalled_clients: a client that stops in the middle of a request never delays another client: wg
 # show answers within 3 s while it holds its connection for 12 s (Ferroguard cuts it after 10 s without
-# progress; a server serving connections one after another would answer only then, after about 11.5 s).
+# progress; a server serving connections one after another would answer only then, after about 11.5 s). The
+# silent client is stopped once wg show has answered: whether it answered at once or only after the client
+# left is what the check measures.
 # A client that trickles a byte every 2 s is measured, not checked (only root can connect).
 hostile_stalled_clients() {
-	hostile_beside_stalled_client silent 12
+	hostile_beside_stalled_client silent 12 stop
 	if supported concurrent_uapi "hostile: wg show answers within 3 s beside a client silent mid-request" 1; then
 		check "hostile: wg show answers within 3 s beside a client silent mid-request" \
 			eval '[[ $HOSTILE_ELAPSED =~ ^[0-9]+$ ]] && ((HOSTILE_ELAPSED < 3000))'
