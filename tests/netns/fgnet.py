@@ -28,6 +28,9 @@ probes (neither ncat nor socat nor tcpdump is installed):
     fgnet.py udp-recv ADDR PORT READYFILE SECONDS
         Counts datagrams carrying "seq N" for SECONDS; prints "received R unique U duplicates D corrupt C"
         (corrupt: a datagram "seq N" whose bytes are not those udp-burst gave datagram N; not counted in R).
+    fgnet.py udp-recv-all ADDR PORT READYFILE SECONDS COUNT
+        The same, but ends as soon as datagrams 0 .. COUNT-1 have all arrived intact (for a check that does not
+        look for duplicates: it saves the rest of the window when nothing is lost).
     fgnet.py udp-burst ADDR PORT COUNT SIZE
         Sends COUNT datagrams "seq 0" .. "seq COUNT-1", paced (1 per ms); with SIZE > 0 each is filled up
         to SIZE bytes with bytes derived from its number.
@@ -139,6 +142,14 @@ def ask(port, command, timeout):
         sock.sendto(command.encode(), (LOCALHOST, port))
         answer, _ = sock.recvfrom(MAX_DATAGRAM)
     return answer
+
+
+def relay_ctrl(ctrl_port, command):
+    """Sends one command to a PortPairRelay's control port and prints its answer; False if the answer is an
+    error ("error ...")."""
+    answer = ask(ctrl_port, command, timeout=3)
+    print(answer.decode())
+    return not answer.startswith(b"error")
 
 
 class PortPairRelay:
@@ -301,7 +312,9 @@ def udp_payload(number, size):
     return head + b" " + filler[: size - len(head) - 1]
 
 
-def udp_recv(addr, port, ready, seconds):
+def udp_recv(addr, port, ready, seconds, count=None):
+    """Counts the numbered datagrams of udp_burst for `seconds` (or, given count, until all of 0 .. count-1
+    arrived intact); prints the summary line."""
     sock = udp_socket(addr, port, rcvbuf=4 << 20)
     signal_ready(ready)
     seen = set()
@@ -316,6 +329,8 @@ def udp_recv(addr, port, ready, seconds):
             continue
         received += 1
         seen.add(number)
+        if count is not None and len(seen) == count and max(seen) == count - 1:
+            break
     print("received %d unique %d duplicates %d corrupt %d" % (received, len(seen), received - len(seen), corrupt))
 
 
@@ -444,9 +459,11 @@ COMMANDS = {
     "connectable": (connectable, (str,)),
     "iperf-summary": (iperf_summary, (str,)),
     "json-field": (json_field, None),
+    "relay-ctrl": (relay_ctrl, (int, str)),
     "tcp-recv": (tcp_recv, (str, int, str, float)),
     "tcp-send": (tcp_send, (str, int, int, str, str)),
     "udp-recv": (udp_recv, (str, int, str, float)),
+    "udp-recv-all": (udp_recv, (str, int, str, float, int)),
     "udp-burst": (udp_burst, (str, int, int, int)),
 }
 

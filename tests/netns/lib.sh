@@ -70,6 +70,57 @@ fgt_abort() {
 }
 
 # ---------------------------------------------------------------------------------------------------------
+# Checks and readings shared by the scenarios
+# ---------------------------------------------------------------------------------------------------------
+
+# endpoint_is IFNAME PUB EXPECTED: the only peer line of "wg show IFNAME endpoints" is "PUB<TAB>EXPECTED".
+endpoint_is() {
+	local got
+	got=$(wg show "$1" endpoints 2>&1)
+	fgt_log "endpoints of $1: $got"
+	[[ $got == "$2"$'\t'"$3" ]]
+}
+
+# equals WHAT GOT EXPECTED: string comparison that logs both sides.
+equals() {
+	[[ $2 == "$3" ]] && return 0
+	fgt_log "$1: got '$2', expected '$3'"
+	return 1
+}
+
+# equals_sorted WHAT GOT EXPECTED: like equals, ignoring the order of lines.
+equals_sorted() { equals "$1 (sorted)" "$(sort <<<"$2")" "$(sort <<<"$3")"; }
+
+# wg_field IFNAME WHAT: the output of "wg show IFNAME WHAT".
+wg_field() { wg show "$1" "$2" 2>&1; }
+
+# The implementations a one-daemon scenario tests (run.sh avoids testing one twice across pairs).
+single_targets() { printf '%s' "${FGT_SINGLE_TARGETS-1 2}"; }
+
+# no_single_targets NAME: record a skip when there is nothing left to test.
+no_single_targets() {
+	[[ -n $(single_targets) ]] && return 1
+	skip "$1" "implementation(s) already covered by an earlier pair"
+	return 0
+}
+
+# wg_rx_bytes IFNAME: bytes received from its first (usually only) peer.
+wg_rx_bytes() { wg show "$1" transfer 2>/dev/null | awk -F'\t' 'NR == 1 { print $2 }'; }
+
+# key_hex BASE64KEY: the key in hex.
+key_hex() { base64 -d <<<"$1" | od -An -v -tx1 | tr -d ' \n'; }
+
+# first_ferroguard: the number (1 or 2) of the first Ferroguard of the pair; false if there is none (for the
+# scenarios that test an option only Ferroguard has).
+first_ferroguard() {
+	local n
+	for n in 1 2; do
+		[[ $(impl_kind "$n") == ferroguard ]] && { printf '%s' "$n"; return 0; }
+	done
+	return 1
+}
+
+# ---------------------------------------------------------------------------------------------------------
 # Names
 # ---------------------------------------------------------------------------------------------------------
 
@@ -473,6 +524,80 @@ endpoints_v6() {
 	must wgc set "$IF2" peer "$pub1" endpoint '[::1]:1'
 }
 
+# nat_links: the links and routes of the NAT topology below (ns1's client side 192.168.1.0/24 routed by ns0 to
+# ns2's 10.0.0.0/24), without the daemons and without the NAT rule.
+nat_links() {
+	must ip0 link add vethrc type veth peer name vethc
+	must ip0 link add vethrs type veth peer name veths
+	must ip0 link set vethc netns "$NS1"
+	must ip0 link set veths netns "$NS2"
+	must ip0 link set vethrc up
+	must ip0 link set vethrs up
+	must ip0 addr add 192.168.1.1/24 dev vethrc
+	must ip0 addr add 10.0.0.1/24 dev vethrs
+	must ip1 addr add 192.168.1.100/24 dev vethc
+	must ip1 link set vethc up
+	must ip1 route add default via 192.168.1.1
+	must ip2 addr add 10.0.0.100/24 dev veths
+	must ip2 link set veths up
+	must wait_iface_up "$NS0" vethrc
+	must wait_iface_up "$NS0" vethrs
+	must wait_iface_up "$NS1" vethc
+	must wait_iface_up "$NS2" veths
+	must sysctl_ns "$NS0" net/ipv4/ip_forward 1
+}
+
+# snat NS MATCH ADDRESS: an nftables table fgt_nat in NS that rewrites the source of what MATCH (nft syntax)
+# matches to ADDRESS on the way out.
+snat() {
+	in_ns "$1" nft -f - <<-EOF
+		table ip fgt_nat {
+			chain postrouting {
+				type nat hook postrouting priority srcnat; policy accept;
+				$2 snat to $3
+			}
+		}
+	EOF
+}
+
+# NAT topology of the kernel script (daemons in ns1/ns2, their sockets there; ns0 routes and SNATs):
+#   ns1: IF1 192.168.241.1, vethc 192.168.1.100 -> ns0: vethrc 192.168.1.1 | vethrs 10.0.0.1 -> ns2: veths
+#   10.0.0.100, IF2 192.168.241.2
+topo_nat() {
+	make_namespaces
+	must start_daemon 1 "$IF1" "$NS1"
+	must start_daemon 2 "$IF2" "$NS2"
+	configure_peers
+	nat_links
+	must snat "$NS0" "ip saddr 192.168.1.0/24 ip daddr 10.0.0.0/24" 10.0.0.1
+	# Short UDP conntrack timeouts make the NAT mapping expire unless keepalives refresh it.
+	must sysctl_ns "$NS0" net/netfilter/nf_conntrack_udp_timeout 2
+	must sysctl_ns "$NS0" net/netfilter/nf_conntrack_udp_timeout_stream 2
+}
+
+# Veth topology of the sticky-socket tests: ns1 veth1 <-> ns2 veth2, daemons in ns1/ns2.
+topo_veth() {
+	make_namespaces
+	must start_daemon 1 "$IF1" "$NS1"
+	must start_daemon 2 "$IF2" "$NS2"
+	configure_peers
+	must ip1 link add veth1 type veth peer name veth2
+	must ip1 link set veth2 netns "$NS2"
+	must sysctl_ns "$NS1" net/ipv6/conf/all/accept_dad 0
+	must sysctl_ns "$NS2" net/ipv6/conf/all/accept_dad 0
+	must sysctl_ns "$NS1" net/ipv6/conf/veth1/accept_dad 0
+	must sysctl_ns "$NS2" net/ipv6/conf/veth2/accept_dad 0
+	must sysctl_ns "$NS1" net/ipv4/conf/veth1/promote_secondaries 1
+}
+
+# veths_up: veth1 (ns1) and veth2 (ns2), as topo_veth names them, up, and waited for.
+veths_up() {
+	must ip1 link set veth1 up
+	must ip2 link set veth2 up
+	must wait_iface_up "$NS1" veth1
+	must wait_iface_up "$NS2" veth2
+}
+
 # ---------------------------------------------------------------------------------------------------------
 # Traffic
 # ---------------------------------------------------------------------------------------------------------
@@ -631,6 +756,22 @@ udp_listen_result() {
 	UDP_RECEIVED=$(<"$UDP_LISTENER_OUT")
 	UDP_RECEIVED=${UDP_RECEIVED:-none}
 }
+
+# relay_start PY ARGS...: a scenario's relay between two daemons (an fgnet.PortPairRelay), started in ns0 as
+# "python3 PY relay ARGS... READYFILE" (≤ 140 s, stderr to relay.log); sets RELAY_PID; true once it is ready.
+relay_start() {
+	local py=$1 ready
+	shift
+	ready=$(mktemp -u "$FGT_LOGDIR/relay-ready-XXXXXX")
+	in_ns "$NS0" timeout --foreground 140 python3 "$py" relay "$@" "$ready" 2>>"$FGT_LOGDIR/relay.log" &
+	RELAY_PID=$!
+	FGT_PIDS+=("$RELAY_PID")
+	wait_ready_file "$ready" "$RELAY_PID" relay
+}
+
+# relay_ctrl CTRL_PORT COMMAND: one command to the relay listening for them on ns0's 127.0.0.1:CTRL_PORT
+# (≤ 5 s); prints its answer, false if that is an error.
+relay_ctrl() { in_ns "$NS0" timeout --foreground 5 python3 "$FGT_NET_PY" relay-ctrl "$1" "$2"; }
 
 # make_stale_socket PATH: a UNIX socket file that nobody serves.
 make_stale_socket() { python3 "$FGT_NET_PY" stale-socket "$1"; }

@@ -23,13 +23,13 @@ REPO=$(cd "$HERE/../.." && pwd)
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
 
-# Cheap and most important first.
+# Every scenario is a file tests/netns/scenarios/NAME.sh that defines scenario_NAME (netns.sh runs it). The run
+# order: these first (cheap and most important first), then every other scenario file, by name.
 ALL_SCENARIOS=(counters lifetime traffic roaming crypto_rp uapi keys key_change low_order nat_keepalive
 	policy_routing icmp_unreachable sticky reply_to_sender route_change wg_over_wg big_mtu split_responses)
-# More scenarios, one concern per file: tests/netns/scenarios/NAME.sh defines
-# scenario_NAME (and may set SINGLE_SCENARIOS_EXTRA for one-daemon ones).
-for extra in "$(dirname "${BASH_SOURCE[0]}")"/scenarios/*.sh; do
-	[[ -e $extra ]] && ALL_SCENARIOS+=("$(basename "$extra" .sh)")
+for scenario_file in "$HERE"/scenarios/*.sh; do
+	scenario=$(basename "$scenario_file" .sh)
+	[[ " ${ALL_SCENARIOS[*]} " == *" $scenario "* ]] || ALL_SCENARIOS+=("$scenario")
 done
 QUICK_SCENARIOS=(traffic counters roaming crypto_rp lifetime mtu)
 # Scenarios that test one daemon at a time (each implementation once per run, not once per pair).

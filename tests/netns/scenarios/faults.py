@@ -3,11 +3,10 @@
 
     faults.py relay LISTEN A_PORT B_PORT CTRL_PORT READYFILE
         A UDP relay on 127.0.0.1:LISTEN between the daemons on 127.0.0.1:A_PORT and 127.0.0.1:B_PORT that can
-        reorder, duplicate and delay what it forwards. Commands on 127.0.0.1:CTRL_PORT (see Relay.command):
+        reorder, duplicate and delay what it forwards. Commands on 127.0.0.1:CTRL_PORT (see Relay.command; sent
+        with "fgnet.py relay-ctrl CTRL_PORT COMMAND"):
         "set reorder=W dup=0|1 delay=MS" answers "ok", "stats" answers a JSON object, "reset" zeroes the
         statistics and answers "ok".
-    faults.py ctrl CTRL_PORT COMMAND
-        Sends one command to the relay and prints the answer.
     faults.py sniff IFACE PORTS OUTFILE READYFILE SECONDS
         Records the WireGuard handshake messages (UDP payload type 1, 2 or 3) between the comma-separated
         PORTS seen leaving IFACE (an AF_PACKET socket: the datagrams are seen before the receiving side's
@@ -162,12 +161,6 @@ class Relay(fgnet.PortPairRelay):
             self.send_now(data, dst)
 
 
-def ctrl(ctrl_port, command):
-    answer = fgnet.ask(ctrl_port, command, timeout=3)
-    print(answer.decode())
-    return not answer.startswith(b"error")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Handshake timestamps
 # ---------------------------------------------------------------------------------------------------------
@@ -270,7 +263,6 @@ def relay(listen, a_port, b_port, ctrl_port, ready):
 
 COMMANDS = {
     "relay": (relay, (int, int, int, int, str)),
-    "ctrl": (ctrl, (int, str)),
     "sniff": (sniff, (str, str, str, str, float)),
     "intervals": (intervals, (str, int, int)),
     "tcp-recv": (fgnet.tcp_recv, (str, int, str, float)),

@@ -65,11 +65,11 @@
 #      the usage text: the daemon exits (status 0) on SIGTERM, interface deletion and socket removal,
 #      removing the socket and the interface; a moved interface keeps its TUN descriptor, so the daemon
 #      keeps running with its UDP socket in ns0 and the tunnel works from the new namespace once it is
-#      addressed there. Bounds: exit within 3 s (netns.sh lifetime's bound: the socket is checked every
+#      addressed there. Bounds: exit within 3 s (the lifetime scenario's bound: the socket is checked every
 #      0.5 s) and 5 s for SIGTERM (stop_daemon); then no socket, no interface in any namespace, no process
 #      left for the name, and a new daemon for the same name starts at once (≤ 5 s, start_daemon) and the
 #      tunnel works again. (d) is done while the interface is in the other namespace: SIGTERM must
-#      remove it there too. netns.sh lifetime checks the same events without traffic.
+#      remove it there too. The lifetime scenario checks the same events without traffic.
 #   Known differences of Debian's wireguard-go 0.0.20220316 are reported as SKIP (lib.sh's "supported").
 
 FAULTS_PY="$(dirname "${BASH_SOURCE[0]}")/faults.py"
@@ -96,11 +96,28 @@ faults_wait_first_reply() {
 	printf '%s\n' "$summary"
 }
 
+# faults_ping_start NS DEST INTERVAL SECONDS LIMIT: a background "ping -D" from NS to DEST for SECONDS (killed
+# after LIMIT) into FAULTS_PING_LOG (pid FAULTS_PING_PID); returns once a first reply is logged, or after 1 s.
+faults_ping_start() {
+	local i
+	FAULTS_PING_LOG=$(mktemp "$FGT_LOGDIR/ping-XXXXXX")
+	in_ns "$1" timeout --foreground "$5" ping -n -D -i "$3" -W 1 -w "$4" "$2" >"$FAULTS_PING_LOG" 2>&1 &
+	FAULTS_PING_PID=$!
+	FGT_PIDS+=("$FAULTS_PING_PID")
+	for ((i = 0; i < 20; i++)); do
+		grep -q ' bytes from ' "$FAULTS_PING_LOG" && return 0
+		sleep 0.05
+	done
+}
+
+# faults_ping_stop: ends the ping of faults_ping_start.
+faults_ping_stop() {
+	kill_pids "$FAULTS_PING_PID"
+	wait "$FAULTS_PING_PID" 2>/dev/null
+}
+
 # faults_between VALUE LOW HIGH: LOW <= VALUE <= HIGH (decimals).
 faults_between() { awk -v v="$1" -v l="$2" -v h="$3" 'BEGIN { exit !(v != "" && v + 0 >= l && v + 0 <= h) }'; }
-
-# faults_rx IFNAME: bytes received from its only peer.
-faults_rx() { wg show "$1" transfer 2>/dev/null | awk -F'\t' 'NR == 1 { print $2 }'; }
 
 # faults_configure N: IFn (in NSn) gets its address, key, listen port and its peer with the direct endpoint.
 faults_configure() {
@@ -366,17 +383,7 @@ faults_loss() {
 # 2. Reordering, duplication, delay (faults.py relay)
 # ---------------------------------------------------------------------------------------------------------
 
-faults_relay_start() {
-	local ready
-	ready=$(mktemp -u "$FGT_LOGDIR/relay-ready-XXXXXX")
-	in_ns "$NS0" timeout --foreground 140 python3 "$FAULTS_PY" relay "$FAULTS_RELAY_PORT" 1 2 "$FAULTS_CTRL_PORT" \
-		"$ready" 2>>"$FGT_LOGDIR/relay.log" &
-	FAULTS_RELAY_PID=$!
-	FGT_PIDS+=("$FAULTS_RELAY_PID")
-	wait_ready_file "$ready" "$FAULTS_RELAY_PID"
-}
-
-faults_relay() { ip netns exec "$NS0" timeout --foreground 5 python3 "$FAULTS_PY" ctrl "$FAULTS_CTRL_PORT" "$1"; }
+faults_relay() { relay_ctrl "$FAULTS_CTRL_PORT" "$1"; }
 
 # faults_relay_stat PORT FIELD: from the relay's statistics (since its last reset).
 faults_relay_stat() {
@@ -399,7 +406,7 @@ faults_rx_matches() {
 	local i delivered grown drops deficit
 	for i in 1 2; do
 		delivered=$(faults_relay_stat "$2" bytes)
-		grown=$(($(faults_rx "$1") - FAULTS_RX_BASE[$1]))
+		grown=$(($(wg_rx_bytes "$1") - FAULTS_RX_BASE[$1]))
 		drops=$(($(faults_udp_drops "$2") - FAULTS_DROPS_BASE[$2]))
 		fgt_log "$1: rx grew by $grown, relay delivered $delivered / $3, kernel dropped $drops"
 		[[ $delivered =~ ^[0-9]+$ ]] && ((delivered > 0)) || continue
@@ -416,8 +423,8 @@ faults_relay_phase() {
 	must faults_relay "set $1"
 	sleep 0.1
 	must faults_relay reset
-	FAULTS_RX_BASE[$IF1]=$(faults_rx "$IF1")
-	FAULTS_RX_BASE[$IF2]=$(faults_rx "$IF2")
+	FAULTS_RX_BASE[$IF1]=$(wg_rx_bytes "$IF1")
+	FAULTS_RX_BASE[$IF2]=$(wg_rx_bytes "$IF2")
 	FAULTS_DROPS_BASE[1]=$(faults_udp_drops 1)
 	FAULTS_DROPS_BASE[2]=$(faults_udp_drops 2)
 }
@@ -469,7 +476,7 @@ faults_delay() {
 }
 
 faults_relay_checks() {
-	must faults_relay_start
+	must relay_start "$FAULTS_PY" "$FAULTS_RELAY_PORT" 1 2 "$FAULTS_CTRL_PORT"
 	must wgc set "$IF1" peer "$pub2" endpoint "127.0.0.1:$FAULTS_RELAY_PORT"
 	must wgc set "$IF2" peer "$pub1" endpoint "127.0.0.1:$FAULTS_RELAY_PORT"
 	check "faults: session up through the relay" ping_all "$NS1" 192.168.241.2 5
@@ -479,8 +486,8 @@ faults_relay_checks() {
 	must faults_relay "set reorder=0 dup=0 delay=0"
 	must wgc set "$IF1" peer "$pub2" endpoint 127.0.0.1:2
 	must wgc set "$IF2" peer "$pub1" endpoint 127.0.0.1:1
-	kill_pids "$FAULTS_RELAY_PID"
-	wait "$FAULTS_RELAY_PID" 2>/dev/null
+	kill_pids "$RELAY_PID"
+	wait "$RELAY_PID" 2>/dev/null
 	check "faults: direct session again after the relay" ping_retry "$NS1" 192.168.241.2
 }
 
@@ -499,14 +506,11 @@ faults_iface_absent() {
 }
 
 faults_restart() {
-	local n=$1 ns ifname dst log ppid pid restarted kill_time gaps first i
+	local n=$1 ns ifname dst log pid restarted kill_time gaps first i
 	if [[ $n == 1 ]]; then ns=$NS1 ifname=$IF1 dst=192.168.241.2; else ns=$NS2 ifname=$IF2 dst=192.168.241.1; fi
 	local p="faults: impl$n killed (SIGKILL) and restarted during a ping"
-	log=$(mktemp "$FGT_LOGDIR/ping-restart-XXXXXX")
-	in_ns "$ns" timeout --foreground 25 ping -n -D -i 0.2 -W 1 -w 20 "$dst" >"$log" 2>&1 &
-	ppid=$!
-	FGT_PIDS+=("$ppid")
-	sleep 1
+	faults_ping_start "$ns" "$dst" 0.2 20 25
+	log=$FAULTS_PING_LOG
 	pid=${FGT_DAEMON_PID[$ifname]}
 	kill_time=$(faults_now)
 	kill -KILL "$pid"
@@ -516,8 +520,7 @@ faults_restart() {
 	restarted=$(faults_now)
 	note "impl$n restarted and configured $(faults_elapsed_ms "$kill_time") ms after the kill"
 	first=$(faults_wait_first_reply "$log" "$restarted" 80)
-	kill_pids "$ppid"
-	wait "$ppid" 2>/dev/null
+	faults_ping_stop
 	gaps=$(faults_py ping-gaps "$log" "$kill_time")
 	note "ping: $gaps (from the kill); $first (from the restart)"
 	[[ $first =~ first_after\ ([0-9.]+) ]]
@@ -570,13 +573,10 @@ faults_server_endpoint() { wg show "$IF4" endpoints 2>/dev/null | cut -f2; }
 # faults_nat_event NAME BEFORE ACTION...: during a ping from the server side, run ACTION; the server must
 # learn a new endpoint (10.0.0.1:20002-20009, not BEFORE) and its pings resume within 3 s.
 faults_nat_event() {
-	local name=$1 before=$2 log ppid start endpoint i first gaps
+	local name=$1 before=$2 log start endpoint i first gaps
 	shift 2
-	log=$(mktemp "$FGT_LOGDIR/ping-nat-XXXXXX")
-	in_ns "$NS2" timeout --foreground 20 ping -n -D -i 0.1 -W 1 -w 12 192.168.242.1 >"$log" 2>&1 &
-	ppid=$!
-	FGT_PIDS+=("$ppid")
-	sleep 1
+	faults_ping_start "$NS2" 192.168.242.1 0.1 12 20
+	log=$FAULTS_PING_LOG
 	must "$@"
 	start=$(faults_now)
 	for ((i = 0; i < 100; i++)); do
@@ -587,8 +587,7 @@ faults_nat_event() {
 	note "$name: the server saw the client move from $before to $endpoint after $(faults_elapsed_ms "$start") ms"
 	first=$(faults_wait_first_reply "$log" "$start" 50)
 	sleep 0.5
-	kill_pids "$ppid"
-	wait "$ppid" 2>/dev/null
+	faults_ping_stop
 	gaps=$(faults_py ping-gaps "$log" "$start")
 	note "$name: ping from the server side: $gaps"
 	[[ $first =~ first_after\ ([0-9.]+) ]]
@@ -642,9 +641,9 @@ faults_flood_stop() {
 # faults_traffic_flowing: IF1 receives data (its rx counter grows within 0.5 s).
 faults_traffic_flowing() {
 	local before after
-	before=$(faults_rx "$IF1")
+	before=$(wg_rx_bytes "$IF1")
 	sleep 0.5
-	after=$(faults_rx "$IF1")
+	after=$(wg_rx_bytes "$IF1")
 	FAULTS_FLOW=$((after - before))
 	fgt_log "IF1 rx grew by $FAULTS_FLOW bytes in 0.5 s"
 	((FAULTS_FLOW > 0))

@@ -101,7 +101,7 @@ flood_state() {
 flood_with_iperf() {
 	local n=$1 fpid mbits
 	in_ns "$NS0" timeout --foreground 30 nice -n 19 "$FLOOD_BIN" flood --target "127.0.0.1:${FLOOD_TEST_PORT:-2}" \
-		--target-public "$(flood_hex "$pub2")" --replay "$FLOOD_REPLAY" --seconds $((FLOOD_SECONDS + 2)) \
+		--target-public "$(key_hex "$pub2")" --replay "$FLOOD_REPLAY" --seconds $((FLOOD_SECONDS + 2)) \
 		--rate "${FGT_FLOOD_RATE:-20000}" --sources 64 --source-base 127.0.0.10 --ports 4 \
 		>"$FGT_LOGDIR/flood-$n.out" 2>>"$FGT_LOGDIR/flood-$n.log" &
 	fpid=$!
@@ -119,8 +119,6 @@ flood_sum() {
 
 # flood_best N...: the largest of the numbers.
 flood_best() { printf '%s\n' "$@" | sort -n | tail -n 1; }
-
-flood_hex() { base64 -d <<<"$1" | od -An -v -tx1 | tr -d ' \n'; }
 
 # flood_fresh_handshake: ns1 drops its session (peer removed, added again) and pings; prints the milliseconds
 # until ns2's daemon reports a new latest handshake, or "none" after 10 s.
@@ -154,8 +152,8 @@ scenario_flood() {
 	# handshake below comes seconds later, so it is strictly newer).
 	keyfile="$FGT_LOGDIR/initiator.key"
 	FLOOD_REPLAY="$FGT_LOGDIR/captured-initiation.hex"
-	(umask 077; flood_hex "$key1" >"$keyfile")
-	must "$FLOOD_BIN" capture --key-file "$keyfile" --peer-public "$(flood_hex "$pub2")" --out "$FLOOD_REPLAY"
+	(umask 077; key_hex "$key1" >"$keyfile")
+	must "$FLOOD_BIN" capture --key-file "$keyfile" --peer-public "$(key_hex "$pub2")" --out "$FLOOD_REPLAY"
 	rm -f -- "$keyfile"
 	sleep 0.1
 

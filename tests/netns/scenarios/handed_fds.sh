@@ -17,15 +17,6 @@
 
 HANDED_PY="$(dirname "$FGT_NET_PY")/scenarios/handed_fds.py"
 
-# handed_target: the number (1 or 2) of the first Ferroguard of the pair; false if there is none.
-handed_target() {
-	local n
-	for n in 1 2; do
-		[[ $(impl_kind "$n") == ferroguard ]] && { printf '%s' "$n"; return 0; }
-	done
-	return 1
-}
-
 # handed_start N IFNAME HELPER_OPTIONS...: implementation N started in ns0 through the helper; waits
 # (≤ 5 s) for the interface and for the socket to accept a connection.
 handed_start() {
@@ -82,7 +73,7 @@ handed_stop() {
 
 scenario_handed_fds() {
 	local n
-	if ! n=$(handed_target); then
+	if ! n=$(first_ferroguard); then
 		skip "handed_fds" "tests Ferroguard's handling of handed descriptors (no Ferroguard in the pair)"
 		return
 	fi

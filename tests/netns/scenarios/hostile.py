@@ -6,8 +6,8 @@
         127.0.0.1:B_PORT. Every datagram is appended to CAPTURE as "mode src_port dst_port hex".
         Commands on 127.0.0.1:CTRL_PORT (answered "ok"): "hold" (keep datagrams instead of forwarding
         them: a fresh, never-delivered datagram is what a forgery must not beat), "pass" (forward again),
-        "release" (forward the held datagrams now, from the relay's own address).
-    hostile.py ctrl CTRL_PORT COMMAND
+        "release" (forward the held datagrams now, from the relay's own address); sent with
+        "fgnet.py relay-ctrl CTRL_PORT COMMAND".
     hostile.py attack CAPTURE TARGET_PORT SOURCE_ADDR TARGET_PUBLIC_KEY_HEX
         Sends the junk corpus built from the datagrams captured towards TARGET_PORT to 127.0.0.1:TARGET_PORT
         from SOURCE_ADDR (any port), then listens 1 s for answers. Prints "sent N answers M kinds K ...".
@@ -70,10 +70,6 @@ class RecordingRelay(fgnet.PortPairRelay):
 def relay(listen, a_port, b_port, ctrl_port, capture, ready):
     with open(capture, "a") as log:
         RecordingRelay(listen, a_port, b_port, ctrl_port, log).serve(ready)
-
-
-def ctrl(ctrl_port, command):
-    return fgnet.ask(ctrl_port, command, timeout=2) == b"ok"
 
 
 def read_capture(capture, target_port):
@@ -294,7 +290,6 @@ def uapi_names():
 
 COMMANDS = {
     "relay": (relay, (int, int, int, int, str, str)),
-    "ctrl": (ctrl, (int, str)),
     "attack": (attack, (str, int, str, bytes.fromhex)),
     "uapi-names": (uapi_names, ()),
     "uapi-case": (uapi_case, (str, str, int)),

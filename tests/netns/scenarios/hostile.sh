@@ -26,19 +26,13 @@ HOSTILE_PY="$(dirname "${BASH_SOURCE[0]}")/hostile.py"
 HOSTILE_RELAY_PORT=10
 HOSTILE_CTRL_PORT=11
 
-# hostile_relay_start: the relay in ns0 between ports 1 and 2; sets HOSTILE_CAPTURE.
+# hostile_relay_start: the recording relay in ns0 between ports 1 and 2; sets HOSTILE_CAPTURE.
 hostile_relay_start() {
-	local ready pid
-	ready=$(mktemp -u "$FGT_LOGDIR/relay-ready-XXXXXX")
 	HOSTILE_CAPTURE="$FGT_LOGDIR/relay-capture.txt"
-	in_ns "$NS0" timeout --foreground 140 python3 "$HOSTILE_PY" relay "$HOSTILE_RELAY_PORT" 1 2 \
-		"$HOSTILE_CTRL_PORT" "$HOSTILE_CAPTURE" "$ready" 2>>"$FGT_LOGDIR/relay.log" &
-	pid=$!
-	FGT_PIDS+=("$pid")
-	wait_ready_file "$ready" "$pid" relay
+	relay_start "$HOSTILE_PY" "$HOSTILE_RELAY_PORT" 1 2 "$HOSTILE_CTRL_PORT" "$HOSTILE_CAPTURE"
 }
 
-hostile_relay() { in_ns "$NS0" timeout --foreground 5 python3 "$HOSTILE_PY" ctrl "$HOSTILE_CTRL_PORT" "$1"; }
+hostile_relay() { relay_ctrl "$HOSTILE_CTRL_PORT" "$1"; }
 
 # hostile_counter_setup NS IFNAME: a named nftables counter of every packet coming in from the tunnel.
 hostile_counter_setup() {
@@ -60,21 +54,15 @@ hostile_delivered() {
 	[[ $out =~ packets\ ([0-9]+) ]] && printf '%s' "${BASH_REMATCH[1]}" || printf 'unknown'
 }
 
-# hostile_rx IFNAME: received bytes of its only peer.
-hostile_rx() { wg show "$1" transfer 2>/dev/null | awk -F'\t' 'NR == 1 { print $2 }'; }
-
 # hostile_answers_none SUMMARY: the attacker's summary says no datagram came back.
 hostile_answers_none() { [[ $1 =~ answers\ 0\  ]]; }
 
 # hostile_state: one line with what must not change during the attack.
 hostile_state() {
 	printf 'ns1 delivered %s rx %s endpoint %s | ns2 delivered %s rx %s endpoint %s' \
-		"$(hostile_delivered "$NS1")" "$(hostile_rx "$IF1")" "$(wg show "$IF1" endpoints | cut -f2)" \
-		"$(hostile_delivered "$NS2")" "$(hostile_rx "$IF2")" "$(wg show "$IF2" endpoints | cut -f2)"
+		"$(hostile_delivered "$NS1")" "$(wg_rx_bytes "$IF1")" "$(wg show "$IF1" endpoints | cut -f2)" \
+		"$(hostile_delivered "$NS2")" "$(wg_rx_bytes "$IF2")" "$(wg show "$IF2" endpoints | cut -f2)"
 }
-
-# hostile_hex BASE64KEY: the key in hex.
-hostile_hex() { base64 -d <<<"$1" | od -An -v -tx1 | tr -d ' \n'; }
 
 # hostile_drops_logged N IFNAME ATTACKER SUMMARY: Ferroguard logs every dropped datagram at trace level with
 # its reason; every non-empty datagram of the attack must have been looked at and dropped (this shows the
@@ -114,9 +102,9 @@ hostile_transport() {
 	before=$(hostile_state)
 	note "before the attack: $before"
 	summary1=$(in_ns "$NS0" timeout --foreground 30 python3 "$HOSTILE_PY" attack "$HOSTILE_CAPTURE" 1 127.0.0.5 \
-		"$(hostile_hex "$pub1")" 2>>"$FGT_LOGDIR/attack.log")
+		"$(key_hex "$pub1")" 2>>"$FGT_LOGDIR/attack.log")
 	summary2=$(in_ns "$NS0" timeout --foreground 30 python3 "$HOSTILE_PY" attack "$HOSTILE_CAPTURE" 2 127.0.0.6 \
-		"$(hostile_hex "$pub2")" 2>>"$FGT_LOGDIR/attack.log")
+		"$(key_hex "$pub2")" 2>>"$FGT_LOGDIR/attack.log")
 	note "attack on ns1's daemon: $summary1"
 	note "attack on ns2's daemon: $summary2"
 	sleep 0.5
@@ -153,7 +141,7 @@ hostile_transport() {
 # hostile_secret_forms BASE64KEY: the strings that must never be logged.
 hostile_secret_forms() {
 	local hex upper
-	hex=$(hostile_hex "$1")
+	hex=$(key_hex "$1")
 	upper=${hex^^}
 	printf '%s\n' "$1" "$hex" "$upper" "${hex:0:16}" "${upper:0:16}"
 }
@@ -237,7 +225,7 @@ FGT_UNSUPPORTED[wireguard-go:atomic_set]="wireguard-go applies the lines of a se
 # hostile_uapi_case INDEX BEFORE: case INDEX is refused (errno=-N or closed) and wg showconf still gives BEFORE.
 hostile_uapi_case() {
 	local out after
-	out=$(timeout --foreground 20 python3 "$HOSTILE_PY" uapi-case "$(sock_path "$IF1")" "$(hostile_hex "$pub2")" "$1" \
+	out=$(timeout --foreground 20 python3 "$HOSTILE_PY" uapi-case "$(sock_path "$IF1")" "$(key_hex "$pub2")" "$1" \
 		2>>"$FGT_LOGDIR/uapi-corpus.log")
 	fgt_log "answer: $out"
 	[[ $out == "ok "* ]] || return 1
@@ -265,10 +253,13 @@ hostile_uapi_corpus() {
 	check "hostile: the daemon still runs after the corpus" pid_running "${FGT_DAEMON_PID[$IF1]}"
 }
 
-# hostile_beside_stalled_client MODE SECONDS: how long wg show takes (ms, into HOSTILE_ELAPSED) while another
-# client holds a connection with an unfinished request for SECONDS (MODE: silent or trickle, see hostile.py).
+# hostile_beside_stalled_client MODE SECONDS [stop]: how long wg show takes (ms, into HOSTILE_ELAPSED) while
+# another client holds a connection with an unfinished request for SECONDS (MODE: silent or trickle, see
+# hostile.py). Then the client is left to end by itself and report how it ended, or with "stop" it is stopped
+# once wg show has answered (a silent client never learns whether the daemon cut it off: its report would say
+# nothing, and waiting for it would only cost time).
 hostile_beside_stalled_client() {
-	local mode=$1 seconds=$2 ready pid start out
+	local mode=$1 seconds=$2 stop=${3:-} ready pid start out client
 	ready=$(mktemp -u "$FGT_LOGDIR/stall-ready-XXXXXX")
 	timeout --foreground $((seconds + 10)) python3 "$HOSTILE_PY" stall "$(sock_path "$IF1")" "$mode" "$seconds" \
 		"$ready" >"$FGT_LOGDIR/stall-$mode.out" 2>&1 &
@@ -280,17 +271,25 @@ hostile_beside_stalled_client() {
 	out=$(timeout --foreground $((seconds + 10)) wg show "$IF1" listen-port 2>&1)
 	HOSTILE_ELAPSED=$((($(date +%s%N) - start) / 1000000))
 	[[ -e $ready && $out =~ ^[0-9]+$ ]] || HOSTILE_ELAPSED=unanswered
-	wait_pid_exit "$pid" $((seconds + 5)) || kill_pids "$pid"
+	if [[ $stop == stop ]]; then
+		kill_pids "$pid"
+		client="stopped after wg show answered"
+	else
+		wait_pid_exit "$pid" $((seconds + 5)) || kill_pids "$pid"
+		client=$(<"$FGT_LOGDIR/stall-$mode.out")
+	fi
 	wait "$pid" 2>/dev/null
-	note "wg show beside a $mode client: $HOSTILE_ELAPSED ms; the client: $(<"$FGT_LOGDIR/stall-$mode.out")"
+	note "wg show beside a $mode client: $HOSTILE_ELAPSED ms; the client: $client"
 }
 
 # hostile_stalled_clients: a client that stops in the middle of a request never delays another client: wg
 # show answers within 3 s while it holds its connection for 12 s (Ferroguard cuts it after 10 s without
-# progress; a server serving connections one after another would answer only then, after about 11.5 s).
+# progress; a server serving connections one after another would answer only then, after about 11.5 s). The
+# silent client is stopped once wg show has answered: whether it answered at once or only after the client
+# left is what the check measures.
 # A client that trickles a byte every 2 s is measured, not checked (only root can connect).
 hostile_stalled_clients() {
-	hostile_beside_stalled_client silent 12
+	hostile_beside_stalled_client silent 12 stop
 	if supported concurrent_uapi "hostile: wg show answers within 3 s beside a client silent mid-request" 1; then
 		check "hostile: wg show answers within 3 s beside a client silent mid-request" \
 			eval '[[ $HOSTILE_ELAPSED =~ ^[0-9]+$ ]] && ((HOSTILE_ELAPSED < 3000))'

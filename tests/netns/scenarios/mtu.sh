@@ -39,10 +39,7 @@ mtu_links() {
 	topo_veth
 	must ip1 addr add 10.0.0.1/24 dev veth1
 	must ip2 addr add 10.0.0.2/24 dev veth2
-	must ip1 link set veth1 up
-	must ip2 link set veth2 up
-	must wait_iface_up "$NS1" veth1
-	must wait_iface_up "$NS2" veth2
+	veths_up
 }
 
 # mtu_outer FAMILY: both peers' endpoints over that family of the underlay.
@@ -108,17 +105,18 @@ mtu_tcp() {
 
 # mtu_udp NAME_A NS_A ADDR_A NAME_B NS_B ADDR_B SIZE_A SIZE_B: numbered datagrams to ADDR_A (in NS_A, sent from
 # NS_B) and to ADDR_B (in NS_B, sent from NS_A) at once.
+# Each receiver listens up to 2 s, or until every datagram arrived intact (the check counts no duplicates).
 mtu_udp() {
 	local name_a=$1 ns_a=$2 addr_a=$3 name_b=$4 ns_b=$5 addr_b=$6 size_a=$7 size_b=$8 seconds out_a out_b
 	local ready_a ready_b pid_a pid_b spid
 	seconds=$((MTU_UDP_COUNT / 1000 + 2))
 	out_a=$(mktemp "$FGT_LOGDIR/udp-recv-XXXXXX") out_b=$(mktemp "$FGT_LOGDIR/udp-recv-XXXXXX")
 	ready_a=$(mktemp -u "$FGT_LOGDIR/udp-ready-XXXXXX") ready_b=$(mktemp -u "$FGT_LOGDIR/udp-ready-XXXXXX")
-	in_ns "$ns_a" timeout --foreground $((seconds + 5)) python3 "$FGT_NET_PY" udp-recv "$addr_a" 5402 "$ready_a" \
-		"$seconds" >"$out_a" &
+	in_ns "$ns_a" timeout --foreground $((seconds + 5)) python3 "$FGT_NET_PY" udp-recv-all "$addr_a" 5402 \
+		"$ready_a" "$seconds" "$MTU_UDP_COUNT" >"$out_a" &
 	pid_a=$!
-	in_ns "$ns_b" timeout --foreground $((seconds + 5)) python3 "$FGT_NET_PY" udp-recv "$addr_b" 5402 "$ready_b" \
-		"$seconds" >"$out_b" &
+	in_ns "$ns_b" timeout --foreground $((seconds + 5)) python3 "$FGT_NET_PY" udp-recv-all "$addr_b" 5402 \
+		"$ready_b" "$seconds" "$MTU_UDP_COUNT" >"$out_b" &
 	pid_b=$!
 	FGT_PIDS+=("$pid_a" "$pid_b")
 	must wait_ready_file "$ready_a" "$pid_a"

@@ -27,15 +27,6 @@ PRIVDROP_USER=nobody
 PRIVDROP_KEPT_CAPS=0000000000001400
 PRIVDROP_PARENT_CAPS=0000000000000020
 
-# privdrop_target: the number (1 or 2) of the first Ferroguard of the pair; false if there is none.
-privdrop_target() {
-	local n
-	for n in 1 2; do
-		[[ $(impl_kind "$n") == ferroguard ]] && { printf '%s' "$n"; return 0; }
-	done
-	return 1
-}
-
 # privdrop_status PID FIELD: the value of FIELD in /proc/PID/status (tabs and trailing blanks squeezed).
 privdrop_status() {
 	awk -v f="$2:" '$1 == f { $1 = ""; sub(/^ +/, ""); print }' "/proc/$1/status" 2>/dev/null
@@ -155,7 +146,7 @@ privdrop_detached() {
 
 scenario_privdrop() {
 	local n ifname parent worker ns_dropped ns_other addr_dropped addr_other
-	if ! n=$(privdrop_target); then
+	if ! n=$(first_ferroguard); then
 		skip "privdrop" "--user is Ferroguard's own option (wireguard-go has none)"
 		return
 	fi

@@ -46,10 +46,7 @@ wgq_veth() {
 	must ip1 addr add fd99::1/64 dev veth1 nodad
 	must ip2 addr add 10.0.0.2/24 dev veth2
 	must ip2 addr add fd99::2/64 dev veth2 nodad
-	must ip1 link set veth1 up
-	must ip2 link set veth2 up
-	must wait_iface_up "$NS1" veth1
-	must wait_iface_up "$NS2" veth2
+	veths_up
 }
 
 # wgq_write_conf FILE PRIVATE-KEY ADDRESSES PORT PEER-PUB ENDPOINT ALLOWED-IPS: a wg-quick configuration
