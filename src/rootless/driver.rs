@@ -29,6 +29,9 @@ use super::http_connect;
 use super::socks5::{self, Parse, Reply, Target};
 use super::stack::PacketPipe;
 
+mod socks_udp;
+use socks_udp::SocksRelay;
+
 const PIPE: Token = Token(0);
 /// Tokens of listeners and UDP forward sockets: `LISTENER_BASE + index`.
 const LISTENER_BASE: usize = 1;
@@ -105,6 +108,11 @@ enum Phase {
     Open,
     /// Writing a last answer to the client, then closing.
     Closing,
+    /// The control connection of a SOCKS5 UDP ASSOCIATE: the relay (keyed
+    /// by its socket's token) lives as long as this connection.
+    UdpControl {
+        relay: usize,
+    },
 }
 
 struct Conn {
@@ -130,7 +138,10 @@ struct Conn {
 
 impl Conn {
     fn is_half_open(&self) -> bool {
-        !matches!(self.phase, Phase::Open | Phase::Closing)
+        !matches!(
+            self.phase,
+            Phase::Open | Phase::Closing | Phase::UdpControl { .. }
+        )
     }
 }
 
@@ -180,6 +191,8 @@ pub struct Driver {
     udp_forwards: Vec<UdpForward>,
     reverse: Vec<ReverseForward>,
     conns: HashMap<usize, Conn>,
+    /// SOCKS5 UDP relays, by the token of their local UDP socket.
+    relays: HashMap<usize, SocksRelay>,
     /// Stack sockets of closed connections, finishing their close.
     lingering: Vec<(SocketHandle, Instant)>,
     dns: Option<SocketHandle>,
@@ -211,6 +224,7 @@ impl Driver {
             udp_forwards: Vec::new(),
             reverse: Vec::new(),
             conns: HashMap::new(),
+            relays: HashMap::new(),
             lingering: Vec::new(),
             dns: None,
             budget: Budget {
@@ -335,6 +349,8 @@ impl Driver {
                         if let Some(conn) = self.conns.get_mut(&t) {
                             conn.readable |= event.is_readable() || event.is_read_closed();
                             conn.writable |= event.is_writable() || event.is_write_closed();
+                        } else if self.relays.contains_key(&t) {
+                            self.on_relay_ready(t);
                         }
                     }
                     Token(t) => self.on_listener_ready(t - LISTENER_BASE),
@@ -361,6 +377,8 @@ impl Driver {
             moved |= self.service(token);
         }
         self.relay_udp_from_tunnel();
+        self.check_relay_lookups();
+        self.relay_socks_udp_from_tunnel();
         self.expire();
         let now = self.now();
         moved |= self.iface.poll(now, &mut self.pipe, &mut self.sockets)
@@ -533,6 +551,7 @@ impl Driver {
             PhaseKind::LocalConnecting => self.check_local_connect(token),
             PhaseKind::Open => self.pump(token),
             PhaseKind::Closing => self.flush_then_close(token),
+            PhaseKind::UdpControl => self.watch_udp_control(token),
         }
     }
 
@@ -662,11 +681,11 @@ impl Driver {
             Ok(Parse::Incomplete) => {}
             Ok(Parse::Done(request, used)) => {
                 conn.inbound.drain(..used);
-                if request.command != socks5::Command::Connect {
-                    self.fail(token, Reply::CommandNotSupported);
-                    return;
+                match request.command {
+                    socks5::Command::Connect => self.open_target(token, request.target),
+                    socks5::Command::UdpAssociate => self.start_udp_relay(token, &request.target),
+                    _ => self.fail(token, Reply::CommandNotSupported),
                 }
-                self.open_target(token, request.target);
             }
             Err(e) => {
                 log::debug!("connection {token}: SOCKS5 request refused: {e}");
@@ -721,13 +740,7 @@ impl Driver {
                     self.fail(token, Reply::HostUnreachable);
                     return;
                 };
-                let query_type = if self.has_v4 {
-                    DnsQueryType::A
-                } else {
-                    DnsQueryType::Aaaa
-                };
-                let socket = self.sockets.get_mut::<dns::Socket>(dns_handle);
-                match socket.start_query(self.iface.context(), &name, query_type) {
+                match self.start_lookup(dns_handle, &name) {
                     Ok(query) => {
                         if let Some(conn) = self.conns.get_mut(&token) {
                             conn.phase = Phase::Resolving { query, port };
@@ -740,6 +753,22 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Starts a lookup of `name` through the tunnel's DNS server: A if the
+    /// interface has an IPv4 address, else AAAA.
+    fn start_lookup(
+        &mut self,
+        dns_handle: SocketHandle,
+        name: &str,
+    ) -> Result<QueryHandle, dns::StartQueryError> {
+        let query_type = if self.has_v4 {
+            DnsQueryType::A
+        } else {
+            DnsQueryType::Aaaa
+        };
+        let socket = self.sockets.get_mut::<dns::Socket>(dns_handle);
+        socket.start_query(self.iface.context(), name, query_type)
     }
 
     fn check_resolution(&mut self, token: usize) -> bool {
@@ -978,6 +1007,9 @@ impl Driver {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Phase::UdpControl { relay } = conn.phase {
+            self.remove_relay(relay);
+        }
         if let (Phase::Resolving { query, .. }, Some(dns_handle)) = (&conn.phase, self.dns) {
             self.sockets
                 .get_mut::<dns::Socket>(dns_handle)
@@ -1111,7 +1143,7 @@ impl Driver {
             existing.last_used = Instant::now();
             return Some(existing.handle);
         }
-        let total: usize = self.udp_forwards.iter().map(|f| f.associations.len()).sum();
+        let total = self.udp_association_count();
         if total >= self.limits.max_udp_associations {
             log::warn!(
                 "refusing UDP from {client}: {} associations open (MaxUdpAssociations)",
@@ -1119,6 +1151,27 @@ impl Driver {
             );
             return None;
         }
+        let handle = self.new_udp_socket()?;
+        self.udp_forwards[index].associations.insert(
+            client,
+            Association {
+                handle,
+                last_used: Instant::now(),
+            },
+        );
+        Some(handle)
+    }
+
+    /// UDP associations of every kind: UDP forward clients and SOCKS5
+    /// relays (`MaxUdpAssociations` bounds their sum).
+    fn udp_association_count(&self) -> usize {
+        let forwards: usize = self.udp_forwards.iter().map(|f| f.associations.len()).sum();
+        forwards + self.relays.len()
+    }
+
+    /// A stack UDP socket on an ephemeral port, with the buffers of one
+    /// association.
+    fn new_udp_socket(&mut self) -> Option<SocketHandle> {
         let buffer = || {
             udp::PacketBuffer::new(
                 vec![udp::PacketMetadata::EMPTY; UDP_SLOTS],
@@ -1128,15 +1181,7 @@ impl Driver {
         let mut socket = udp::Socket::new(buffer(), buffer());
         let port = self.ephemeral_port();
         socket.bind(port).ok()?;
-        let handle = self.sockets.add(socket);
-        self.udp_forwards[index].associations.insert(
-            client,
-            Association {
-                handle,
-                last_used: Instant::now(),
-            },
-        );
-        Some(handle)
+        Some(self.sockets.add(socket))
     }
 
     fn relay_udp_from_tunnel(&mut self) {
@@ -1170,6 +1215,7 @@ impl Driver {
                 alive
             });
         }
+        self.expire_relays(now, idle);
         let mut released = 0;
         let sockets = &mut self.sockets;
         self.lingering.retain(|(handle, since)| {
@@ -1197,6 +1243,7 @@ enum PhaseKind {
     LocalConnecting,
     Open,
     Closing,
+    UdpControl,
 }
 
 fn phase_kind(phase: &Phase) -> PhaseKind {
@@ -1209,6 +1256,7 @@ fn phase_kind(phase: &Phase) -> PhaseKind {
         Phase::LocalConnecting => PhaseKind::LocalConnecting,
         Phase::Open => PhaseKind::Open,
         Phase::Closing => PhaseKind::Closing,
+        Phase::UdpControl { .. } => PhaseKind::UdpControl,
     }
 }
 
@@ -1223,6 +1271,7 @@ fn phase_name(phase: &Phase) -> &'static str {
         Phase::LocalConnecting => "local-connecting",
         Phase::Open => "open",
         Phase::Closing => "closing",
+        Phase::UdpControl { .. } => "udp-control",
     }
 }
 

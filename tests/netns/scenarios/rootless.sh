@@ -13,12 +13,15 @@
 #      through the tunnel's DNS server), the local TCP forward and the reverse forward fetch it too: the
 #      sha256 matches each time;
 #   3. iperf3 through the local forward (ns1 -> ns2) and through the reverse forward (ns2 -> ns1);
-#   4. a UDP forward carries DNS queries to the resolver behind the peer; ping reaches the stack;
+#   4. a UDP forward carries DNS queries to the resolver behind the peer; SOCKS5 UDP ASSOCIATE carries 20
+#      numbered DNS queries to it, addressed by IP and by name (resolved through the tunnel), drops a fragment
+#      and ends with its control connection; ping reaches the stack;
 #   5. 200 connections at once through the forward all complete; with MaxConnections held, the next one is
 #      refused and the held ones keep working;
 #   6. a second instance with small limits: TotalBuffers and MaxHalfOpen each refuse the next connection
 #      cleanly while the others work, and serve again once released; MaxUdpAssociations refuses a second
-#      client until the first association's lifetime (UdpIdleTimeout) has passed;
+#      client, and a SOCKS5 UDP ASSOCIATE, until the first association's lifetime (UdpIdleTimeout) has
+#      passed; then a SOCKS5 association is served, and closed after UdpIdleTimeout without traffic;
 #   7. SIGTERM: exit status 0, the socket file removed, the UDP port free, no process left.
 
 ROOTLESS_USER=nobody
@@ -220,6 +223,10 @@ MaxHalfOpen = 256"
 	check "rootless: iperf3 through the reverse forward" rootless_iperf "$NS2" reverse -c 192.168.241.1 -p 5202
 	check "rootless: the UDP forward carries a DNS query and its answer" \
 		eval '[[ $(n1 python3 "$ROOTLESS_PY" dns-query 127.0.0.1 5353 files.test 3) == 192.168.241.2 ]]'
+	check "rootless: SOCKS5 UDP ASSOCIATE: 20 DNS queries to 192.168.241.2:53, fragment dropped, ends with TCP" \
+		n1 timeout --foreground 30 python3 "$ROOTLESS_PY" socks-udp 127.0.0.1 1080 192.168.241.2 53 20 0
+	check "rootless: SOCKS5 UDP ASSOCIATE: 20 DNS queries to dns.test:53 (resolved through the tunnel)" \
+		n1 timeout --foreground 30 python3 "$ROOTLESS_PY" socks-udp 127.0.0.1 1080 dns.test 53 20 0
 	check "rootless: 200 connections at once through the forward all complete" \
 		n1 timeout --foreground 90 python3 "$ROOTLESS_PY" concurrent 127.0.0.1 7000 200 20000
 	check "rootless: MaxConnections (210) held: the next is refused, the held ones work, then served again" \
@@ -254,6 +261,11 @@ UdpIdleTimeout = 2"
 	sleep 3
 	check "rootless: after UdpIdleTimeout the second client is answered" \
 		eval '[[ $(n1 python3 "$ROOTLESS_PY" dns-query 127.0.0.1 5354 c.test 3) == 192.168.241.2 ]]'
+	check "rootless: MaxUdpAssociations: a SOCKS5 UDP ASSOCIATE is refused while that association lives" \
+		n1 timeout --foreground 10 python3 "$ROOTLESS_PY" socks-udp-refused 127.0.0.1 1081
+	sleep 3
+	check "rootless: then a SOCKS5 UDP association is served, and closed after UdpIdleTimeout (2 s) idle" \
+		n1 timeout --foreground 30 python3 "$ROOTLESS_PY" socks-udp 127.0.0.1 1081 192.168.241.2 53 5 2
 	check "rootless: each limit's refusal is logged" eval \
 		'grep -q TotalBuffers "$FGT_LOGDIR/daemon-rootless-small.log" &&
 		 grep -q MaxHalfOpen "$FGT_LOGDIR/daemon-rootless-small.log" &&
