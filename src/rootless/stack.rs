@@ -2,6 +2,14 @@
 //! [`Device`](phy::Device) whose packets come from and go to a unix
 //! datagram socket, the other end of which is the WireGuard runtime's
 //! "TUN device" (see docs/ROOTLESS.md, "Design").
+//!
+//! The pipe speaks the TUN device's offload format: each datagram is a
+//! virtio-net header and an IP packet, which may be a TCP super-packet of
+//! up to 64 KiB. What the stack sends in one poll is merged per TCP flow
+//! into super-packets ([`Coalescer`], the runtime's own GRO) and sent with
+//! [`PacketPipe::flush`]; the runtime splits them as it splits a TUN
+//! device's. What the runtime sends is split here the same way. So a full
+//! TCP window crosses the pipe in a few system calls, not one per segment.
 
 use std::collections::VecDeque;
 use std::io;
@@ -12,6 +20,21 @@ use smoltcp::iface::{Config, Interface};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+
+use crate::offload::{split, Coalescer, SegmentBatch, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use crate::sys::tun::TunOffloads;
+
+/// The offloads the pipe's runtime end is set up with: the virtio-net
+/// header and TCP segmentation (no UDP segmentation: the stack's UDP
+/// traffic is small).
+pub const PIPE_OFFLOADS: TunOffloads = TunOffloads {
+    vnet_hdr: true,
+    tso: true,
+    uso: false,
+};
+
+/// The largest datagram on the pipe: a header and a 64 KiB super-packet.
+const MAX_DATAGRAM: usize = VIRTIO_NET_HDR_LEN + 65535;
 
 /// Packets read from the pipe per round at most, so that the listeners and
 /// connections get their turn under a flood.
@@ -26,6 +49,12 @@ const FULL_PIPE_PATIENCE: Duration = Duration::from_millis(20);
 pub struct PacketPipe {
     socket: UnixDatagram,
     received: VecDeque<Vec<u8>>,
+    read_buf: Vec<u8>,
+    segments: SegmentBatch,
+    /// What the stack sent since the last flush, merged per flow.
+    outgoing: Coalescer,
+    /// Where smoltcp writes the packet it sends.
+    scratch: Vec<u8>,
     mtu: usize,
     /// The last read stopped at [`READ_BATCH`], not at an empty pipe.
     pub more_to_read: bool,
@@ -40,6 +69,10 @@ impl PacketPipe {
         Ok(PacketPipe {
             socket,
             received: VecDeque::new(),
+            read_buf: vec![0u8; MAX_DATAGRAM],
+            segments: SegmentBatch::new(),
+            outgoing: Coalescer::new(false),
+            scratch: Vec::new(),
             mtu,
             more_to_read: false,
             dropped: 0,
@@ -51,15 +84,14 @@ impl PacketPipe {
         &self.socket
     }
 
-    /// Reads the packets waiting in the pipe (up to a batch). An error
-    /// other than "nothing waiting" means the runtime is gone.
+    /// Reads the packets waiting in the pipe (up to a batch), splitting
+    /// super-packets. An error other than "nothing waiting" means the
+    /// runtime is gone.
     pub fn read_waiting(&mut self) -> io::Result<()> {
         self.more_to_read = false;
-        let mut buf = vec![0u8; self.mtu.max(1500) + 64];
         for _ in 0..READ_BATCH {
-            match self.socket.recv(&mut buf) {
-                Ok(0) => continue,
-                Ok(n) => self.received.push_back(buf[..n].to_vec()),
+            match self.socket.recv(&mut self.read_buf) {
+                Ok(n) => self.take_datagram(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -67,6 +99,33 @@ impl PacketPipe {
         }
         self.more_to_read = true;
         Ok(())
+    }
+
+    /// Queues the packets of the `n`-byte datagram in `read_buf` (one, or
+    /// the segments of a super-packet); a malformed one is dropped.
+    fn take_datagram(&mut self, n: usize) {
+        let datagram = &self.read_buf[..n];
+        let Ok(header) = VirtioNetHdr::decode(datagram) else {
+            return;
+        };
+        let packet = &datagram[VIRTIO_NET_HDR_LEN..];
+        if split(&header, packet, &mut self.segments).is_err() {
+            log::trace!("dropped a malformed {n}-byte datagram from the runtime");
+            return;
+        }
+        self.received
+            .extend(self.segments.packets().map(<[u8]>::to_vec));
+    }
+
+    /// Sends what the stack produced since the last flush. Call it after
+    /// every poll of the interface.
+    pub fn flush(&mut self) {
+        for datagram in self.outgoing.finish() {
+            if !send_patiently(&self.socket, datagram) {
+                self.dropped += 1;
+            }
+        }
+        self.outgoing.clear();
     }
 }
 
@@ -103,10 +162,10 @@ pub fn interface(
 /// A received packet, handed to the stack.
 pub struct RxToken(Vec<u8>);
 
-/// Room for one packet to send into the pipe.
+/// Room for one packet to send (queued until [`PacketPipe::flush`]).
 pub struct TxToken<'a> {
-    socket: &'a UnixDatagram,
-    dropped: &'a mut u64,
+    outgoing: &'a mut Coalescer,
+    scratch: &'a mut Vec<u8>,
 }
 
 impl phy::RxToken for RxToken {
@@ -117,11 +176,9 @@ impl phy::RxToken for RxToken {
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut packet = vec![0u8; len];
-        let result = f(&mut packet);
-        if !send_patiently(self.socket, &packet) {
-            *self.dropped += 1;
-        }
+        self.scratch.resize(len, 0);
+        let result = f(&mut self.scratch[..len]);
+        self.outgoing.push(&self.scratch[..len]);
         result
     }
 }
@@ -154,16 +211,16 @@ impl phy::Device for PacketPipe {
         Some((
             RxToken(packet),
             TxToken {
-                socket: &self.socket,
-                dropped: &mut self.dropped,
+                outgoing: &mut self.outgoing,
+                scratch: &mut self.scratch,
             },
         ))
     }
 
     fn transmit(&mut self, _now: SmolInstant) -> Option<TxToken<'_>> {
         Some(TxToken {
-            socket: &self.socket,
-            dropped: &mut self.dropped,
+            outgoing: &mut self.outgoing,
+            scratch: &mut self.scratch,
         })
     }
 

@@ -336,7 +336,10 @@ impl Driver {
 
     /// Hands what the tunnel sent to each relay's client, with its header.
     pub(super) fn relay_socks_udp_from_tunnel(&mut self) {
-        let mut buf = vec![0u8; 65536];
+        if self.relays.is_empty() {
+            return;
+        }
+        let mut buf = self.datagram_buf();
         for relay in self.relays.values_mut() {
             let socket = self.sockets.get_mut::<udp::Socket>(relay.stack);
             while let Ok((n, meta)) = socket.recv_slice(&mut buf) {
@@ -351,6 +354,7 @@ impl Driver {
                 }
             }
         }
+        self.datagram = buf;
     }
 
     /// Closes the control connection of every relay idle for `idle`.
