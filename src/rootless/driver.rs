@@ -29,7 +29,9 @@ use super::http_connect;
 use super::socks5::{self, Parse, Reply, Target};
 use super::stack::PacketPipe;
 
+mod reverse_udp;
 mod socks_udp;
+use reverse_udp::ReverseUdp;
 use socks_udp::SocksRelay;
 
 const PIPE: Token = Token(0);
@@ -195,6 +197,10 @@ pub struct Driver {
     conns: HashMap<usize, Conn>,
     /// SOCKS5 UDP relays, by the token of their local UDP socket.
     relays: HashMap<usize, SocksRelay>,
+    reverse_udp: Vec<ReverseUdp>,
+    /// The local sockets of UDP reverse associations: token to the
+    /// forward's index and the tunnel endpoint.
+    reverse_udp_tokens: HashMap<usize, (usize, IpEndpoint)>,
     /// A buffer for one datagram, kept (zeroing 64 KiB per round of the
     /// event loop showed in profiles); see [`Driver::datagram_buf`].
     datagram: Vec<u8>,
@@ -230,6 +236,8 @@ impl Driver {
             reverse: Vec::new(),
             conns: HashMap::new(),
             relays: HashMap::new(),
+            reverse_udp: Vec::new(),
+            reverse_udp_tokens: HashMap::new(),
             datagram: Vec::new(),
             lingering: Vec::new(),
             dns: None,
@@ -266,6 +274,7 @@ impl Driver {
             });
         }
         driver.refill_reverse_listeners();
+        driver.bind_reverse_udp(&config.reverse_udp)?;
         Ok(driver)
     }
 
@@ -357,6 +366,8 @@ impl Driver {
                             conn.writable |= event.is_writable() || event.is_write_closed();
                         } else if self.relays.contains_key(&t) {
                             self.on_relay_ready(t);
+                        } else {
+                            self.on_reverse_udp_ready(t);
                         }
                     }
                     Token(t) => self.on_listener_ready(t - LISTENER_BASE),
@@ -386,6 +397,7 @@ impl Driver {
         self.relay_udp_from_tunnel();
         self.check_relay_lookups();
         self.relay_socks_udp_from_tunnel();
+        self.relay_reverse_udp_from_tunnel();
         self.expire();
         let now = self.now();
         moved |= self.iface.poll(now, &mut self.pipe, &mut self.sockets)
@@ -1170,16 +1182,25 @@ impl Driver {
         Some(handle)
     }
 
-    /// UDP associations of every kind: UDP forward clients and SOCKS5
-    /// relays (`MaxUdpAssociations` bounds their sum).
+    /// UDP associations of every kind: UDP forward clients, SOCKS5 relays
+    /// and UDP reverse forward endpoints (`MaxUdpAssociations` bounds their
+    /// sum).
     fn udp_association_count(&self) -> usize {
         let forwards: usize = self.udp_forwards.iter().map(|f| f.associations.len()).sum();
-        forwards + self.relays.len()
+        let reverse: usize = self.reverse_udp.iter().map(|r| r.associations()).sum();
+        forwards + self.relays.len() + reverse
     }
 
     /// A stack UDP socket on an ephemeral port, with the buffers of one
     /// association.
     fn new_udp_socket(&mut self) -> Option<SocketHandle> {
+        let port = self.ephemeral_port();
+        self.udp_socket_bound(IpListenEndpoint::from(port))
+    }
+
+    /// A stack UDP socket bound to `endpoint`, with the buffers of one
+    /// association.
+    fn udp_socket_bound(&mut self, endpoint: IpListenEndpoint) -> Option<SocketHandle> {
         let buffer = || {
             udp::PacketBuffer::new(
                 vec![udp::PacketMetadata::EMPTY; UDP_SLOTS],
@@ -1187,8 +1208,7 @@ impl Driver {
             )
         };
         let mut socket = udp::Socket::new(buffer(), buffer());
-        let port = self.ephemeral_port();
-        socket.bind(port).ok()?;
+        socket.bind(endpoint).ok()?;
         Some(self.sockets.add(socket))
     }
 
@@ -1236,6 +1256,7 @@ impl Driver {
             });
         }
         self.expire_relays(now, idle);
+        self.expire_reverse_udp(now, idle);
         let mut released = 0;
         let sockets = &mut self.sockets;
         self.lingering.retain(|(handle, since)| {

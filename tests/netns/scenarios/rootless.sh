@@ -5,7 +5,8 @@
 # its peer implementation 2 of the pair as a normal TUN daemon in ns2 (ferroguard, or wireguard-go in the
 # mixed pair), over a veth pair (ns1 192.168.1.1 <-> ns2 192.168.1.2). Behind the peer (ns2, on its tunnel
 # address 192.168.241.2, and fd41::2): an HTTP server with a 50 MB file (on both addresses), a DNS responder (names *.test), a sha256 sink
-# and an iperf3 server. In ns1, on loopback: an HTTP server and an iperf3 server for the reverse forwards.
+# and an iperf3 server. In ns1, on loopback: an HTTP server, an iperf3 server and a DNS responder (answering
+# 127.0.0.53) for the reverse forwards.
 #
 #   1. the mode runs as nobody with no capability (CapEff, CapPrm, CapBnd all 0) and prints its socket;
 #      wg show works against the socket through a mount namespace (unshare, as docs/ROOTLESS.md tells);
@@ -15,7 +16,8 @@
 #      IPv6 inside the tunnel: ping to the stack's fd41::1, the file through a forward to [fd41::2]:8000 and
 #      through SOCKS5 to [fd41::2];
 #   3. iperf3 through the local forward (ns1 -> ns2) and through the reverse forward (ns2 -> ns1);
-#   4. a UDP forward carries DNS queries to the resolver behind the peer; SOCKS5 UDP ASSOCIATE carries 20
+#   4. a UDP forward carries DNS queries to the resolver behind the peer, a UDP reverse forward carries the
+#      peer's queries to a resolver on ns1's loopback; SOCKS5 UDP ASSOCIATE carries 20
 #      numbered DNS queries to it, addressed by IP and by name (resolved through the tunnel), drops a fragment
 #      and ends with its control connection; ping reaches the stack;
 #   5. 200 connections at once through the forward all complete; with MaxConnections held, the next one is
@@ -183,12 +185,14 @@ scenario_rootless() {
 	rootless_background "$NS1" http1 python3 -m http.server --bind 127.0.0.1 9001 \
 		--directory "$ROOTLESS_DIR/files"
 	rootless_background "$NS1" iperf1 iperf3 -s -B 127.0.0.1 -p 5202
+	rootless_background "$NS1" dns1 python3 "$ROOTLESS_PY" dns-serve 127.0.0.1 5300 127.0.0.53 "$ready-dns1"
 	must wait_listening "$NS2" t 8000
 	must wait_listening "$NS2" t 7000
 	must wait_listening "$NS2" u 53
 	must wait_listening "$NS2" t 5201
 	must wait_listening "$NS1" t 9001
 	must wait_listening "$NS1" t 5202
+	must wait_listening "$NS1" u 5300
 
 	rootless_config "$ROOTLESS_DIR/main.conf" "$key1" "$pub2" "192.168.241.1/24, fd41::1/64" 51000 "
 [Forward]
@@ -199,6 +203,7 @@ TCP = 127.0.0.1:5201 -> 192.168.241.2:5201
 UDP = 127.0.0.1:5353 -> 192.168.241.2:53
 ReverseTCP = 9000 -> 127.0.0.1:9001
 ReverseTCP = 5202 -> 127.0.0.1:5202
+ReverseUDP = 5300 -> 127.0.0.1:5300
 
 [Socks5]
 Listen = 127.0.0.1:1080
@@ -235,6 +240,10 @@ MaxHalfOpen = 256"
 	check "rootless: iperf3 through the reverse forward" rootless_iperf "$NS2" reverse -c 192.168.241.1 -p 5202
 	check "rootless: the UDP forward carries a DNS query and its answer" \
 		eval '[[ $(n1 python3 "$ROOTLESS_PY" dns-query 127.0.0.1 5353 files.test 3) == 192.168.241.2 ]]'
+	check "rootless: the UDP reverse forward carries a DNS query from the peer to ns1's local resolver" \
+		eval '[[ $(n2 python3 "$ROOTLESS_PY" dns-query 192.168.241.1 5300 r.test 3) == 127.0.0.53 ]]'
+	check "rootless: the UDP reverse forward answers a second tunnel endpoint (its own association)" \
+		eval '[[ $(n2 python3 "$ROOTLESS_PY" dns-query 192.168.241.1 5300 s.test 3) == 127.0.0.53 ]]'
 	check "rootless: SOCKS5 UDP ASSOCIATE: 20 DNS queries to 192.168.241.2:53, fragment dropped, ends with TCP" \
 		n1 timeout --foreground 30 python3 "$ROOTLESS_PY" socks-udp 127.0.0.1 1080 192.168.241.2 53 20 0
 	check "rootless: SOCKS5 UDP ASSOCIATE: 20 DNS queries to dns.test:53 (resolved through the tunnel)" \
