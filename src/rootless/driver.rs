@@ -95,7 +95,10 @@ struct ReverseForward {
 enum Proxy {
     Plain,
     Socks5,
+    /// HTTP CONNECT.
     Http,
+    /// A plain HTTP request (absolute URI) passed on to its server.
+    HttpForward,
 }
 
 enum Phase {
@@ -735,6 +738,13 @@ impl Driver {
                         return;
                     }
                 }
+                if let Some(head) = request.forward {
+                    // A plain request: the rewritten head goes to the server
+                    // ahead of any body bytes already received, and no
+                    // "established" answer.
+                    conn.inbound.splice(0..0, head);
+                    conn.proxy = Proxy::HttpForward;
+                }
                 self.open_target(token, request.target);
             }
             Err(e) => {
@@ -845,6 +855,7 @@ impl Driver {
                         bound.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
                     )),
                     Proxy::Http => conn.outbound.extend_from_slice(http_connect::ESTABLISHED),
+                    Proxy::HttpForward => {}
                 }
                 conn.phase = Phase::Open;
                 conn.deadline = None;
@@ -905,7 +916,7 @@ impl Driver {
             Proxy::Socks5 => conn
                 .outbound
                 .extend_from_slice(&socks5::reply(reply, SocketAddr::from(([0, 0, 0, 0], 0)))),
-            Proxy::Http => conn.outbound.extend_from_slice(match reply {
+            Proxy::Http | Proxy::HttpForward => conn.outbound.extend_from_slice(match reply {
                 Reply::TtlExpired => http_connect::GATEWAY_TIMEOUT,
                 Reply::GeneralFailure => http_connect::UNAVAILABLE,
                 _ => http_connect::BAD_GATEWAY,

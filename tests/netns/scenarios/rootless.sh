@@ -10,9 +10,9 @@
 #
 #   1. the mode runs as nobody with no capability (CapEff, CapPrm, CapBnd all 0) and prints its socket;
 #      wg show works against the socket through a mount namespace (unshare, as docs/ROOTLESS.md tells);
-#   2. curl --socks5-hostname and curl -p --proxy (HTTP CONNECT) fetch the 50 MB file by name (resolved
-#      through the tunnel's DNS server), the local TCP forward and the reverse forward fetch it too: the
-#      sha256 matches each time;
+#   2. curl --socks5-hostname, curl -p --proxy (HTTP CONNECT) and curl --proxy (plain HTTP proxying) fetch the
+#      50 MB file by name (resolved through the tunnel's DNS server), the local TCP forward and the reverse
+#      forward fetch it too: the sha256 matches each time;
 #      IPv6 inside the tunnel: ping to the stack's fd41::1, the file through a forward to [fd41::2]:8000 and
 #      through SOCKS5 to [fd41::2];
 #   3. iperf3 through the local forward (ns1 -> ns2) and through the reverse forward (ns2 -> ns1);
@@ -226,6 +226,8 @@ MaxHalfOpen = 256"
 		rootless_fetch_ok "$NS1" http://files.test:8000/big.bin --socks5-hostname 127.0.0.1:1080
 	check "rootless: curl -p --proxy (HTTP CONNECT) fetches 50 MB by name, sha256 matches" \
 		rootless_fetch_ok "$NS1" http://files.test:8000/big.bin -p --proxy http://127.0.0.1:8118
+	check "rootless: curl --proxy (plain HTTP, absolute URI, no CONNECT) fetches 50 MB by name, sha256 matches" \
+		rootless_fetch_ok "$NS1" http://files.test:8000/big.bin --proxy http://127.0.0.1:8118
 	check "rootless: the local TCP forward carries 50 MB, sha256 matches" \
 		rootless_fetch_ok "$NS1" http://127.0.0.1:8080/big.bin
 	check "rootless: the reverse forward carries 50 MB from ns1's local server, sha256 matches" \
