@@ -314,6 +314,14 @@ pub fn reply(code: Reply, bound: SocketAddr) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The next number of a xorshift32 sequence (deterministic test input).
+    fn xorshift(state: &mut u32) -> u32 {
+        *state ^= *state << 13;
+        *state ^= *state >> 17;
+        *state ^= *state << 5;
+        *state
+    }
+
     #[test]
     fn greeting_reports_whether_the_method_is_offered() {
         assert_eq!(parse_greeting(&[5], 0), Ok(Parse::Incomplete));
@@ -395,14 +403,7 @@ mod tests {
         // Every input of up to 3 bytes, and random longer ones, parse without panicking.
         let mut state = 0x1234_5678_u32;
         for len in 0..300 {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    (state % 7) as u8
-                })
-                .collect();
+            let bytes: Vec<u8> = (0..len).map(|_| (xorshift(&mut state) % 7) as u8).collect();
             let _ = parse_request(&bytes);
             let _ = parse_greeting(&bytes, 0);
             let _ = parse_credentials(&bytes);
@@ -478,14 +479,12 @@ mod tests {
         for len in 0..400 {
             let bytes: Vec<u8> = (0..len)
                 .map(|i| {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    // Mostly small values, so that valid prefixes come up often.
+                    let r = xorshift(&mut state);
+                    // Small values first, so that valid prefixes come up often.
                     if i < 4 {
-                        (state % 5) as u8
+                        (r % 5) as u8
                     } else {
-                        state as u8
+                        r as u8
                     }
                 })
                 .collect();
