@@ -29,7 +29,8 @@
         Else the control connection is closed, and a query to the relay must go unanswered (the association
         ended with it). Prints each step; exit 1 if one failed.
   socks-udp-refused PROXY_ADDR PROXY_PORT
-        A UDP ASSOCIATE must be answered with a reply code other than 0 (succeeded); prints it.
+        A UDP ASSOCIATE must be answered with reply 1 (general failure: what a reached limit answers, where a
+        proxy without UDP ASSOCIATE would answer 7); prints it.
   The measurements of scripts/bench-rootless.sh:
   bench-serve ADDR PORT READY
         A TCP server (a thread per connection): a connection starts with "U" or "D" and an 8-byte count N;
@@ -347,7 +348,7 @@ def socks_udp_refused(proxy_addr, proxy_port):
     control, code, _relay = socks_udp_associate(proxy_addr, proxy_port)
     control.close()
     print("UDP ASSOCIATE: reply %d" % code)
-    return code != 0
+    return code == 1
 
 
 # ----- measurements (scripts/bench-rootless.sh) -----------------------------------------------------------
