@@ -391,7 +391,6 @@ impl Driver {
         let now = self.now();
         let mut moved = self.iface.poll(now, &mut self.pipe, &mut self.sockets)
             == smoltcp::iface::PollResult::SocketStateChanged;
-        self.pipe.flush();
         self.accept_reverse();
         let tokens: Vec<usize> = self.conns.keys().copied().collect();
         for token in tokens {
@@ -405,7 +404,6 @@ impl Driver {
         let now = self.now();
         moved |= self.iface.poll(now, &mut self.pipe, &mut self.sockets)
             == smoltcp::iface::PollResult::SocketStateChanged;
-        self.pipe.flush();
         moved
     }
 

@@ -4,12 +4,14 @@
 //! "TUN device" (see docs/ROOTLESS.md, "Design").
 //!
 //! The pipe speaks the TUN device's offload format: each datagram is a
-//! virtio-net header and an IP packet, which may be a TCP super-packet of
-//! up to 64 KiB. What the stack sends in one poll is merged per TCP flow
-//! into super-packets ([`Coalescer`], the runtime's own GRO) and sent with
-//! [`PacketPipe::flush`]; the runtime splits them as it splits a TUN
-//! device's. What the runtime sends is split here the same way. So a full
-//! TCP window crosses the pipe in a few system calls, not one per segment.
+//! virtio-net header and an IP packet. What the runtime sends may be a TCP
+//! super-packet of up to 64 KiB (its GRO merges what it decrypted), split
+//! here with the runtime's own `offload::split`: a full window from the
+//! peer crosses the pipe in a few system calls, not one per segment. What
+//! the stack sends goes one packet per datagram, with an empty header:
+//! merging it too was measured no faster, and it sent smoltcp's
+//! window-sized bursts to the wire at once, which a wireguard-go peer on a
+//! busy host dropped (docs/ROOTLESS.md, "Design").
 
 use std::collections::VecDeque;
 use std::io;
@@ -21,12 +23,12 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Med
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
-use crate::offload::{split, Coalescer, SegmentBatch, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use crate::offload::{split, SegmentBatch, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 use crate::sys::tun::TunOffloads;
 
 /// The offloads the pipe's runtime end is set up with: the virtio-net
-/// header and TCP segmentation (no UDP segmentation: the stack's UDP
-/// traffic is small).
+/// header and TCP segmentation, so that the runtime may write GRO
+/// super-packets (the stack itself sends none; no UDP segmentation).
 pub const PIPE_OFFLOADS: TunOffloads = TunOffloads {
     vnet_hdr: true,
     tso: true,
@@ -51,9 +53,7 @@ pub struct PacketPipe {
     received: VecDeque<Vec<u8>>,
     read_buf: Vec<u8>,
     segments: SegmentBatch,
-    /// What the stack sent since the last flush, merged per flow.
-    outgoing: Coalescer,
-    /// Where smoltcp writes the packet it sends.
+    /// Where smoltcp writes the packet it sends, after an empty header.
     scratch: Vec<u8>,
     mtu: usize,
     /// The last read stopped at [`READ_BATCH`], not at an empty pipe.
@@ -71,7 +71,6 @@ impl PacketPipe {
             received: VecDeque::new(),
             read_buf: vec![0u8; MAX_DATAGRAM],
             segments: SegmentBatch::new(),
-            outgoing: Coalescer::new(false),
             scratch: Vec::new(),
             mtu,
             more_to_read: false,
@@ -116,17 +115,6 @@ impl PacketPipe {
         self.received
             .extend(self.segments.packets().map(<[u8]>::to_vec));
     }
-
-    /// Sends what the stack produced since the last flush. Call it after
-    /// every poll of the interface.
-    pub fn flush(&mut self) {
-        for datagram in self.outgoing.finish() {
-            if !send_patiently(&self.socket, datagram) {
-                self.dropped += 1;
-            }
-        }
-        self.outgoing.clear();
-    }
 }
 
 /// The interface with our tunnel addresses, and default routes through it
@@ -162,10 +150,11 @@ pub fn interface(
 /// A received packet, handed to the stack.
 pub struct RxToken(Vec<u8>);
 
-/// Room for one packet to send (queued until [`PacketPipe::flush`]).
+/// Room for one packet to send into the pipe.
 pub struct TxToken<'a> {
-    outgoing: &'a mut Coalescer,
+    socket: &'a UnixDatagram,
     scratch: &'a mut Vec<u8>,
+    dropped: &'a mut u64,
 }
 
 impl phy::RxToken for RxToken {
@@ -176,9 +165,13 @@ impl phy::RxToken for RxToken {
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        self.scratch.resize(len, 0);
-        let result = f(&mut self.scratch[..len]);
-        self.outgoing.push(&self.scratch[..len]);
+        // An all-zero header: a whole packet, its checksums complete.
+        self.scratch.clear();
+        self.scratch.resize(VIRTIO_NET_HDR_LEN + len, 0);
+        let result = f(&mut self.scratch[VIRTIO_NET_HDR_LEN..]);
+        if !send_patiently(self.socket, self.scratch) {
+            *self.dropped += 1;
+        }
         result
     }
 }
@@ -211,16 +204,18 @@ impl phy::Device for PacketPipe {
         Some((
             RxToken(packet),
             TxToken {
-                outgoing: &mut self.outgoing,
+                socket: &self.socket,
                 scratch: &mut self.scratch,
+                dropped: &mut self.dropped,
             },
         ))
     }
 
     fn transmit(&mut self, _now: SmolInstant) -> Option<TxToken<'_>> {
         Some(TxToken {
-            outgoing: &mut self.outgoing,
+            socket: &self.socket,
             scratch: &mut self.scratch,
+            dropped: &mut self.dropped,
         })
     }
 
