@@ -332,8 +332,9 @@ def socks_udp(proxy_addr, proxy_port, target, tport, count, idle):
             closed = control.recv(16) == b""
         except (socket.timeout, ConnectionResetError):
             closed = False
-        print("idle: control connection %s after %.1f s" % ("closed" if closed else "OPEN", time.monotonic() - start))
-        ok &= fresh and closed and time.monotonic() - start >= idle - 0.5
+        waited = time.monotonic() - start
+        print("idle: control connection %s after %.1f s" % ("closed" if closed else "OPEN", waited))
+        ok &= fresh and closed and waited >= idle - 0.5
     else:
         control.close()
         time.sleep(0.5)

@@ -4,9 +4,9 @@
 # Scenario rootless: `ferroguard --rootless` (docs/ROOTLESS.md) run as nobody without any capability in ns1,
 # its peer implementation 2 of the pair as a normal TUN daemon in ns2 (ferroguard, or wireguard-go in the
 # mixed pair), over a veth pair (ns1 192.168.1.1 <-> ns2 192.168.1.2). Behind the peer (ns2, on its tunnel
-# address 192.168.241.2, and fd41::2): an HTTP server with a 50 MB file (on both addresses), a DNS responder (names *.test), a sha256 sink
-# and an iperf3 server. In ns1, on loopback: an HTTP server, an iperf3 server and a DNS responder (answering
-# 127.0.0.53) for the reverse forwards.
+# addresses 192.168.241.2 and fd41::2): an HTTP server with a 50 MB file (on both addresses), a DNS responder
+# (names *.test), a sha256 sink and an iperf3 server. In ns1, on loopback: an HTTP server, an iperf3 server
+# and a DNS responder (answering 127.0.0.53) for the reverse forwards.
 #
 #   1. the mode runs as nobody with no capability (CapEff, CapPrm, CapBnd all 0) and prints its socket;
 #      wg show works against the socket through a mount namespace (unshare, as docs/ROOTLESS.md tells);
@@ -17,9 +17,9 @@
 #      through SOCKS5 to [fd41::2];
 #   3. iperf3 through the local forward (ns1 -> ns2) and through the reverse forward (ns2 -> ns1);
 #   4. a UDP forward carries DNS queries to the resolver behind the peer, a UDP reverse forward carries the
-#      peer's queries to a resolver on ns1's loopback; SOCKS5 UDP ASSOCIATE carries 20
-#      numbered DNS queries to it, addressed by IP and by name (resolved through the tunnel), drops a fragment
-#      and ends with its control connection; ping reaches the stack;
+#      peer's queries to a resolver on ns1's loopback (two tunnel endpoints); SOCKS5 UDP ASSOCIATE carries 20
+#      numbered DNS queries to the resolver behind the peer, addressed by IP and by name (resolved through
+#      the tunnel), drops a fragment and ends with its control connection; ping reaches the stack;
 #   5. 200 connections at once through the forward all complete; with MaxConnections held, the next one is
 #      refused and the held ones keep working;
 #   6. a second instance with small limits: TotalBuffers and MaxHalfOpen each refuse the next connection
