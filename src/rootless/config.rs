@@ -37,6 +37,8 @@ pub struct RootlessConfig {
     pub forwards: Vec<Forward>,
     /// `[Forward] ReverseTCP`: tunnel port to local service.
     pub reverse: Vec<Reverse>,
+    /// `[Forward] ReverseUDP`: tunnel port to local service, for UDP.
+    pub reverse_udp: Vec<Reverse>,
     /// `[Socks5]`.
     pub socks5: Option<ProxyConfig>,
     /// `[HttpProxy]`.
@@ -215,6 +217,7 @@ struct Parser {
     peers: Vec<PeerConfig>,
     forwards: Vec<Forward>,
     reverse: Vec<Reverse>,
+    reverse_udp: Vec<Reverse>,
     socks5: Option<ProxyDraft>,
     http_proxy: Option<ProxyDraft>,
     limits: Limits,
@@ -376,7 +379,7 @@ impl Parser {
                 listen: parse_socket_addr(from)?,
                 target,
             }),
-            "reversetcp" => {
+            "reversetcp" | "reverseudp" => {
                 let (address, port) = match from.parse::<u16>() {
                     Ok(port) => (None, port),
                     Err(_) => {
@@ -387,15 +390,20 @@ impl Parser {
                 if port == 0 {
                     return Err("a reverse forward needs a port other than 0".into());
                 }
-                self.reverse.push(Reverse {
+                let reverse = Reverse {
                     address,
                     port,
                     target,
-                });
+                };
+                if key == "reversetcp" {
+                    self.reverse.push(reverse);
+                } else {
+                    self.reverse_udp.push(reverse);
+                }
             }
             _ => {
                 return Err(format!(
-                    "unknown key `{key}` in [Forward] (TCP, UDP, ReverseTCP)"
+                    "unknown key `{key}` in [Forward] (TCP, UDP, ReverseTCP, ReverseUDP)"
                 ))
             }
         }
@@ -413,11 +421,11 @@ impl Parser {
             let _ = peer;
             return Err(ConfigError("a [Peer] has no PublicKey".into()));
         }
-        for reverse in &self.reverse {
+        for reverse in self.reverse.iter().chain(&self.reverse_udp) {
             if let Some(ip) = reverse.address {
                 if !self.addresses.iter().any(|(a, _)| *a == ip) {
                     return Err(ConfigError(format!(
-                        "ReverseTCP address {ip} is not one of the interface's addresses"
+                        "reverse forward address {ip} is not one of the interface's addresses"
                     )));
                 }
             }
@@ -432,6 +440,7 @@ impl Parser {
             peers: self.peers,
             forwards: self.forwards,
             reverse: self.reverse,
+            reverse_udp: self.reverse_udp,
             socks5: self.socks5.map(|d| finish_proxy(d, "Socks5")).transpose()?,
             http_proxy: self
                 .http_proxy
@@ -658,7 +667,8 @@ mod tests {
              [Peer]\npublickey = {KEY_B}\nPresharedKey = {KEY_A}\nEndpoint = 192.0.2.1:51820\n\
              AllowedIPs = 10.0.0.0/24, fd00::/64\nPersistentKeepalive = 25\n\n\
              [Forward]\nTCP = 127.0.0.1:8080 -> 10.0.0.1:80\nUDP = 127.0.0.1:5353 -> 10.0.0.1:53\n\
-             ReverseTCP = 9000 -> 127.0.0.1:9000\nReverseTCP = 10.0.0.2:9001 -> [::1]:22\n\n\
+             ReverseTCP = 9000 -> 127.0.0.1:9000\nReverseTCP = 10.0.0.2:9001 -> [::1]:22\n\
+             ReverseUDP = 5300 -> 127.0.0.1:53\n\n\
              [Socks5]\nListen = 127.0.0.1:1080\n[HttpProxy]\nListen = 0.0.0.0:8118\n\
              Username = u\nPassword = p\n[Limits]\nMaxConnections = 10\nConnectionBuffer = 64K\n\
              SendBuffer = 32K\nTotalBuffers = 2M\nUdpIdleTimeout = 5\n"
@@ -679,6 +689,8 @@ mod tests {
         assert_eq!(config.forwards[1].protocol, Protocol::Udp);
         assert_eq!(config.reverse[0].address, None);
         assert_eq!(config.reverse[1].target, "[::1]:22".parse().unwrap());
+        assert_eq!(config.reverse_udp.len(), 1);
+        assert_eq!(config.reverse_udp[0].port, 5300);
         assert!(config.socks5.unwrap().credentials.is_none());
         assert!(config.http_proxy.unwrap().credentials.is_some());
         assert_eq!(config.limits.max_connections, 10);

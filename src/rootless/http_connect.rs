@@ -1,7 +1,9 @@
-//! The HTTP CONNECT proxy's request parser (RFC 9110 section 9.3.6): the
-//! request line and headers up to the blank line, at most
-//! [`MAX_HEAD_LEN`] bytes. Only CONNECT is served; anything else is
-//! answered with 405.
+//! The HTTP proxy's request parser: the request line and headers up to the
+//! blank line, at most [`MAX_HEAD_LEN`] bytes. Two kinds are served:
+//! CONNECT (RFC 9110 section 9.3.6), and plain HTTP requests in absolute
+//! form (`GET http://host/path HTTP/1.1`, RFC 9112 section 3.2.2), which are
+//! rewritten to origin form for the server, one request per connection
+//! (`Connection: close`). Anything else is answered with 405.
 
 use base64::Engine as _;
 
@@ -10,11 +12,15 @@ use super::socks5::Target;
 /// The largest request head accepted (line and headers).
 pub const MAX_HEAD_LEN: usize = 8192;
 
-/// A parsed CONNECT request.
+/// A parsed request.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConnectRequest {
     /// Where to connect.
     pub target: Target,
+    /// For a plain HTTP request: the head to send the server (origin form,
+    /// without the proxy's own headers, with `Connection: close`); None
+    /// for CONNECT.
+    pub forward: Option<Vec<u8>>,
     /// The decoded `Proxy-Authorization: Basic` user and password, if sent.
     pub credentials: Option<(String, String)>,
     /// Bytes of the head (through the blank line).
@@ -28,7 +34,7 @@ pub enum HttpError {
     TooLong,
     /// Not a well-formed request: 400.
     Malformed,
-    /// A method other than CONNECT: 405.
+    /// Neither CONNECT nor a request for an `http://` URI: 405.
     Method,
 }
 
@@ -40,9 +46,7 @@ impl HttpError {
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n"
             }
             HttpError::Malformed => b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n",
-            HttpError::Method => {
-                b"HTTP/1.1 405 Method Not Allowed\r\nAllow: CONNECT\r\nConnection: close\r\n\r\n"
-            }
+            HttpError::Method => b"HTTP/1.1 405 Method Not Allowed\r\nConnection: close\r\n\r\n",
         }
     }
 }
@@ -84,22 +88,76 @@ pub fn parse(input: &[u8]) -> Result<Option<ConnectRequest>, HttpError> {
     if !version.starts_with("HTTP/1.") {
         return Err(HttpError::Malformed);
     }
-    if method != "CONNECT" {
-        return Err(HttpError::Method);
-    }
-    let target = parse_authority(authority).ok_or(HttpError::Malformed)?;
+    let (target, mut forward) = if method == "CONNECT" {
+        let target = parse_authority(authority).ok_or(HttpError::Malformed)?;
+        (target, None)
+    } else {
+        if method.is_empty() || !method.bytes().all(|c| c.is_ascii_uppercase()) {
+            return Err(HttpError::Malformed);
+        }
+        let (target, path) = parse_http_uri(authority)?;
+        (
+            target,
+            Some(format!("{method} {path} {version}\r\n").into_bytes()),
+        )
+    };
     let mut credentials = None;
     for line in lines {
         let (name, value) = line.split_once(':').ok_or(HttpError::Malformed)?;
-        if name.trim().eq_ignore_ascii_case("proxy-authorization") {
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("proxy-authorization") {
             credentials = Some(parse_basic(value.trim()).ok_or(HttpError::Malformed)?);
+        } else if let Some(head) = forward.as_mut() {
+            if !HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+                head.extend_from_slice(line.as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
         }
+    }
+    if let Some(head) = forward.as_mut() {
+        head.extend_from_slice(b"Connection: close\r\n\r\n");
     }
     Ok(Some(ConnectRequest {
         target,
+        forward,
         credentials,
         head_len: end,
     }))
+}
+
+/// Headers of a plain request that are the proxy's, not the server's
+/// (RFC 9110 section 7.6.1; `Connection` is replaced by `close`).
+const HOP_BY_HOP: [&str; 4] = ["connection", "proxy-connection", "keep-alive", "te"];
+
+/// `http://authority[/path]`: the target (port 80 by default) and the path
+/// in origin form. Other schemes (https: goes through CONNECT) are 405.
+fn parse_http_uri(uri: &str) -> Result<(Target, &str), HttpError> {
+    let scheme_end = uri.find("://").ok_or(HttpError::Method)?;
+    if !uri[..scheme_end].eq_ignore_ascii_case("http") {
+        return Err(HttpError::Method);
+    }
+    let rest = &uri[scheme_end + 3..];
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], &rest[i..]),
+        Some(_) => return Err(HttpError::Malformed), // a query needs a path first here
+        None => (rest, "/"),
+    };
+    if authority.contains('@') {
+        return Err(HttpError::Malformed); // no userinfo (RFC 9110 section 4.2.4)
+    }
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_string()
+    };
+    let target = match parse_authority(&with_port) {
+        Some(target) => target,
+        None => {
+            // `[v6]:port` parses as an address; a bare `[v6]` got its port above.
+            return Err(HttpError::Malformed);
+        }
+    };
+    Ok((target, path))
 }
 
 /// The end of the head: the index after the first CRLF CRLF.
@@ -166,9 +224,55 @@ proxy-authorization:  Basic Ym9iOnMzOmNyZXQ=\r\n\r\n";
     }
 
     #[test]
+    fn plain_requests_are_rewritten_to_origin_form() {
+        let req = b"GET http://files.test:8000/big.bin?x=1 HTTP/1.1\r\nHost: files.test:8000\r\n\
+Proxy-Connection: Keep-Alive\r\nProxy-Authorization: Basic Ym9iOnB3\r\nAccept: */*\r\n\r\nbody";
+        let parsed = parse(req).unwrap().unwrap();
+        assert_eq!(parsed.target, Target::Name("files.test".into(), 8000));
+        assert_eq!(parsed.credentials, Some(("bob".into(), "pw".into())));
+        assert_eq!(parsed.head_len, req.len() - 4);
+        assert_eq!(
+            parsed.forward.unwrap(),
+            b"GET /big.bin?x=1 HTTP/1.1\r\nHost: files.test:8000\r\nAccept: */*\r\n\
+Connection: close\r\n\r\n"
+        );
+        let bare = parse(b"HEAD http://10.0.0.2 HTTP/1.0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(bare.target, Target::Addr("10.0.0.2:80".parse().unwrap()));
+        assert!(bare.forward.unwrap().starts_with(b"HEAD / HTTP/1.0\r\n"));
+        let v6 = parse(b"GET http://[fd00::2]/x HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(v6.target, Target::Addr("[fd00::2]:80".parse().unwrap()));
+        let v6 = parse(b"GET http://[fd00::2]:81/ HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(v6.target, Target::Addr("[fd00::2]:81".parse().unwrap()));
+        let connect = parse(b"CONNECT a:1 HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(connect.forward, None);
+    }
+
+    #[test]
     fn incomplete_heads_wait_and_hostile_ones_are_refused() {
         assert_eq!(parse(b"CONNECT a:1 HTTP/1.1\r\n"), Ok(None));
         assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n"), Err(HttpError::Method));
+        assert_eq!(
+            parse(b"GET https://a/ HTTP/1.1\r\n\r\n"),
+            Err(HttpError::Method)
+        );
+        assert_eq!(
+            parse(b"GET http://u@a/ HTTP/1.1\r\n\r\n"),
+            Err(HttpError::Malformed)
+        );
+        assert_eq!(
+            parse(b"get http://a/ HTTP/1.1\r\n\r\n"),
+            Err(HttpError::Malformed)
+        );
+        assert_eq!(
+            parse(b"GET http://a:x/ HTTP/1.1\r\n\r\n"),
+            Err(HttpError::Malformed)
+        );
         assert_eq!(
             parse(b"CONNECT a HTTP/1.1\r\n\r\n"),
             Err(HttpError::Malformed)

@@ -179,7 +179,11 @@ pub fn run(options: &RootlessOptions) -> Result<Stop, SetupError> {
         packet_pipe().map_err(|e| SetupError(format!("failed to create the packet pipe: {e}")))?;
     let mut device = Device::new(daemon::random_seed()?);
     device.set_mtu(config.mtu);
-    let tun = Tun::from_packet_socket(OwnedFd::from(runtime_end), &format!("rootless:{name}"));
+    let tun = Tun::from_packet_socket(
+        OwnedFd::from(runtime_end),
+        &format!("rootless:{name}"),
+        stack::PIPE_OFFLOADS,
+    );
     let shared = Shared::new(device, tun, sockets)
         .map_err(|e| SetupError(format!("failed to set up: {e}")))?;
     ConfigHandler::new(shared.clone())

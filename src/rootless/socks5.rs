@@ -1,5 +1,6 @@
 //! SOCKS5 (RFC 1928) with no authentication or username/password
-//! (RFC 1929): the parsers of what a client sends and the replies.
+//! (RFC 1929): the parsers of what a client sends and the replies, and
+//! the header of UDP ASSOCIATE datagrams (section 7).
 //!
 //! Each parser takes the bytes received so far and answers
 //! [`Parse::Incomplete`] (wait for more), [`Parse::Done`] with the value and
@@ -42,6 +43,8 @@ pub enum Socks5Error {
     AddressType(u8),
     /// A domain name that is empty or not printable ASCII.
     BadName,
+    /// A UDP datagram shorter than its header.
+    Truncated,
 }
 
 impl std::fmt::Display for Socks5Error {
@@ -52,6 +55,7 @@ impl std::fmt::Display for Socks5Error {
             Socks5Error::Reserved => f.write_str("reserved byte not zero"),
             Socks5Error::AddressType(t) => write!(f, "unknown address type {t}"),
             Socks5Error::BadName => f.write_str("invalid domain name"),
+            Socks5Error::Truncated => f.write_str("datagram shorter than its header"),
         }
     }
 }
@@ -119,7 +123,7 @@ pub enum Command {
     Connect,
     /// BIND (2): not supported.
     Bind,
-    /// UDP ASSOCIATE (3): not supported.
+    /// UDP ASSOCIATE (3).
     UdpAssociate,
     /// Anything else.
     Other(u8),
@@ -170,29 +174,37 @@ pub fn parse_request(input: &[u8]) -> Result<Parse<Request>, Socks5Error> {
         3 => Command::UdpAssociate,
         other => Command::Other(*other),
     };
-    let (target, address_len) = match address_type {
-        1 => match rest.get(..6) {
-            None => return Ok(Parse::Incomplete),
+    let (target, address_len) = match parse_address(*address_type, rest)? {
+        Parse::Incomplete => return Ok(Parse::Incomplete),
+        Parse::Done(target, len) => (target, len),
+    };
+    Ok(Parse::Done(Request { command, target }, 4 + address_len))
+}
+
+/// Parses an address of type `address_type` (1 IPv4, 3 domain name, 4
+/// IPv6) and its port from the start of `input`.
+fn parse_address(address_type: u8, input: &[u8]) -> Result<Parse<Target>, Socks5Error> {
+    match address_type {
+        1 => Ok(match input.get(..6) {
+            None => Parse::Incomplete,
             Some(b) => {
                 let ip = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
                 let port = u16::from_be_bytes([b[4], b[5]]);
-                (Target::Addr(SocketAddr::from((ip, port))), 6)
+                Parse::Done(Target::Addr(SocketAddr::from((ip, port))), 6)
             }
-        },
-        4 => match rest.get(..18) {
-            None => return Ok(Parse::Incomplete),
+        }),
+        4 => Ok(match input.get(..18) {
+            None => Parse::Incomplete,
             Some(b) => {
                 let mut octets = [0u8; 16];
                 octets.copy_from_slice(&b[..16]);
                 let port = u16::from_be_bytes([b[16], b[17]]);
-                (
-                    Target::Addr(SocketAddr::from((Ipv6Addr::from(octets), port))),
-                    18,
-                )
+                let addr = SocketAddr::from((Ipv6Addr::from(octets), port));
+                Parse::Done(Target::Addr(addr), 18)
             }
-        },
+        }),
         3 => {
-            let Some((&len, after)) = rest.split_first() else {
+            let Some((&len, after)) = input.split_first() else {
                 return Ok(Parse::Incomplete);
             };
             let len = usize::from(len);
@@ -205,11 +217,66 @@ pub fn parse_request(input: &[u8]) -> Result<Parse<Request>, Socks5Error> {
             }
             let port = u16::from_be_bytes([b[len], b[len + 1]]);
             let name = String::from_utf8_lossy(name).into_owned();
-            (Target::Name(name, port), 1 + len + 2)
+            Ok(Parse::Done(Target::Name(name, port), 1 + len + 2))
         }
-        other => return Err(Socks5Error::AddressType(*other)),
+        other => Err(Socks5Error::AddressType(other)),
+    }
+}
+
+/// Appends the address type, address and port of `addr`.
+fn push_address(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => {
+            out.push(1);
+            out.extend_from_slice(&a.ip().octets());
+        }
+        SocketAddr::V6(a) => {
+            out.push(4);
+            out.extend_from_slice(&a.ip().octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+/// The header of a UDP ASSOCIATE datagram (RFC 1928 section 7).
+#[derive(Debug, PartialEq, Eq)]
+pub struct UdpHeader {
+    /// The fragment number; anything but 0 (a whole datagram) is dropped,
+    /// as fragmentation is optional and we do not reassemble.
+    pub frag: u8,
+    /// Where the payload goes.
+    pub target: Target,
+    /// Where the payload starts in the datagram.
+    pub payload_offset: usize,
+}
+
+/// Parses the header of a datagram a client sends to its UDP relay:
+/// RSV (2 bytes, 0), FRAG, address type, address, port, then the payload.
+/// A datagram too short for its header is an error (it cannot grow).
+pub fn parse_udp_header(datagram: &[u8]) -> Result<UdpHeader, Socks5Error> {
+    let [reserved0, reserved1, frag, address_type, rest @ ..] = datagram else {
+        return Err(Socks5Error::Truncated);
     };
-    Ok(Parse::Done(Request { command, target }, 4 + address_len))
+    if *reserved0 != 0 || *reserved1 != 0 {
+        return Err(Socks5Error::Reserved);
+    }
+    match parse_address(*address_type, rest)? {
+        Parse::Incomplete => Err(Socks5Error::Truncated),
+        Parse::Done(target, len) => Ok(UdpHeader {
+            frag: *frag,
+            target,
+            payload_offset: 4 + len,
+        }),
+    }
+}
+
+/// A datagram for the client from `source`: the header, then `payload`.
+pub fn encode_udp_datagram(source: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(22 + payload.len());
+    out.extend_from_slice(&[0, 0, 0]);
+    push_address(&mut out, source);
+    out.extend_from_slice(payload);
+    out
 }
 
 /// Reply codes (RFC 1928 section 6).
@@ -239,23 +306,21 @@ pub enum Reply {
 /// The reply to a request, with `bound` as the server's address.
 pub fn reply(code: Reply, bound: SocketAddr) -> Vec<u8> {
     let mut out = vec![VERSION, code as u8, 0];
-    match bound {
-        SocketAddr::V4(a) => {
-            out.push(1);
-            out.extend_from_slice(&a.ip().octets());
-        }
-        SocketAddr::V6(a) => {
-            out.push(4);
-            out.extend_from_slice(&a.ip().octets());
-        }
-    }
-    out.extend_from_slice(&bound.port().to_be_bytes());
+    push_address(&mut out, bound);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The next number of a xorshift32 sequence (deterministic test input).
+    fn xorshift(state: &mut u32) -> u32 {
+        *state ^= *state << 13;
+        *state ^= *state >> 17;
+        *state ^= *state << 5;
+        *state
+    }
 
     #[test]
     fn greeting_reports_whether_the_method_is_offered() {
@@ -338,14 +403,7 @@ mod tests {
         // Every input of up to 3 bytes, and random longer ones, parse without panicking.
         let mut state = 0x1234_5678_u32;
         for len in 0..300 {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    (state % 7) as u8
-                })
-                .collect();
+            let bytes: Vec<u8> = (0..len).map(|_| (xorshift(&mut state) % 7) as u8).collect();
             let _ = parse_request(&bytes);
             let _ = parse_greeting(&bytes, 0);
             let _ = parse_credentials(&bytes);
@@ -363,5 +421,76 @@ mod tests {
             22
         );
         assert_eq!(credentials_reply(false), [1, 1]);
+    }
+
+    #[test]
+    fn udp_headers_parse_every_address_type() {
+        let v4 = [0, 0, 0, 1, 10, 0, 0, 2, 0, 53, b'h', b'i'];
+        let header = parse_udp_header(&v4).unwrap();
+        assert_eq!(header.frag, 0);
+        assert_eq!(header.target, Target::Addr("10.0.0.2:53".parse().unwrap()));
+        assert_eq!(&v4[header.payload_offset..], b"hi");
+        let mut name = vec![0, 0, 0, 3, 4];
+        name.extend_from_slice(b"dns1");
+        name.extend_from_slice(&[0, 53]);
+        let header = parse_udp_header(&name).unwrap();
+        assert_eq!(header.target, Target::Name("dns1".into(), 53));
+        assert_eq!(
+            header.payload_offset,
+            name.len(),
+            "an empty payload is allowed"
+        );
+        let source: SocketAddr = "[fd00::1]:4000".parse().unwrap();
+        let encoded = encode_udp_datagram(source, b"xyz");
+        assert_eq!(encoded.len(), 3 + 1 + 16 + 2 + 3);
+        let header = parse_udp_header(&encoded).unwrap();
+        assert_eq!(header.target, Target::Addr(source));
+        assert_eq!(&encoded[header.payload_offset..], b"xyz");
+        let fragment = [0, 0, 1, 1, 10, 0, 0, 2, 0, 53];
+        assert_eq!(parse_udp_header(&fragment).unwrap().frag, 1);
+    }
+
+    #[test]
+    fn hostile_udp_headers_are_errors_not_panics() {
+        assert_eq!(parse_udp_header(&[]), Err(Socks5Error::Truncated));
+        assert_eq!(parse_udp_header(&[0, 0, 0]), Err(Socks5Error::Truncated));
+        assert_eq!(
+            parse_udp_header(&[0, 0, 0, 1, 10, 0, 0, 2, 0]),
+            Err(Socks5Error::Truncated)
+        );
+        assert_eq!(
+            parse_udp_header(&[0, 0, 0, 3, 200, b'a', b'b']),
+            Err(Socks5Error::Truncated),
+            "a name longer than the datagram"
+        );
+        assert_eq!(
+            parse_udp_header(&[0, 1, 0, 1, 10, 0, 0, 2, 0, 53]),
+            Err(Socks5Error::Reserved)
+        );
+        assert_eq!(
+            parse_udp_header(&[0, 0, 0, 7, 1, 2, 3, 4, 5, 6]),
+            Err(Socks5Error::AddressType(7))
+        );
+        assert_eq!(
+            parse_udp_header(&[0, 0, 0, 3, 0, 0, 53]),
+            Err(Socks5Error::BadName)
+        );
+        let mut state = 0x9e37_79b9_u32;
+        for len in 0..400 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| {
+                    let r = xorshift(&mut state);
+                    // Small values first, so that valid prefixes come up often.
+                    if i < 4 {
+                        (r % 5) as u8
+                    } else {
+                        r as u8
+                    }
+                })
+                .collect();
+            if let Ok(header) = parse_udp_header(&bytes) {
+                assert!(header.payload_offset <= bytes.len());
+            }
+        }
     }
 }

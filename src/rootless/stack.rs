@@ -2,6 +2,16 @@
 //! [`Device`](phy::Device) whose packets come from and go to a unix
 //! datagram socket, the other end of which is the WireGuard runtime's
 //! "TUN device" (see docs/ROOTLESS.md, "Design").
+//!
+//! The pipe speaks the TUN device's offload format: each datagram is a
+//! virtio-net header and an IP packet. What the runtime sends may be a TCP
+//! super-packet of up to 64 KiB (its GRO merges what it decrypted), split
+//! here with the runtime's own `offload::split`: a full window from the
+//! peer crosses the pipe in a few system calls, not one per segment. What
+//! the stack sends goes one packet per datagram, with an empty header:
+//! merging it too was measured no faster, and it sent smoltcp's
+//! window-sized bursts to the wire at once, which a wireguard-go peer on a
+//! busy host dropped (docs/ROOTLESS.md, "Design").
 
 use std::collections::VecDeque;
 use std::io;
@@ -12,6 +22,21 @@ use smoltcp::iface::{Config, Interface};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+
+use crate::offload::{split, SegmentBatch, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use crate::sys::tun::TunOffloads;
+
+/// The offloads the pipe's runtime end is set up with: the virtio-net
+/// header and TCP segmentation, so that the runtime may write GRO
+/// super-packets (the stack itself sends none; no UDP segmentation).
+pub const PIPE_OFFLOADS: TunOffloads = TunOffloads {
+    vnet_hdr: true,
+    tso: true,
+    uso: false,
+};
+
+/// The largest datagram on the pipe: a header and a 64 KiB super-packet.
+const MAX_DATAGRAM: usize = VIRTIO_NET_HDR_LEN + 65535;
 
 /// Packets read from the pipe per round at most, so that the listeners and
 /// connections get their turn under a flood.
@@ -26,6 +51,10 @@ const FULL_PIPE_PATIENCE: Duration = Duration::from_millis(20);
 pub struct PacketPipe {
     socket: UnixDatagram,
     received: VecDeque<Vec<u8>>,
+    read_buf: Vec<u8>,
+    segments: SegmentBatch,
+    /// Where smoltcp writes the packet it sends, after an empty header.
+    scratch: Vec<u8>,
     mtu: usize,
     /// The last read stopped at [`READ_BATCH`], not at an empty pipe.
     pub more_to_read: bool,
@@ -40,6 +69,9 @@ impl PacketPipe {
         Ok(PacketPipe {
             socket,
             received: VecDeque::new(),
+            read_buf: vec![0u8; MAX_DATAGRAM],
+            segments: SegmentBatch::new(),
+            scratch: Vec::new(),
             mtu,
             more_to_read: false,
             dropped: 0,
@@ -51,15 +83,14 @@ impl PacketPipe {
         &self.socket
     }
 
-    /// Reads the packets waiting in the pipe (up to a batch). An error
-    /// other than "nothing waiting" means the runtime is gone.
+    /// Reads the packets waiting in the pipe (up to a batch), splitting
+    /// super-packets. An error other than "nothing waiting" means the
+    /// runtime is gone.
     pub fn read_waiting(&mut self) -> io::Result<()> {
         self.more_to_read = false;
-        let mut buf = vec![0u8; self.mtu.max(1500) + 64];
         for _ in 0..READ_BATCH {
-            match self.socket.recv(&mut buf) {
-                Ok(0) => continue,
-                Ok(n) => self.received.push_back(buf[..n].to_vec()),
+            match self.socket.recv(&mut self.read_buf) {
+                Ok(n) => self.take_datagram(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -67,6 +98,22 @@ impl PacketPipe {
         }
         self.more_to_read = true;
         Ok(())
+    }
+
+    /// Queues the packets of the `n`-byte datagram in `read_buf` (one, or
+    /// the segments of a super-packet); a malformed one is dropped.
+    fn take_datagram(&mut self, n: usize) {
+        let datagram = &self.read_buf[..n];
+        let Ok(header) = VirtioNetHdr::decode(datagram) else {
+            return;
+        };
+        let packet = &datagram[VIRTIO_NET_HDR_LEN..];
+        if split(&header, packet, &mut self.segments).is_err() {
+            log::trace!("dropped a malformed {n}-byte datagram from the runtime");
+            return;
+        }
+        self.received
+            .extend(self.segments.packets().map(<[u8]>::to_vec));
     }
 }
 
@@ -106,6 +153,7 @@ pub struct RxToken(Vec<u8>);
 /// Room for one packet to send into the pipe.
 pub struct TxToken<'a> {
     socket: &'a UnixDatagram,
+    scratch: &'a mut Vec<u8>,
     dropped: &'a mut u64,
 }
 
@@ -117,9 +165,11 @@ impl phy::RxToken for RxToken {
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut packet = vec![0u8; len];
-        let result = f(&mut packet);
-        if !send_patiently(self.socket, &packet) {
+        // An all-zero header: a whole packet, its checksums complete.
+        self.scratch.clear();
+        self.scratch.resize(VIRTIO_NET_HDR_LEN + len, 0);
+        let result = f(&mut self.scratch[VIRTIO_NET_HDR_LEN..]);
+        if !send_patiently(self.socket, self.scratch) {
             *self.dropped += 1;
         }
         result
@@ -155,6 +205,7 @@ impl phy::Device for PacketPipe {
             RxToken(packet),
             TxToken {
                 socket: &self.socket,
+                scratch: &mut self.scratch,
                 dropped: &mut self.dropped,
             },
         ))
@@ -163,6 +214,7 @@ impl phy::Device for PacketPipe {
     fn transmit(&mut self, _now: SmolInstant) -> Option<TxToken<'_>> {
         Some(TxToken {
             socket: &self.socket,
+            scratch: &mut self.scratch,
             dropped: &mut self.dropped,
         })
     }

@@ -280,14 +280,15 @@ impl Tun {
 
     /// A stand-in for a TUN device: one end of a packet socket pair (a unix
     /// `SOCK_DGRAM` pair keeps packet boundaries), whose other end is an
-    /// in-process TCP/IP stack (the rootless mode, `src/rootless/`). Plain
-    /// mode (no header, no offloads); the interface queries (`mtu`, ...)
-    /// fail, as there is no interface.
-    pub fn from_packet_socket(socket: OwnedFd, name: &str) -> Tun {
+    /// in-process TCP/IP stack (the rootless mode, `src/rootless/`). Reads
+    /// and writes follow `offloads` as a device's would, which the other
+    /// end must match; the interface queries (`mtu`, ...) fail, as there is
+    /// no interface.
+    pub fn from_packet_socket(socket: OwnedFd, name: &str, offloads: TunOffloads) -> Tun {
         Tun {
             file: socket,
             name: name.to_string(),
-            offloads: TunOffloads::default(),
+            offloads,
             control: Mutex::new(ControlCache::default()),
         }
     }

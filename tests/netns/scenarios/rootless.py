@@ -20,6 +20,17 @@
         that they pass through their set-up one at a time) (closed or reset without an answer); if
         EXCHANGE is 1, one held connection must then still complete a sink exchange; then everything is
         closed and, after a second, a new probe must be served. Prints each step; exit 1 if one failed.
+  socks-udp PROXY_ADDR PROXY_PORT TARGET TPORT COUNT IDLE
+        SOCKS5 UDP ASSOCIATE (RFC 1928 section 7) through the proxy, then COUNT DNS A queries (ids 0..COUNT-1,
+        names nI.test) sent through the relay to TARGET:TPORT (an address, or a name the proxy resolves); each
+        must be answered with its id, from the resolver's address (192.168.241.2:53) in the header (missing
+        ones are resent up to 3 times). Then a datagram with FRAG 1 must go unanswered. If IDLE > 0: nothing
+        is sent for IDLE seconds, and the proxy must have closed the control connection (UdpIdleTimeout).
+        Else the control connection is closed, and a query to the relay must go unanswered (the association
+        ended with it). Prints each step; exit 1 if one failed.
+  socks-udp-refused PROXY_ADDR PROXY_PORT
+        A UDP ASSOCIATE must be answered with reply 1 (general failure: what a reached limit answers, where a
+        proxy without UDP ASSOCIATE would answer 7); prints it.
   The measurements of scripts/bench-rootless.sh:
   bench-serve ADDR PORT READY
         A TCP server (a thread per connection): a connection starts with "U" or "D" and an 8-byte count N;
@@ -30,6 +41,7 @@
   rtt VIA ADDR PORT COUNT
         COUNT one-byte round trips on one bench-serve echo connection; prints the median in microseconds.
 """
+import errno
 import hashlib
 import os
 import socket
@@ -200,6 +212,11 @@ def refused(addr, port):
                 return sock.recv(128) == b""
             except (ConnectionResetError, BrokenPipeError):
                 return True
+            except OSError as e:
+                # Reset before our shutdown(): the socket is no longer connected.
+                if e.errno == errno.ENOTCONN:
+                    return True
+                raise
     except ConnectionRefusedError:
         return True
     except socket.timeout:
@@ -228,6 +245,111 @@ def hold_and_probe(hold_addr, hold_port, count, do_exchange, probe_addr, probe_p
         after = exchange(sock, 1000)
     print("probe after release: %s" % ("served" if after else "FAILED"))
     return ok and after
+
+
+# ----- SOCKS5 UDP ASSOCIATE -------------------------------------------------------------------------------
+
+def dns_query_packet(ident, name):
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+
+
+def socks_udp_associate(proxy_addr, proxy_port):
+    """(control connection, reply code, relay address) of a UDP ASSOCIATE request."""
+    control = connect(proxy_addr, proxy_port, timeout=10)
+    control.sendall(b"\x05\x01\x00")
+    if recv_exact(control, 2) != b"\x05\x00":
+        raise ConnectionError("SOCKS5 method refused")
+    control.sendall(b"\x05\x03\x00\x01" + bytes(6))
+    head = recv_exact(control, 4)
+    length = {1: 4, 4: 16}.get(head[3], 0)
+    rest = recv_exact(control, length + 2) if length else b""
+    relay = None
+    if head[1] == 0 and length:
+        family = socket.AF_INET if head[3] == 1 else socket.AF_INET6
+        relay = (socket.inet_ntop(family, rest[:length]), struct.unpack("!H", rest[length:])[0])
+    return control, head[1], relay
+
+
+def socks_udp_header(target, port, frag=0):
+    try:
+        packed = b"\x01" + socket.inet_aton(target)
+    except OSError:
+        packed = b"\x03" + bytes([len(target)]) + target.encode()
+    return b"\x00\x00" + bytes([frag]) + packed + struct.pack("!H", port)
+
+
+def socks_udp_answers(sock, wait, want=None):
+    """{dns id: (source, answered address)} of the relay's datagrams arriving within wait seconds (or until
+    every id of want has arrived)."""
+    answers = {}
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and not (want and want <= answers.keys()):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            datagram = sock.recv(fgnet.MAX_DATAGRAM)
+        except socket.timeout:
+            break
+        if datagram[:4] != b"\x00\x00\x00\x01" or len(datagram) < 10 + 12:
+            print("malformed relay datagram: %r" % datagram[:16])
+            continue
+        source = "%s:%d" % (socket.inet_ntoa(datagram[4:8]), struct.unpack("!H", datagram[8:10])[0])
+        payload = datagram[10:]
+        (ident,) = struct.unpack("!H", payload[:2])
+        answers[ident] = (source, socket.inet_ntoa(payload[-4:]))
+    return answers
+
+
+def socks_udp(proxy_addr, proxy_port, target, tport, count, idle):
+    control, code, relay = socks_udp_associate(proxy_addr, proxy_port)
+    print("UDP ASSOCIATE: reply %d, relay %s" % (code, relay))
+    if code != 0 or relay is None:
+        return False
+    sock = fgnet.udp_socket(proxy_addr)
+    header = socks_udp_header(target, tport)
+    answers = {}
+    for _attempt in range(4):
+        missing = [i for i in range(count) if i not in answers]
+        if not missing:
+            break
+        for ident in missing:
+            sock.sendto(header + dns_query_packet(ident, "n%d.test" % ident), relay)
+        answers.update(socks_udp_answers(sock, 2, set(missing)))
+    good = [i for i in range(count) if answers.get(i) == ("192.168.241.2:53", "192.168.241.2")]
+    print("answered %d of %d (%s)" % (len(good), count, sorted(set(answers.values()))))
+    ok = len(good) == count
+    sock.sendto(socks_udp_header(target, tport, frag=1) + dns_query_packet(60000, "frag.test"), relay)
+    fragment_answered = 60000 in socks_udp_answers(sock, 1)
+    print("fragment: %s" % ("ANSWERED" if fragment_answered else "dropped"))
+    ok &= not fragment_answered
+    if idle > 0:
+        # One more answered query, so that the idle time is counted from now.
+        sock.sendto(header + dns_query_packet(60002, "last.test"), relay)
+        fresh = 60002 in socks_udp_answers(sock, 1, {60002})
+        control.settimeout(idle + 3)
+        start = time.monotonic()
+        try:
+            closed = control.recv(16) == b""
+        except (socket.timeout, ConnectionResetError):
+            closed = False
+        waited = time.monotonic() - start
+        print("idle: control connection %s after %.1f s" % ("closed" if closed else "OPEN", waited))
+        ok &= fresh and closed and waited >= idle - 0.5
+    else:
+        control.close()
+        time.sleep(0.5)
+        sock.sendto(header + dns_query_packet(60001, "after.test"), relay)
+        after = 60001 in socks_udp_answers(sock, 1)
+        print("after the control connection closed: %s" % ("ANSWERED" if after else "no answer"))
+        ok &= not after
+    return ok
+
+
+def socks_udp_refused(proxy_addr, proxy_port):
+    control, code, _relay = socks_udp_associate(proxy_addr, proxy_port)
+    control.close()
+    print("UDP ASSOCIATE: reply %d" % code)
+    return code == 1
 
 
 # ----- measurements (scripts/bench-rootless.sh) -----------------------------------------------------------
@@ -339,6 +461,8 @@ COMMANDS = {
     "sink-send": (sink_send, (str, int, int)),
     "concurrent": (concurrent, (str, int, int, int)),
     "hold-and-probe": (hold_and_probe, (str, int, int, fgnet.flag, str, int)),
+    "socks-udp": (socks_udp, (str, int, str, int, int, float)),
+    "socks-udp-refused": (socks_udp_refused, (str, int)),
     "bench-serve": (bench_serve, (str, int, str)),
     "transfer": (transfer, (str, str, int, str, int)),
     "rtt": (rtt, (str, str, int, int)),

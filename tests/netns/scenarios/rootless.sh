@@ -4,21 +4,28 @@
 # Scenario rootless: `ferroguard --rootless` (docs/ROOTLESS.md) run as nobody without any capability in ns1,
 # its peer implementation 2 of the pair as a normal TUN daemon in ns2 (ferroguard, or wireguard-go in the
 # mixed pair), over a veth pair (ns1 192.168.1.1 <-> ns2 192.168.1.2). Behind the peer (ns2, on its tunnel
-# address 192.168.241.2): an HTTP server with a 50 MB file, a DNS responder (names *.test), a sha256 sink
-# and an iperf3 server. In ns1, on loopback: an HTTP server and an iperf3 server for the reverse forwards.
+# addresses 192.168.241.2 and fd41::2): an HTTP server with a 50 MB file (on both addresses), a DNS responder
+# (names *.test), a sha256 sink and an iperf3 server. In ns1, on loopback: an HTTP server, an iperf3 server
+# and a DNS responder (answering 127.0.0.53) for the reverse forwards.
 #
 #   1. the mode runs as nobody with no capability (CapEff, CapPrm, CapBnd all 0) and prints its socket;
 #      wg show works against the socket through a mount namespace (unshare, as docs/ROOTLESS.md tells);
-#   2. curl --socks5-hostname and curl -p --proxy (HTTP CONNECT) fetch the 50 MB file by name (resolved
-#      through the tunnel's DNS server), the local TCP forward and the reverse forward fetch it too: the
-#      sha256 matches each time;
+#   2. curl --socks5-hostname, curl -p --proxy (HTTP CONNECT) and curl --proxy (plain HTTP proxying) fetch the
+#      50 MB file by name (resolved through the tunnel's DNS server), the local TCP forward and the reverse
+#      forward fetch it too: the sha256 matches each time;
+#      IPv6 inside the tunnel: ping to the stack's fd41::1, the file through a forward to [fd41::2]:8000 and
+#      through SOCKS5 to [fd41::2];
 #   3. iperf3 through the local forward (ns1 -> ns2) and through the reverse forward (ns2 -> ns1);
-#   4. a UDP forward carries DNS queries to the resolver behind the peer; ping reaches the stack;
+#   4. a UDP forward carries DNS queries to the resolver behind the peer, a UDP reverse forward carries the
+#      peer's queries to a resolver on ns1's loopback (two tunnel endpoints); SOCKS5 UDP ASSOCIATE carries 20
+#      numbered DNS queries to the resolver behind the peer, addressed by IP and by name (resolved through
+#      the tunnel), drops a fragment and ends with its control connection; ping reaches the stack;
 #   5. 200 connections at once through the forward all complete; with MaxConnections held, the next one is
 #      refused and the held ones keep working;
 #   6. a second instance with small limits: TotalBuffers and MaxHalfOpen each refuse the next connection
 #      cleanly while the others work, and serve again once released; MaxUdpAssociations refuses a second
-#      client until the first association's lifetime (UdpIdleTimeout) has passed;
+#      client, and a SOCKS5 UDP ASSOCIATE, until the first association's lifetime (UdpIdleTimeout) has
+#      passed; then a SOCKS5 association is served, and closed after UdpIdleTimeout without traffic;
 #   7. SIGTERM: exit status 0, the socket file removed, the UDP port free, no process left.
 
 ROOTLESS_USER=nobody
@@ -36,13 +43,13 @@ rootless_background() {
 	FGT_PIDS+=("$!")
 }
 
-# rootless_config FILE KEY PUB_PEER ADDRESS PORT EXTRA: write a configuration for nobody.
+# rootless_config FILE KEY PUB_PEER ADDRESSES PORT EXTRA: write a configuration for nobody.
 rootless_config() {
 	local file=$1
 	cat >"$file" <<-EOF
 		[Interface]
 		PrivateKey = $2
-		Address = $4/24
+		Address = $4
 		ListenPort = $5
 		DNS = 192.168.241.2
 		MTU = 1420
@@ -50,7 +57,7 @@ rootless_config() {
 		[Peer]
 		PublicKey = $3
 		Endpoint = 192.168.1.2:2
-		AllowedIPs = 192.168.241.0/24
+		AllowedIPs = 192.168.241.0/24, fd41::/64
 		PersistentKeepalive = 25
 
 		$6
@@ -159,14 +166,17 @@ scenario_rootless() {
 	must ip2 link set veth2 up
 	must start_daemon 2 "$IF2" "$NS2"
 	must ip2 addr add 192.168.241.2/24 dev "$IF2"
+	must ip2 addr add fd41::2/64 dev "$IF2" nodad
 	must wgc set "$IF2" private-key <(echo "$key2") listen-port 2 \
-		peer "$pub1" allowed-ips 192.168.241.1/32 endpoint 192.168.1.1:51000 \
+		peer "$pub1" allowed-ips 192.168.241.1/32,fd41::1/128 endpoint 192.168.1.1:51000 \
 		peer "$pub3" allowed-ips 192.168.241.3/32 endpoint 192.168.1.1:51001
 	must ip2 link set up dev "$IF2"
 
 	# Behind the peer.
 	local ready="$FGT_LOGDIR/rootless-ready"
 	rootless_background "$NS2" http2 python3 -m http.server --bind 192.168.241.2 8000 \
+		--directory "$ROOTLESS_DIR/files"
+	rootless_background "$NS2" http2v6 python3 -m http.server --bind fd41::2 8000 \
 		--directory "$ROOTLESS_DIR/files"
 	rootless_background "$NS2" dns python3 "$ROOTLESS_PY" dns-serve 192.168.241.2 53 192.168.241.2 "$ready-dns"
 	rootless_background "$NS2" sink python3 "$ROOTLESS_PY" sink-serve 192.168.241.2 7000 "$ready-sink"
@@ -175,21 +185,25 @@ scenario_rootless() {
 	rootless_background "$NS1" http1 python3 -m http.server --bind 127.0.0.1 9001 \
 		--directory "$ROOTLESS_DIR/files"
 	rootless_background "$NS1" iperf1 iperf3 -s -B 127.0.0.1 -p 5202
+	rootless_background "$NS1" dns1 python3 "$ROOTLESS_PY" dns-serve 127.0.0.1 5300 127.0.0.53 "$ready-dns1"
 	must wait_listening "$NS2" t 8000
 	must wait_listening "$NS2" t 7000
 	must wait_listening "$NS2" u 53
 	must wait_listening "$NS2" t 5201
 	must wait_listening "$NS1" t 9001
 	must wait_listening "$NS1" t 5202
+	must wait_listening "$NS1" u 5300
 
-	rootless_config "$ROOTLESS_DIR/main.conf" "$key1" "$pub2" 192.168.241.1 51000 "
+	rootless_config "$ROOTLESS_DIR/main.conf" "$key1" "$pub2" "192.168.241.1/24, fd41::1/64" 51000 "
 [Forward]
 TCP = 127.0.0.1:8080 -> 192.168.241.2:8000
+TCP = 127.0.0.1:8086 -> [fd41::2]:8000
 TCP = 127.0.0.1:7000 -> 192.168.241.2:7000
 TCP = 127.0.0.1:5201 -> 192.168.241.2:5201
 UDP = 127.0.0.1:5353 -> 192.168.241.2:53
 ReverseTCP = 9000 -> 127.0.0.1:9001
 ReverseTCP = 5202 -> 127.0.0.1:5202
+ReverseUDP = 5300 -> 127.0.0.1:5300
 
 [Socks5]
 Listen = 127.0.0.1:1080
@@ -212,14 +226,30 @@ MaxHalfOpen = 256"
 		rootless_fetch_ok "$NS1" http://files.test:8000/big.bin --socks5-hostname 127.0.0.1:1080
 	check "rootless: curl -p --proxy (HTTP CONNECT) fetches 50 MB by name, sha256 matches" \
 		rootless_fetch_ok "$NS1" http://files.test:8000/big.bin -p --proxy http://127.0.0.1:8118
+	check "rootless: curl --proxy (plain HTTP, absolute URI, no CONNECT) fetches 50 MB by name, sha256 matches" \
+		rootless_fetch_ok "$NS1" http://files.test:8000/big.bin --proxy http://127.0.0.1:8118
 	check "rootless: the local TCP forward carries 50 MB, sha256 matches" \
 		rootless_fetch_ok "$NS1" http://127.0.0.1:8080/big.bin
 	check "rootless: the reverse forward carries 50 MB from ns1's local server, sha256 matches" \
 		rootless_fetch_ok "$NS2" http://192.168.241.1:9000/big.bin
+	check "rootless: IPv6 in the tunnel: ping from the peer reaches the stack's fd41::1" \
+		ping_retry "$NS2" fd41::1
+	check "rootless: IPv6 in the tunnel: the local forward to [fd41::2]:8000 carries 50 MB, sha256 matches" \
+		rootless_fetch_ok "$NS1" http://127.0.0.1:8086/big.bin
+	check "rootless: IPv6 in the tunnel: curl --socks5-hostname fetches 50 MB from [fd41::2], sha256 matches" \
+		rootless_fetch_ok "$NS1" "http://[fd41::2]:8000/big.bin" --socks5-hostname 127.0.0.1:1080
 	check "rootless: iperf3 through the local forward" rootless_iperf "$NS1" forward -c 127.0.0.1 -p 5201
 	check "rootless: iperf3 through the reverse forward" rootless_iperf "$NS2" reverse -c 192.168.241.1 -p 5202
 	check "rootless: the UDP forward carries a DNS query and its answer" \
 		eval '[[ $(n1 python3 "$ROOTLESS_PY" dns-query 127.0.0.1 5353 files.test 3) == 192.168.241.2 ]]'
+	check "rootless: the UDP reverse forward carries a DNS query from the peer to ns1's local resolver" \
+		eval '[[ $(n2 python3 "$ROOTLESS_PY" dns-query 192.168.241.1 5300 r.test 3) == 127.0.0.53 ]]'
+	check "rootless: the UDP reverse forward answers a second tunnel endpoint (its own association)" \
+		eval '[[ $(n2 python3 "$ROOTLESS_PY" dns-query 192.168.241.1 5300 s.test 3) == 127.0.0.53 ]]'
+	check "rootless: SOCKS5 UDP ASSOCIATE: 20 DNS queries to 192.168.241.2:53, fragment dropped, ends with TCP" \
+		n1 timeout --foreground 30 python3 "$ROOTLESS_PY" socks-udp 127.0.0.1 1080 192.168.241.2 53 20 0
+	check "rootless: SOCKS5 UDP ASSOCIATE: 20 DNS queries to dns.test:53 (resolved through the tunnel)" \
+		n1 timeout --foreground 30 python3 "$ROOTLESS_PY" socks-udp 127.0.0.1 1080 dns.test 53 20 0
 	check "rootless: 200 connections at once through the forward all complete" \
 		n1 timeout --foreground 90 python3 "$ROOTLESS_PY" concurrent 127.0.0.1 7000 200 20000
 	check "rootless: MaxConnections (210) held: the next is refused, the held ones work, then served again" \
@@ -227,7 +257,7 @@ MaxHalfOpen = 256"
 	check "rootless: the refusal is logged with its limit" \
 		grep -q "MaxConnections" "$FGT_LOGDIR/daemon-rootless-main.log"
 
-	rootless_config "$ROOTLESS_DIR/small.conf" "$key3" "$pub2" 192.168.241.3 51001 "
+	rootless_config "$ROOTLESS_DIR/small.conf" "$key3" "$pub2" 192.168.241.3/24 51001 "
 [Forward]
 TCP = 127.0.0.1:7100 -> 192.168.241.2:7000
 UDP = 127.0.0.1:5354 -> 192.168.241.2:53
@@ -254,6 +284,11 @@ UdpIdleTimeout = 2"
 	sleep 3
 	check "rootless: after UdpIdleTimeout the second client is answered" \
 		eval '[[ $(n1 python3 "$ROOTLESS_PY" dns-query 127.0.0.1 5354 c.test 3) == 192.168.241.2 ]]'
+	check "rootless: MaxUdpAssociations: a SOCKS5 UDP ASSOCIATE is refused while that association lives" \
+		n1 timeout --foreground 10 python3 "$ROOTLESS_PY" socks-udp-refused 127.0.0.1 1081
+	sleep 3
+	check "rootless: then a SOCKS5 UDP association is served, and closed after UdpIdleTimeout (2 s) idle" \
+		n1 timeout --foreground 30 python3 "$ROOTLESS_PY" socks-udp 127.0.0.1 1081 192.168.241.2 53 5 2
 	check "rootless: each limit's refusal is logged" eval \
 		'grep -q TotalBuffers "$FGT_LOGDIR/daemon-rootless-small.log" &&
 		 grep -q MaxHalfOpen "$FGT_LOGDIR/daemon-rootless-small.log" &&
