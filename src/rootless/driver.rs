@@ -189,7 +189,7 @@ enum Refusal {
 }
 
 /// The stack, its sockets and everything local they are tied to.
-pub struct Driver {
+pub(crate) struct Driver {
     poll: Poll,
     iface: Interface,
     sockets: SocketSet<'static>,
@@ -222,7 +222,7 @@ pub struct Driver {
 impl Driver {
     /// Binds every listener of `config` (an address in use fails the start
     /// with a message) around the interface `iface`.
-    pub fn new(
+    pub(crate) fn new(
         config: &RootlessConfig,
         pipe: PacketPipe,
         iface: Interface,
@@ -340,7 +340,7 @@ impl Driver {
     }
 
     /// Runs until the runtime's end of the pipe is gone.
-    pub fn run(&mut self) -> io::Error {
+    pub(crate) fn run(&mut self) -> io::Error {
         let mut events = Events::with_capacity(1024);
         let mut busy = true;
         loop {

@@ -29,7 +29,7 @@ use crate::sys::tun::TunOffloads;
 /// The offloads the pipe's runtime end is set up with: the virtio-net
 /// header and TCP segmentation, so that the runtime may write GRO
 /// super-packets (the stack itself sends none; no UDP segmentation).
-pub const PIPE_OFFLOADS: TunOffloads = TunOffloads {
+pub(crate) const PIPE_OFFLOADS: TunOffloads = TunOffloads {
     vnet_hdr: true,
     tso: true,
     uso: false,
@@ -48,7 +48,7 @@ const READ_BATCH: usize = 256;
 const FULL_PIPE_PATIENCE: Duration = Duration::from_millis(20);
 
 /// The stack's end of the packet pipe.
-pub struct PacketPipe {
+pub(crate) struct PacketPipe {
     socket: UnixDatagram,
     received: VecDeque<Vec<u8>>,
     read_buf: Vec<u8>,
@@ -64,7 +64,7 @@ pub struct PacketPipe {
 
 impl PacketPipe {
     /// Wraps the stack's end (made non-blocking here).
-    pub fn new(socket: UnixDatagram, mtu: usize) -> io::Result<PacketPipe> {
+    pub(crate) fn new(socket: UnixDatagram, mtu: usize) -> io::Result<PacketPipe> {
         socket.set_nonblocking(true)?;
         Ok(PacketPipe {
             socket,
@@ -79,14 +79,14 @@ impl PacketPipe {
     }
 
     /// The descriptor, for the event loop.
-    pub fn socket(&self) -> &UnixDatagram {
+    pub(crate) fn socket(&self) -> &UnixDatagram {
         &self.socket
     }
 
     /// Reads the packets waiting in the pipe (up to a batch), splitting
     /// super-packets. An error other than "nothing waiting" means the
     /// runtime is gone.
-    pub fn read_waiting(&mut self) -> io::Result<()> {
+    pub(crate) fn read_waiting(&mut self) -> io::Result<()> {
         self.more_to_read = false;
         for _ in 0..READ_BATCH {
             match self.socket.recv(&mut self.read_buf) {
@@ -120,7 +120,7 @@ impl PacketPipe {
 /// The interface with our tunnel addresses, and default routes through it
 /// (every destination is reached through the tunnel; the runtime's allowed
 /// IPs decide which peer, or answer with ICMP).
-pub fn interface(
+pub(crate) fn interface(
     pipe: &mut PacketPipe,
     addresses: &[(std::net::IpAddr, u8)],
     seed: u64,
@@ -148,10 +148,10 @@ pub fn interface(
 }
 
 /// A received packet, handed to the stack.
-pub struct RxToken(Vec<u8>);
+pub(crate) struct RxToken(Vec<u8>);
 
 /// Room for one packet to send into the pipe.
-pub struct TxToken<'a> {
+pub(crate) struct TxToken<'a> {
     socket: &'a UnixDatagram,
     scratch: &'a mut Vec<u8>,
     dropped: &'a mut u64,
