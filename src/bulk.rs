@@ -86,20 +86,20 @@ mod tests {
     use super::*;
 
     /// A lowered thread runs its holds at its normal priority and its bulk
-    /// work at [`BULK_NICE`]; as root (CI) it is lowered, elsewhere it must
-    /// stay where it was.
+    /// work at [`BULK_NICE`]; as root (CI) it is lowered, without the right
+    /// to come back it must stay where it was.
     #[test]
     fn holds_run_at_normal_priority_and_bulk_work_lowered() {
         std::thread::spawn(|| {
             let normal = thread_nice().unwrap();
-            assert!(normal < BULK_NICE, "tests must not run at nice {normal}");
             lower_this_thread();
             lower_this_thread();
             let lowered = thread_nice().unwrap();
-            if may_come_back() {
+            if normal < BULK_NICE && may_come_back() {
                 assert_eq!(lowered, BULK_NICE);
             } else {
-                assert_eq!(lowered, normal, "lowered without a way back");
+                // Already as low (a test run under `nice`), or no way back.
+                assert_eq!(lowered, normal);
             }
             assert_eq!(at_normal_priority(|| thread_nice().unwrap()), normal);
             assert_eq!(thread_nice().unwrap(), lowered);

@@ -502,6 +502,37 @@ mod tests {
         assert!(peers.iter().any(|p| p.allowed_ips.len() == 2));
     }
 
+    /// The streamed `get` (peers written from the staged chunks) is
+    /// byte for byte the answer built from whole snapshots.
+    #[test]
+    fn streamed_lines_match_the_snapshots() {
+        let device = device_with_peers(GET_CHUNK as u32 + 9);
+        let ids = device.peer_ids();
+        let mut staged = StagedPeers::new();
+        let (mut streamed, mut snapshots) = (Vec::new(), Vec::new());
+        let mut writer = GetWriter::start(&mut streamed, Some(&[3; 32]), 51820, 7).unwrap();
+        for chunk in ids.chunks(GET_CHUNK) {
+            staged.copy_from(&device, chunk);
+            for peer in staged.lines() {
+                writer.peer_lines(&peer).unwrap();
+            }
+            staged.snapshots_into(&mut snapshots);
+        }
+        writer.finish().unwrap();
+        let whole_device = DeviceSnapshot {
+            private_key: Some(Zeroizing::new([3; 32])),
+            listen_port: 51820,
+            fwmark: 7,
+            peers: snapshots,
+        };
+        let mut whole = Vec::new();
+        crate::uapi::write_get(&whole_device, &mut whole).unwrap();
+        assert_eq!(
+            String::from_utf8(streamed).unwrap(),
+            String::from_utf8(whole).unwrap()
+        );
+    }
+
     #[test]
     fn peers_gone_between_chunks_are_left_out() {
         let mut device = device_with_peers(5);
