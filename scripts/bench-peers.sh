@@ -74,11 +74,12 @@ peers_conf() {
   python3 scripts/random-peers.py "$1" >"$2"
 }
 
-# has_metrics IMPL: whether the daemon serves metrics (a ferroguard build, whatever its file is called).
+# has_metrics IMPL: whether the daemon serves metrics (a ferroguard build, whatever its file is called), read
+# from its binary: some daemons take any word, --help included, as an interface name and start.
 has_metrics() {
   local words
   read -r -a words <<<"$1"
-  "${words[0]}" --help 2>&1 | grep -q -- --metrics-listen
+  grep -qa -- --metrics-listen "$(command -v "${words[0]}")"
 }
 
 # start_pair IMPL: both daemons up with the tunnel between them; sets PA PB.
@@ -141,11 +142,12 @@ print("%.2f/%.2f/%.1f (%d)" % (pick(0.5), pick(0.99), t[-1], lost))
 PY
 }
 
-# timed CMD...: wall seconds of CMD in namespace A, or "fail".
+# timed CMD...: wall seconds of CMD in namespace A, or "fail" (also after 300 s: boringtun 0.7.1 stopped
+# answering its socket after a load of 65 536 peers).
 timed() {
   local t0
   t0=$(now)
-  if ip netns exec $NA "$@" >/dev/null 2>>"$TMP/errors"; then since "$t0"; else echo fail; fi
+  if timeout 300 ip netns exec $NA "$@" >/dev/null 2>>"$TMP/errors"; then since "$t0"; else echo fail; fi
 }
 
 # raw_get: seconds to read a whole get=1 answer from A's socket (the daemon's time, without wg's).

@@ -7,10 +7,9 @@
 //! hold of the engine lock ([`at_normal_priority`]). A lock holder at
 //! nice 10 is preempted by any busy normal thread (the client reading the
 //! answer, another process) and keeps the lock meanwhile: the data path
-//! then waits for the whole preemption. Measured at 2^20 peers with a ping
-//! every 10 ms through the tunnel (2026-12-07, load average 7), data-path
-//! waits for the lock during a scrape, whose copies were then made at
-//! nice 10, reached 44 ms. Coming back needs the right to raise a thread's
+//! then waits for the whole preemption (tens of milliseconds on a busy
+//! machine, seen during scrapes of 2^20 peers whose copies were made at
+//! nice 10: the note of issue #20). Coming back needs the right to raise a thread's
 //! priority (root has it); a daemon without it does not lower its bulk
 //! threads at all, since a lowered lock holder is the worse of the two.
 //! The two `setpriority` calls per hold cost about a microsecond each.
