@@ -9,10 +9,10 @@
 //! answer, another process) and keeps the lock meanwhile: the data path
 //! then waits for the whole preemption (tens of milliseconds on a busy
 //! machine, seen during scrapes of 2^20 peers whose copies were made at
-//! nice 10: the note of issue #20). Coming back needs the right to raise a thread's
-//! priority (root has it); a daemon without it does not lower its bulk
-//! threads at all, since a lowered lock holder is the worse of the two.
-//! The two `setpriority` calls per hold cost about a microsecond each.
+//! nice 10: the note of issue #20). Coming back needs the right to raise
+//! a thread's priority (root has it); a daemon without it does not lower
+//! its bulk threads at all, since a lowered lock holder is the worse of
+//! the two. That costs two `setpriority` calls per hold.
 
 use std::cell::Cell;
 use std::sync::OnceLock;

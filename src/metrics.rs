@@ -154,12 +154,12 @@ impl PeerChunks for LivePeers<'_> {
         let mut after = None;
         loop {
             chunk.clear();
-            let more = crate::bulk::at_normal_priority(|| {
+            {
                 let engine = self.shared.engine();
                 let device = &engine.device;
                 let ids = device.peer_ids_after(after, SCRAPE_CHUNK);
                 let Some(&last) = ids.last() else {
-                    return false;
+                    return Ok(());
                 };
                 after = Some(last);
                 chunk.extend(
@@ -167,10 +167,6 @@ impl PeerChunks for LivePeers<'_> {
                         .filter_map(|&id| device.peer(id))
                         .map(PeerSample::of),
                 );
-                true
-            });
-            if !more {
-                return Ok(());
             }
             each(&chunk)?;
         }
@@ -337,10 +333,16 @@ fn render_to(
 /// One scrape written to `out`: the peers copied out a chunk at a time
 /// under the engine lock, formatted and written with it released.
 pub fn scrape(shared: &Shared, interface: &str, out: &mut dyn Write) -> io::Result<()> {
-    // Each scrape runs on a connection thread of its own (see `http::serve`),
-    // holding the engine lock at its normal priority (see `crate::bulk`).
-    crate::bulk::lower_this_thread();
-    let (device, count) = crate::bulk::at_normal_priority(|| {
+    // Each scrape runs on a connection thread of its own (see `http::serve`).
+    // Unlike `get`, it holds the engine lock at nice 10 too: a scrape takes
+    // the lock eight times as often (once per chunk and family), and with
+    // the lock holds at normal priority the pings through the tunnel during
+    // scrapes of 2^20 peers were worse in three runs of four (BENCHMARKS.md,
+    // "Many peers").
+    if let Err(error) = crate::sys::process::lower_thread_priority(crate::config::BULK_NICE) {
+        log::debug!("could not lower the priority of a scrape: {error}");
+    }
+    let (device, count) = {
         let engine = shared.engine();
         let device = &engine.device;
         let totals = DeviceTotals {
@@ -348,7 +350,7 @@ pub fn scrape(shared: &Shared, interface: &str, out: &mut dyn Write) -> io::Resu
             under_load: device.is_under_load(crate::clock::now()),
         };
         (totals, device.peer_count())
-    });
+    };
     let peers = LivePeers { shared, count };
     let daemon = DaemonSample {
         handshake_queue_len: shared.handshake_queue_len(),
