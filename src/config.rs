@@ -45,7 +45,7 @@ pub const SLICE_TIME: Duration = Duration::from_micros(500);
 /// The pause between two slices. The engine lock is not fair: a thread
 /// that releases it and takes it again at once usually gets it before a
 /// waiting data-path thread has been scheduled, so the applier steps aside
-/// for a moment (about 10 % of the apply time).
+/// for a moment (a fifth of a slice).
 const SLICE_PAUSE: Duration = Duration::from_micros(100);
 
 /// Peer updates (or removals) between two looks at the clock.
@@ -179,8 +179,9 @@ impl ConfigHandler {
 /// The nice value of a thread that parses a request or streams the whole
 /// device (`get`, a metrics scrape): formatting 2^20 peers takes a CPU for
 /// a second or more, and on a small machine the data path must not queue
-/// behind it. Such a thread holds the engine lock at its normal priority
-/// (see [`crate::bulk`]).
+/// behind it. A configuration connection's thread holds the engine lock
+/// at its normal priority (see [`crate::bulk`]); a scrape does not (see
+/// `metrics::scrape`).
 pub const BULK_NICE: i32 = 10;
 
 /// Peer updates looked up per hold of the lock when counting new peers.
