@@ -6,7 +6,8 @@
 #
 # IMPL is a daemon command that takes "-f INTERFACE" (default: target/release/ferroguard, then wireguard-go and
 # boringtun-cli where installed); --sizes defaults to 65536,262144,1048576. wireguard-go is run once, at its
-# limit (65 536 peers in all: the tunnel peer and 65 535 more).
+# limit (65 536 peers in all: the tunnel peer and 65 535 more). boringtun is run at the sizes up to 262 144 only:
+# at about 19 KB per peer, 2^20 peers would take 20 GB of this machine's 24.
 #
 # For each implementation and size: two namespaces joined by a veth, one daemon each, one peer each (the
 # tunnel 10.79.0.1 <-> 10.79.0.2). While B pings A through the tunnel every 10 ms, A gets N random peers (one
@@ -20,8 +21,9 @@
 #   peak/settled the daemon's peak resident memory (VmHWM) over its resident memory after the load
 #   show s       `wg show A dump` of the full device (most of it is wg's own parsing and printing)
 #   get s        the same request (get=1) read raw from the socket by a small Python client: the daemon's part
-#   ping p50/p99/max (lost) during the load, during `wg show` (three in a row) and during a metrics scrape
-#                (three in a row; ferroguard only, --metrics-listen)
+#   ping p50/p99/max (lost) with nothing else going on (3 s, before the load: what the machine's own load
+#                costs), during the load, during `wg show` (three in a row) and during a metrics scrape (three
+#                in a row; daemons with --metrics-listen in their --help, i.e. ferroguard builds)
 # The count of peers (`wg show A peers | wc -l`) must be N+1, else the row says so.
 # Needs root, ip, wg, ping, python3, curl. Prints one line per run and a Markdown table at the end.
 set -euo pipefail
@@ -40,7 +42,8 @@ IMPLS=("$@")
 if [ ${#IMPLS[@]} = 0 ]; then
   IMPLS=(target/release/ferroguard)
   command -v wireguard-go >/dev/null && IMPLS+=(wireguard-go)
-  command -v boringtun-cli >/dev/null && IMPLS+=("boringtun-cli --disable-drop-privileges")
+  BORINGTUN=$(command -v boringtun-cli || ls ~/.cargo/bin/boringtun-cli 2>/dev/null || true)
+  [ -n "$BORINGTUN" ] && IMPLS+=("$BORINGTUN --disable-drop-privileges")
 fi
 [ "$(id -u)" = 0 ] || { echo "bench-peers: run as root" >&2; exit 1; }
 for tool in ip wg ping python3 curl timeout; do
@@ -71,6 +74,14 @@ peers_conf() {
   python3 scripts/random-peers.py "$1" >"$2"
 }
 
+# has_metrics IMPL: whether the daemon serves metrics (a ferroguard build, whatever its file is called), read
+# from its binary: some daemons take any word, --help included, as an interface name and start.
+has_metrics() {
+  local words
+  read -r -a words <<<"$1"
+  grep -qa -- --metrics-listen "$(command -v "${words[0]}")"
+}
+
 # start_pair IMPL: both daemons up with the tunnel between them; sets PA PB.
 start_pair() {
   local words extra=()
@@ -79,7 +90,7 @@ start_pair() {
   ip link add fgpeers0 netns $NA type veth peer name fgpeers1 netns $NB
   ip -n $NA addr add 192.0.2.1/24 dev fgpeers0; ip -n $NA link set fgpeers0 up; ip -n $NA link set lo up
   ip -n $NB addr add 192.0.2.2/24 dev fgpeers1; ip -n $NB link set fgpeers1 up; ip -n $NB link set lo up
-  case $1 in *ferroguard*) extra=(--metrics-listen $METRICS) ;; esac
+  if has_metrics "$1"; then extra=(--metrics-listen $METRICS); fi
   ip netns exec $NA env WG_PROCESS_FOREGROUND=1 "${words[@]}" ${extra[@]+"${extra[@]}"} -f $IA >"$TMP/a.log" 2>&1 &
   PA=$!
   ip netns exec $NB env WG_PROCESS_FOREGROUND=1 "${words[@]}" -f $IB >"$TMP/b.log" 2>&1 &
@@ -131,11 +142,12 @@ print("%.2f/%.2f/%.1f (%d)" % (pick(0.5), pick(0.99), t[-1], lost))
 PY
 }
 
-# timed CMD...: wall seconds of CMD in namespace A, or "fail".
+# timed CMD...: wall seconds of CMD in namespace A, or "fail" (also after 300 s: boringtun 0.7.1 stopped
+# answering its socket after a load of 65 536 peers).
 timed() {
   local t0
   t0=$(now)
-  if ip netns exec $NA "$@" >/dev/null 2>>"$TMP/errors"; then since "$t0"; else echo fail; fi
+  if timeout 300 ip netns exec $NA "$@" >/dev/null 2>>"$TMP/errors"; then since "$t0"; else echo fail; fi
 }
 
 # raw_get: seconds to read a whole get=1 answer from A's socket (the daemon's time, without wg's).
@@ -160,10 +172,13 @@ ROWS=()
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 run_one() { # IMPL N
   local impl=$1 n=$2 conf=$TMP/peers-$2.conf rss0 load again one setconf kb peak show count
-  local ping_load ping_show ping_scrape get
+  local ping_idle ping_load ping_show ping_scrape get
   peers_conf "$n" "$conf"
   start_pair "$impl"
   rss0=$(rss_kb $PA)
+  ping_start
+  sleep 3
+  ping_idle=$(ping_stop)
   ping_start
   load=$(timed wg addconf $IA "$conf")
   ping_load=$(ping_stop)
@@ -177,11 +192,11 @@ run_one() { # IMPL N
   timed wg show $IA dump >/dev/null; timed wg show $IA dump >/dev/null
   ping_show=$(ping_stop)
   ping_scrape=-
-  case $impl in *ferroguard*)
+  if has_metrics "$impl"; then
     ping_start
     for _ in 1 2 3; do ip netns exec $NA curl -sf -o /dev/null "http://$METRICS/metrics" || echo "scrape failed" >>"$TMP/errors"; done
-    ping_scrape=$(ping_stop) ;;
-  esac
+    ping_scrape=$(ping_stop)
+  fi
   again=$(timed wg addconf $IA "$conf")
   local key; key=$(wg genkey | wg pubkey)
   one=$(timed wg set $IA peer "$key" allowed-ips 10.127.255.254/32)
@@ -191,7 +206,7 @@ run_one() { # IMPL N
   [ "$count" = $((n + 1)) ] || count="$count (expected $((n + 1)))"
   stop_pair
   local kbs; kbs=$(python3 -c "print('%.2f' % ($kb / 1000))")
-  local row="| $impl | $n | $load | $again | $one | $setconf | $kbs | $peak | $show | $get | $ping_load | $ping_show | $ping_scrape | $count |"
+  local row="| $impl | $n | $load | $again | $one | $setconf | $kbs | $peak | $show | $get | $ping_idle | $ping_load | $ping_show | $ping_scrape | $count |"
   echo "$row"
   ROWS+=("$row")
 }
@@ -200,13 +215,15 @@ for impl in "${IMPLS[@]}"; do
   case $impl in
     # At most 65 536 peers in all: the tunnel peer and 65 535 more.
     *wireguard-go*) run_one "$impl" 65535 ;;
+    # About 19 KB per peer: 2^20 peers would not fit beside the other work of a 24 GB machine.
+    *boringtun*) for n in ${SIZES//,/ }; do if [ "$n" -le 262144 ]; then run_one "$impl" "$n"; fi; done ;;
     *) for n in ${SIZES//,/ }; do run_one "$impl" "$n"; done ;;
   esac
 done
 
 echo
 echo "load average (1, 5, 15 min) before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| implementation | peers | load s | again s | one more ms | setconf s | KB/peer | peak/settled | wg show s | get=1 s | ping during load p50/p99/max ms (lost) | during wg show | during scrape | peers listed |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| implementation | peers | load s | again s | one more ms | setconf s | KB/peer | peak/settled | wg show s | get=1 s | ping idle p50/p99/max ms (lost) | during load | during wg show | during scrape | peers listed |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 if [ -s "$TMP/errors" ]; then echo; echo "errors:"; sort "$TMP/errors" | uniq -c | head -20; fi

@@ -29,24 +29,27 @@ use ferroguard_proto::device::{Device, Now};
 use ferroguard_proto::peer::{Peer, PeerId};
 use zeroize::Zeroizing;
 
+use crate::bulk::{at_normal_priority, lower_this_thread};
 use crate::clock;
 use crate::runtime::Shared;
 use crate::uapi::{
-    DeviceOp, DeviceSnapshot, Errno, GetWriter, PeerOp, PeerSnapshot, PeerUpdate, SetRequest,
-    UapiHandler,
+    DeviceOp, DeviceSnapshot, Errno, GetWriter, PeerLines, PeerOp, PeerSnapshot, PeerUpdate,
+    SetRequest, UapiHandler,
 };
 
 /// The longest the engine lock is held by one slice of a large request.
-pub const SLICE_TIME: Duration = Duration::from_millis(1);
+/// Half a millisecond: a packet that arrives during a slice waits for its
+/// end, and the slice itself overruns when its thread is preempted.
+pub const SLICE_TIME: Duration = Duration::from_micros(500);
 
 /// The pause between two slices. The engine lock is not fair: a thread
 /// that releases it and takes it again at once usually gets it before a
 /// waiting data-path thread has been scheduled, so the applier steps aside
-/// for a moment (about 10 % of the apply time).
+/// for a moment (a fifth of a slice).
 const SLICE_PAUSE: Duration = Duration::from_micros(100);
 
 /// Peer updates (or removals) between two looks at the clock.
-const CLOCK_EVERY: usize = 32;
+const CLOCK_EVERY: usize = 16;
 
 /// Serves `get` and `set` for one device. Clones (one per configuration
 /// connection) share the device and apply their requests one at a time.
@@ -172,9 +175,12 @@ impl ConfigHandler {
     }
 }
 
-/// The nice value of a thread that streams the whole device (`get`, a
-/// metrics scrape): formatting 2^20 peers takes a CPU for a second or more,
-/// and on a small machine the data path must not queue behind it.
+/// The nice value of a thread that parses a request or streams the whole
+/// device (`get`, a metrics scrape): formatting 2^20 peers takes a CPU for
+/// a second or more, and on a small machine the data path must not queue
+/// behind it. A configuration connection's thread holds the engine lock
+/// at its normal priority (see [`crate::bulk`]); a scrape does not (see
+/// `metrics::scrape`).
 pub const BULK_NICE: i32 = 10;
 
 /// Peer updates looked up per hold of the lock when counting new peers.
@@ -259,26 +265,31 @@ impl UapiHandler for ConfigHandler {
     /// out; one added meanwhile is listed at the end: each peer is read
     /// whole, as the kernel's netlink dump does across its messages.
     fn answer_get(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
-        // The connection's own thread: it ends with the connection.
-        if let Err(error) = crate::sys::process::lower_thread_priority(BULK_NICE) {
-            log::debug!("could not lower the priority of a get: {error}");
-        }
+        // The connection's own thread (already lowered when served by
+        // `serve_concurrently`): it ends with the connection.
+        lower_this_thread();
         let (private_key, listen_port, fwmark) = self.device_settings();
         let mut answer = GetWriter::start(out, private_key.as_deref(), listen_port, fwmark)?;
         let mut staged = StagedPeers::new();
-        let mut snapshots = Vec::with_capacity(GET_CHUNK);
         let mut after = None;
         while self.stage_next_chunk(&mut staged, &mut after) {
-            snapshots.clear();
-            staged.snapshots_into(&mut snapshots);
-            for peer in &snapshots {
-                answer.peer(peer)?;
+            for peer in staged.lines() {
+                answer.peer_lines(&peer)?;
             }
         }
         answer.finish()
     }
 
+    /// Applies the request at the thread's normal priority: it was parsed
+    /// at bulk priority, but every step from here holds the engine lock.
     fn set(&mut self, request: SetRequest) -> Result<(), Errno> {
+        at_normal_priority(|| self.apply(&request))
+    }
+}
+
+impl ConfigHandler {
+    /// Applies a parsed request (see the module documentation).
+    fn apply(&self, request: &SetRequest) -> Result<(), Errno> {
         let _applying = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         for op in &request.device {
             self.apply_device_op(op)?;
@@ -294,29 +305,31 @@ impl UapiHandler for ConfigHandler {
         }
         Ok(())
     }
-}
 
-impl ConfigHandler {
     /// The private key, the bound port and the fwmark.
     fn device_settings(&self) -> (Option<Zeroizing<[u8; 32]>>, u16, u32) {
         let listen_port = self.shared.sockets().port();
-        let engine = self.shared.engine();
-        let private_key = engine.device.private_key().map(|k| k.to_bytes());
-        (private_key, listen_port, engine.fwmark)
+        at_normal_priority(|| {
+            let engine = self.shared.engine();
+            let private_key = engine.device.private_key().map(|k| k.to_bytes());
+            (private_key, listen_port, engine.fwmark)
+        })
     }
 
     /// Copies the `GET_CHUNK` peers added after `after` into `staged`
     /// under one hold of the engine lock and moves `after` past them;
     /// false when there were none left.
     fn stage_next_chunk(&self, staged: &mut StagedPeers, after: &mut Option<PeerId>) -> bool {
-        let engine = self.shared.engine();
-        let ids = engine.device.peer_ids_after(*after, GET_CHUNK);
-        let Some(&last) = ids.last() else {
-            return false;
-        };
-        *after = Some(last);
-        staged.copy_from(&engine.device, &ids);
-        true
+        at_normal_priority(|| {
+            let engine = self.shared.engine();
+            let ids = engine.device.peer_ids_after(*after, GET_CHUNK);
+            let Some(&last) = ids.last() else {
+                return false;
+            };
+            *after = Some(last);
+            staged.copy_from(&engine.device, &ids);
+            true
+        })
     }
 }
 
@@ -395,6 +408,23 @@ impl StagedPeers {
         }
     }
 
+    /// The staged chunk, borrowed, for writing out.
+    fn lines(&self) -> impl Iterator<Item = PeerLines<'_>> {
+        self.peers
+            .iter()
+            .zip(self.preshared_keys.iter())
+            .map(|(peer, preshared_key)| PeerLines {
+                public_key: &peer.public_key,
+                preshared_key,
+                endpoint: peer.endpoint,
+                last_handshake: peer.last_handshake,
+                tx_bytes: peer.tx_bytes,
+                rx_bytes: peer.rx_bytes,
+                persistent_keepalive: peer.persistent_keepalive,
+                allowed_ips: &self.allowed_ips[peer.prefixes.clone()],
+            })
+    }
+
     /// Appends the staged chunk to `out` as snapshots.
     fn snapshots_into(&self, out: &mut Vec<PeerSnapshot>) {
         for (peer, preshared_key) in self.peers.iter().zip(self.preshared_keys.iter()) {
@@ -470,6 +500,37 @@ mod tests {
         }
         assert!(peers.iter().any(|p| p.allowed_ips.is_empty()));
         assert!(peers.iter().any(|p| p.allowed_ips.len() == 2));
+    }
+
+    /// The streamed `get` (peers written from the staged chunks) is
+    /// byte for byte the answer built from whole snapshots.
+    #[test]
+    fn streamed_lines_match_the_snapshots() {
+        let device = device_with_peers(GET_CHUNK as u32 + 9);
+        let ids = device.peer_ids();
+        let mut staged = StagedPeers::new();
+        let (mut streamed, mut snapshots) = (Vec::new(), Vec::new());
+        let mut writer = GetWriter::start(&mut streamed, Some(&[3; 32]), 51820, 7).unwrap();
+        for chunk in ids.chunks(GET_CHUNK) {
+            staged.copy_from(&device, chunk);
+            for peer in staged.lines() {
+                writer.peer_lines(&peer).unwrap();
+            }
+            staged.snapshots_into(&mut snapshots);
+        }
+        writer.finish().unwrap();
+        let whole_device = DeviceSnapshot {
+            private_key: Some(Zeroizing::new([3; 32])),
+            listen_port: 51820,
+            fwmark: 7,
+            peers: snapshots,
+        };
+        let mut whole = Vec::new();
+        crate::uapi::write_get(&whole_device, &mut whole).unwrap();
+        assert_eq!(
+            String::from_utf8(streamed).unwrap(),
+            String::from_utf8(whole).unwrap()
+        );
     }
 
     #[test]

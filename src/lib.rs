@@ -1,5 +1,6 @@
 //! The ferroguard daemon as a library: platform code, the configuration API
 //! and the runtime that drives the protocol core. `main.rs` is a thin shell.
+pub mod bulk;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -334,6 +334,11 @@ fn render_to(
 /// under the engine lock, formatted and written with it released.
 pub fn scrape(shared: &Shared, interface: &str, out: &mut dyn Write) -> io::Result<()> {
     // Each scrape runs on a connection thread of its own (see `http::serve`).
+    // Unlike `get`, it holds the engine lock at nice 10 too: a scrape takes
+    // the lock eight times as often (once per chunk and family), and with
+    // the lock holds at normal priority the pings through the tunnel during
+    // scrapes of 2^20 peers were worse in three runs of four (BENCHMARKS.md,
+    // "Many peers").
     if let Err(error) = crate::sys::process::lower_thread_priority(crate::config::BULK_NICE) {
         log::debug!("could not lower the priority of a scrape: {error}");
     }

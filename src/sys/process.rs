@@ -157,11 +157,36 @@ pub fn interface_exists(name: &str) -> bool {
 /// privileges the daemon may have dropped: use it on threads that end with
 /// their work.
 pub fn lower_thread_priority(nice: i32) -> io::Result<()> {
+    set_thread_nice(nice)
+}
+
+/// Sets the calling thread's nice value (Linux keeps one per thread).
+/// Raising the priority (a lower value) needs `CAP_SYS_NICE` or room in
+/// `RLIMIT_NICE`; without them it fails with `EACCES` and changes nothing.
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     // SAFETY: gettid takes no arguments and cannot fail.
     let tid = unsafe { libc::gettid() };
     // SAFETY: setpriority takes plain integers; PRIO_PROCESS with a thread
     // id changes only that thread.
     check(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) }).map(drop)
+}
+
+/// The calling thread's nice value.
+pub fn thread_nice() -> io::Result<i32> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // getpriority may return -1 as a value: errno tells an error apart.
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    unsafe { *libc::__errno_location() = 0 };
+    // SAFETY: getpriority takes plain integers and only reads.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+    if nice == -1 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(0) {
+            return Err(error);
+        }
+    }
+    Ok(nice)
 }
 
 #[cfg(test)]

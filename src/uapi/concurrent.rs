@@ -50,6 +50,11 @@ where
             .name("uapi-conn".into())
             .spawn(move || {
                 let _slot = slot;
+                // Reading and parsing a request of 2^20 peers, or writing
+                // the answer of a `get`, takes a CPU for seconds: at bulk
+                // priority, the handler holding the engine lock at its
+                // normal one (see `crate::bulk`).
+                crate::bulk::lower_this_thread();
                 let stream = ProgressStream::new(stream, idle_limit);
                 if let Err(error) = serve_connection(stream, &mut handler) {
                     log::debug!("configuration connection ended: {error}");

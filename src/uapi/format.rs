@@ -1,15 +1,23 @@
 //! Writing the answer to a `get` request.
 
 use std::io::{self, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
 use super::{DeviceSnapshot, PeerSnapshot};
 
 /// Bytes gathered before they are written to the output. Large enough that
-/// a big answer costs few system calls.
+/// a big answer costs few system calls, small enough to fit the socket's
+/// buffer (the next one is formatted while the client reads: 256 KiB made
+/// `get` of 2^20 peers slower).
 const FLUSH_THRESHOLD: usize = 64 * 1024;
+
+/// The buffer's room beyond [`FLUSH_THRESHOLD`]: more than any one line,
+/// so that it never grows (a grown buffer would leave a copy of keys
+/// behind in the memory it gave up).
+const LINE_ROOM: usize = 256;
 
 /// Writes the whole answer to a `get` request, `errno=0` and the final blank
 /// line included, then flushes `out`.
@@ -69,6 +77,13 @@ impl<'a, W: Write + ?Sized> GetWriter<'a, W> {
 
     /// Appends one peer (written out whenever 64 KiB have gathered).
     pub fn peer(&mut self, peer: &PeerSnapshot) -> io::Result<()> {
+        write_peer(&mut self.answer, &PeerLines::from(peer))
+    }
+
+    /// Appends one peer given by borrowed values, as [`GetWriter::peer`]
+    /// does: a caller that stages peers in buffers of its own writes them
+    /// without building a snapshot (and its lists) per peer.
+    pub fn peer_lines(&mut self, peer: &PeerLines<'_>) -> io::Result<()> {
         write_peer(&mut self.answer, peer)
     }
 
@@ -79,12 +94,49 @@ impl<'a, W: Write + ?Sized> GetWriter<'a, W> {
     }
 }
 
+/// One peer's values for [`GetWriter::peer_lines`], as in [`PeerSnapshot`]
+/// (see there), borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerLines<'a> {
+    /// The peer's static public key.
+    pub public_key: &'a [u8; 32],
+    /// The preshared key, all zeros when there is none.
+    pub preshared_key: &'a [u8; 32],
+    /// The current endpoint, if known.
+    pub endpoint: Option<SocketAddr>,
+    /// The last completed handshake since `UNIX_EPOCH`, if any.
+    pub last_handshake: Option<Duration>,
+    /// WireGuard message bytes sent to this peer.
+    pub tx_bytes: u64,
+    /// WireGuard message bytes received from this peer.
+    pub rx_bytes: u64,
+    /// Persistent keepalive interval in seconds, 0 = off.
+    pub persistent_keepalive: u16,
+    /// The prefixes routed to this peer, in the engine's order.
+    pub allowed_ips: &'a [(IpAddr, u8)],
+}
+
+impl<'a> From<&'a PeerSnapshot> for PeerLines<'a> {
+    fn from(peer: &'a PeerSnapshot) -> Self {
+        PeerLines {
+            public_key: &peer.public_key,
+            preshared_key: &peer.preshared_key,
+            endpoint: peer.endpoint,
+            last_handshake: peer.last_handshake,
+            tx_bytes: peer.tx_bytes,
+            rx_bytes: peer.rx_bytes,
+            persistent_keepalive: peer.persistent_keepalive,
+            allowed_ips: &peer.allowed_ips,
+        }
+    }
+}
+
 fn write_peer<W: Write + ?Sized>(
     answer: &mut AnswerBuffer<'_, W>,
-    peer: &PeerSnapshot,
+    peer: &PeerLines<'_>,
 ) -> io::Result<()> {
-    answer.hex_line(b"public_key", &peer.public_key)?;
-    answer.hex_line(b"preshared_key", &peer.preshared_key)?;
+    answer.hex_line(b"public_key", peer.public_key)?;
+    answer.hex_line(b"preshared_key", peer.preshared_key)?;
     answer.raw(b"protocol_version=1\n")?;
     if let Some(endpoint) = peer.endpoint {
         answer.display_line(b"endpoint", endpoint)?;
@@ -98,7 +150,7 @@ fn write_peer<W: Write + ?Sized>(
     answer.number_line(b"rx_bytes", peer.rx_bytes)?;
     let keepalive = u64::from(peer.persistent_keepalive);
     answer.number_line(b"persistent_keepalive_interval", keepalive)?;
-    for &(address, cidr) in &peer.allowed_ips {
+    for &(address, cidr) in peer.allowed_ips {
         answer.allowed_ip_line(address, cidr)?;
     }
     Ok(())
@@ -113,7 +165,7 @@ struct AnswerBuffer<'a, W: Write + ?Sized> {
 impl<'a, W: Write + ?Sized> AnswerBuffer<'a, W> {
     fn new(out: &'a mut W) -> Self {
         AnswerBuffer {
-            pending: Zeroizing::new(Vec::with_capacity(FLUSH_THRESHOLD + 256)),
+            pending: Zeroizing::new(Vec::with_capacity(FLUSH_THRESHOLD + LINE_ROOM)),
             out,
         }
     }
@@ -126,14 +178,14 @@ impl<'a, W: Write + ?Sized> AnswerBuffer<'a, W> {
     fn hex_line(&mut self, key: &[u8], value: &[u8; 32]) -> io::Result<()> {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         self.start_line(key);
-        // Built on the stack and appended once: 2^20 peers make two keys
-        // each. The stack copy may hold a key: it is wiped like the buffer.
-        let mut digits = Zeroizing::new([0u8; 64]);
-        for (pair, &byte) in digits.chunks_exact_mut(2).zip(value) {
+        // Written in place (2^20 peers make two keys each): no copy of a
+        // key anywhere but the buffer, which is wiped.
+        let start = self.pending.len();
+        self.pending.resize(start + 64, 0);
+        for (pair, &byte) in self.pending[start..].chunks_exact_mut(2).zip(value) {
             pair[0] = DIGITS[usize::from(byte >> 4)];
             pair[1] = DIGITS[usize::from(byte & 0x0f)];
         }
-        self.pending.extend_from_slice(&digits[..]);
         self.end_line()
     }
 

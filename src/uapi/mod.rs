@@ -40,7 +40,7 @@ use ferroguard_proto::crypto::ct_eq;
 use zeroize::Zeroizing;
 
 pub use concurrent::{serve_concurrently, MAX_CONNECTIONS};
-pub use format::{write_get, GetWriter};
+pub use format::{write_get, GetWriter, PeerLines};
 pub use listener::{socket_dir, UapiListener, SOCKET_DIR_ENV};
 pub use parse::{parse_set, MAX_LINE_LEN, MAX_REQUEST_LEN};
 pub use progress::{ProgressStream, PROGRESS_BYTES};
