@@ -1138,21 +1138,14 @@ impl Driver {
     // ----- UDP forwards ---------------------------------------------------
 
     fn on_udp_ready(&mut self, index: usize) {
-        let Some(forward) = self.udp_forwards.get(index) else {
+        if index >= self.udp_forwards.len() {
             return;
-        };
-        let _ = forward;
+        }
         let mut buf = vec![0u8; 65536];
         loop {
-            let forward = &mut self.udp_forwards[index];
-            let (n, client) = match forward.socket.recv_from(&mut buf) {
-                Ok(received) => received,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("UDP forward receive: {e}");
-                    return;
-                }
+            let forward = &self.udp_forwards[index];
+            let Some((n, client)) = recv_waiting(&forward.socket, &mut buf, "UDP forward") else {
+                return;
             };
             let Some(handle) = self.association(index, client) else {
                 continue;
@@ -1364,6 +1357,23 @@ impl Refusal {
                 "connection buffers would exceed {} bytes (TotalBuffers)",
                 limits.total_buffers
             ),
+        }
+    }
+}
+
+/// One datagram from a non-blocking UDP socket: `None` once none is waiting,
+/// or on an error (logged, naming the socket as `what`); an interrupted call
+/// is retried.
+fn recv_waiting(socket: &UdpSocket, buf: &mut [u8], what: &str) -> Option<(usize, SocketAddr)> {
+    loop {
+        match socket.recv_from(buf) {
+            Ok(received) => return Some(received),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::debug!("{what} receive: {e}");
+                return None;
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ use smoltcp::socket::dns::{self, GetQueryResultError, QueryHandle};
 use smoltcp::socket::udp;
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-use super::{Driver, Phase, Reply};
+use super::{recv_waiting, Driver, Phase, Reply};
 use crate::rootless::socks5::{self, Target};
 
 /// Lookups in flight per relay.
@@ -211,14 +211,9 @@ impl Driver {
             let Some(relay) = self.relays.get_mut(&relay_token) else {
                 return;
             };
-            let (n, source) = match relay.socket.recv_from(&mut buf) {
-                Ok(received) => received,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("SOCKS5 UDP relay receive: {e}");
-                    return;
-                }
+            let Some((n, source)) = recv_waiting(&relay.socket, &mut buf, "SOCKS5 UDP relay")
+            else {
+                return;
             };
             if !relay.admit(source) {
                 log::debug!("SOCKS5 UDP relay: datagram from {source} (not the client) dropped");

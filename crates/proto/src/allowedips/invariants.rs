@@ -214,34 +214,32 @@ fn check_trie<K: Key, T>(
             });
         }
     }
-    let free: HashSet<u32> = trie.free.iter().copied().collect();
-    assert_eq!(
-        free.len(),
-        trie.free.len(),
-        "allowedips {family:?}: duplicate free node"
-    );
-    assert!(
-        free.is_disjoint(&seen_nodes),
-        "allowedips {family:?}: a free node is reachable"
-    );
-    assert_eq!(
-        seen_nodes.len() + free.len(),
-        trie.nodes.len(),
-        "allowedips {family:?}: leaked nodes"
-    );
-    let free_blocks: HashSet<u32> = trie.free_blocks.iter().copied().collect();
-    assert_eq!(
-        free_blocks.len(),
-        trie.free_blocks.len(),
-        "allowedips {family:?}: duplicate free block"
-    );
-    assert!(
-        free_blocks.is_disjoint(&seen_blocks),
-        "allowedips {family:?}: a free block is in use"
-    );
-    assert_eq!(
-        seen_blocks.len() + free_blocks.len(),
+    check_free_list(family, "node", &trie.free, &seen_nodes, trie.nodes.len());
+    check_free_list(
+        family,
+        "prefix block",
+        &trie.free_blocks,
+        &seen_blocks,
         trie.blocks.len(),
-        "allowedips {family:?}: leaked prefix blocks"
+    );
+}
+
+/// A free list holds each slot once, none in use (`used`), and together
+/// with the used ones accounts for all `slots`.
+fn check_free_list(family: Family, what: &str, free: &[u32], used: &HashSet<u32>, slots: usize) {
+    let unique: HashSet<u32> = free.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        free.len(),
+        "allowedips {family:?}: duplicate free {what}"
+    );
+    assert!(
+        unique.is_disjoint(used),
+        "allowedips {family:?}: a free {what} is in use"
+    );
+    assert_eq!(
+        used.len() + unique.len(),
+        slots,
+        "allowedips {family:?}: leaked {what}s"
     );
 }
