@@ -86,7 +86,7 @@ pub(super) fn read_answers(shared: &Shared) {
 /// read that would only find the queue empty. Latency stays that of
 /// unbatched sending when traffic is sparse; batching starts with the
 /// second packet of a burst.
-pub(super) fn send_first_at_once(last_drain_reads: usize) -> bool {
+fn send_first_at_once(last_drain_reads: usize) -> bool {
     last_drain_reads <= 1
 }
 

@@ -456,8 +456,8 @@ impl UdpSockets {
     }
 
     /// Whether GSO sends are in use on every open socket (see the module
-    /// documentation); without it [`send_segments`](Self::send_segments)
-    /// sends one datagram per segment.
+    /// documentation); without it [`send`](Self::send) sends a segmented
+    /// transmit one datagram per segment.
     pub fn gso_supported(&self) -> bool {
         self.family_sockets()
             .all(|socket| socket.gso.load(Ordering::Relaxed))
@@ -536,9 +536,10 @@ impl UdpSockets {
     /// per transmit, in the order given.
     ///
     /// Consecutive segmented transmits to one destination from one source
-    /// leave together (see [`send_runs`](Self::send_runs)); single
-    /// datagrams leave with one `sendmmsg` per family (see
-    /// [`send_singles`](Self::send_singles)). A refused source is dropped
+    /// leave together, as UDP GSO messages in as few `sendmmsg` calls as
+    /// possible (without GSO, one datagram per segment); single datagrams
+    /// leave with one `sendmmsg` per family (see the module documentation,
+    /// "One send call" and "Offloads"). A refused source is dropped
     /// and the datagrams sent again at once without it
     /// ([`SendOutcome::SourceDropped`]). A segmented transmit with a zero
     /// segment size fails with `InvalidInput`.
@@ -1160,7 +1161,7 @@ fn send_all_datagrams(target: &SendTarget, datagrams: &[&[u8]]) -> io::Result<()
     Ok(())
 }
 
-/// A datagram of [`UdpSockets::send_datagrams`] ready for `sendmmsg`: its
+/// A datagram of `UdpSockets::send_singles` ready for `sendmmsg`: its
 /// normalised destination and its pktinfo control message.
 struct PreparedDatagram<'a> {
     /// Its position in the caller's batch.
