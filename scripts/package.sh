@@ -13,6 +13,14 @@ check() { # NAME CMD...
   local name=$1; shift
   if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
 }
+# cargo extracts the packaged ferroguard-proto from its temporary registry into
+# $CARGO_HOME/registry/src/-<hash of the registry's path>/ and, when that
+# directory already exists from an earlier run in a checkout at the same path,
+# builds ferroguard-ffi against the stale copy (a CI machine that reuses its
+# clone path and its cargo home failed this way). Those directories hold only
+# our own packages, never anything downloaded: remove them first.
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+rm -rf "$cargo_home"/registry/src/-*/ferroguard-* "$cargo_home"/registry/cache/-*/ferroguard-*
 # --allow-dirty: CI runs on a clean clone; a developer may have edits in progress.
 check "cargo package ferroguard-proto ferroguard-ffi" \
   nice -n 10 cargo package --quiet --allow-dirty -p ferroguard-proto -p ferroguard-ffi
