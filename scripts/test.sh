@@ -14,12 +14,13 @@ cd "$(dirname "$0")/.."
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
 LOG=$(mktemp -d)
 trap 'rm -rf "$LOG"' EXIT
-passed=0; failed=0; skipped=0; steps_failed=(); skipped_names=()
+passed=0; failed=0; skipped=0; steps_failed=(); skipped_names=(); step_times=()
 
 # step NAME TIMEOUT CMD...: runs a step, adds its test counts to the totals.
 step() {
   local name=$1 limit=$2; shift 2
   echo "=== $name"
+  local began=$SECONDS
   local out="$LOG/$(echo "$name" | tr -c 'a-zA-Z0-9' _).log"
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$out"
   local rc=${PIPESTATUS[0]}
@@ -40,6 +41,7 @@ step() {
   fi
   while IFS= read -r line; do skipped_names+=("$name: $line"); done < <(grep -E '^ok [0-9]+ - .* # SKIP|NOT CHECKED|^test .* \.\.\. ignored' "$out" | sed -E 's/^ok [0-9]+ - //; s/^test //')
   passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + sk))
+  step_times+=("$(printf '%5d s  %s' $((SECONDS - began)) "$name")")
   if [ "$rc" != 0 ]; then
     steps_failed+=("$name (exit $rc)")
     [ "$f" = 0 ] && failed=$((failed + 1))
@@ -83,6 +85,7 @@ else
 fi
 
 echo
+echo "time per step (total $SECONDS s):"; printf '  %s\n' "${step_times[@]}"
 if [ ${#steps_failed[@]} -gt 0 ]; then
   echo "failed steps:"; printf '  %s\n' "${steps_failed[@]}"
 fi
