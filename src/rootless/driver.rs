@@ -388,9 +388,7 @@ impl Driver {
     /// One round: packets into the stack, every connection serviced, what
     /// that produced sent. True if anything moved (go round again at once).
     fn step(&mut self) -> bool {
-        let now = self.now();
-        let mut moved = self.iface.poll(now, &mut self.pipe, &mut self.sockets)
-            == smoltcp::iface::PollResult::SocketStateChanged;
+        let mut moved = self.poll_stack();
         self.accept_reverse();
         let tokens: Vec<usize> = self.conns.keys().copied().collect();
         for token in tokens {
@@ -401,10 +399,19 @@ impl Driver {
         self.relay_socks_udp_from_tunnel();
         self.relay_reverse_udp_from_tunnel();
         self.expire();
-        let now = self.now();
-        moved |= self.iface.poll(now, &mut self.pipe, &mut self.sockets)
-            == smoltcp::iface::PollResult::SocketStateChanged;
+        moved |= self.poll_stack();
         moved
+    }
+
+    /// Lets the stack take the received packets and send what it has to,
+    /// and hands what it sent to the runtime. True if a socket's state may
+    /// have changed.
+    fn poll_stack(&mut self) -> bool {
+        let now = self.now();
+        let changed = self.iface.poll(now, &mut self.pipe, &mut self.sockets)
+            == smoltcp::iface::PollResult::SocketStateChanged;
+        self.pipe.send_queued();
+        changed
     }
 
     // ----- admission -----------------------------------------------------
