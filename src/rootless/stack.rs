@@ -51,7 +51,7 @@ const READ_BATCH: usize = 256;
 /// GSO run of the runtime's send batch. A poll that sends more hands them
 /// over in batches of this size; the rest goes at the end of the poll
 /// ([`PacketPipe::send_queued`]).
-const HANDOFF_BATCH: usize = 64;
+const HANDOFF_BATCH: usize = 16;
 
 /// The stack's end of the packet pipe.
 pub(crate) struct PacketPipe {
