@@ -126,7 +126,7 @@ fn drain_tun(shared: &Shared, reader: &mut TunReader, limit: usize) -> std::io::
 /// The runtime's entrance for an in-process TCP/IP stack (the rootless
 /// mode, docs/ROOTLESS.md): the packets the stack sends are routed,
 /// encrypted and sent exactly as packets read from the TUN device are
-/// ([`encrypt_into_batch`], then one flush), but by the stack's own thread,
+/// (`encrypt_into_batch`, then one flush), but by the stack's own thread,
 /// without a trip through a descriptor and an I/O thread's wake-up.
 pub struct StackSender {
     tx: TxBatch,
