@@ -24,6 +24,7 @@
 # onetun (github.com/aramperes/onetun, smoltcp-based port forwarding) is measured the same way as the
 # rootless forward when it is installed: `onetun` on PATH, or ONETUN=/path/to/onetun (`cargo install onetun`).
 # It runs as nobody in ns1 with a key of its own (192.168.241.4), forwarding 127.0.0.1:25201 and :27001.
+# PEER=/path/to/wireguard-go runs that as the ns2 daemon (the peer of all three) instead of Ferroguard.
 set -euo pipefail
 
 seconds=5 rounds=3 mb=200 rtt_count=1000 send_buffer=""
@@ -42,6 +43,7 @@ done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${FERROGUARD:-$root/target/release/ferroguard}
+peer=${PEER:-$bin}
 py=$root/tests/netns/scenarios/rootless.py
 for tool in ip wg iperf3 python3 setpriv; do
 	command -v "$tool" >/dev/null || { echo "$0: $tool is missing" >&2; exit 1; }
@@ -93,7 +95,7 @@ onetun=${ONETUN:-$(command -v onetun || true)}
 # fork a subshell), so that $! is the process: it is what cleanup signals and whose memory is read.
 ip netns exec "$ns1" "$bin" -f "$if1" >"$work/tun1.log" 2>&1 &
 pids+=($!)
-ip netns exec "$ns2" "$bin" -f "$if2" >"$work/tun2.log" 2>&1 &
+WG_PROCESS_FOREGROUND=1 ip netns exec "$ns2" "$peer" -f "$if2" >"$work/tun2.log" 2>&1 &
 pids+=($!)
 wait_for 5 test -S "/var/run/wireguard/$if1.sock"
 wait_for 5 test -S "/var/run/wireguard/$if2.sock"

@@ -121,7 +121,9 @@ pub struct Limits {
     /// everything from the first unacknowledged byte again (no SACK-based
     /// recovery): against a receiver that drops part of each burst
     /// (wireguard-go's UDP socket overflowing on a busy host), a large one
-    /// collapses the connection (docs/ROOTLESS.md, "Design").
+    /// collapses the connection (docs/ROOTLESS.md, "Design"). A connection
+    /// that stalls keeps less than this in flight for a while
+    /// (`driver/in_flight.rs`); the buffer itself stays this size.
     pub send_buffer: usize,
     /// Bytes of connection buffers in all.
     pub total_buffers: usize,

@@ -24,11 +24,13 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{DnsQueryType, IpAddress, IpEndpoint, IpListenEndpoint};
 
+use self::in_flight::InFlight;
 use super::config::{Limits, Protocol, ProxyConfig, Reverse, RootlessConfig};
 use super::http_connect;
 use super::socks5::{self, Parse, Reply, Target};
 use super::stack::PacketPipe;
 
+mod in_flight;
 mod reverse_udp;
 mod socks_udp;
 use reverse_udp::ReverseUdp;
@@ -141,6 +143,8 @@ struct Conn {
     reserved: bool,
     /// While half-open: when to give up.
     deadline: Option<Instant>,
+    /// How much of the stack socket's send buffer may be filled.
+    in_flight: InFlight,
 }
 
 impl Conn {
@@ -388,9 +392,7 @@ impl Driver {
     /// One round: packets into the stack, every connection serviced, what
     /// that produced sent. True if anything moved (go round again at once).
     fn step(&mut self) -> bool {
-        let now = self.now();
-        let mut moved = self.iface.poll(now, &mut self.pipe, &mut self.sockets)
-            == smoltcp::iface::PollResult::SocketStateChanged;
+        let mut moved = self.poll_stack();
         self.accept_reverse();
         let tokens: Vec<usize> = self.conns.keys().copied().collect();
         for token in tokens {
@@ -401,10 +403,19 @@ impl Driver {
         self.relay_socks_udp_from_tunnel();
         self.relay_reverse_udp_from_tunnel();
         self.expire();
-        let now = self.now();
-        moved |= self.iface.poll(now, &mut self.pipe, &mut self.sockets)
-            == smoltcp::iface::PollResult::SocketStateChanged;
+        moved |= self.poll_stack();
         moved
+    }
+
+    /// Lets the stack take the received packets and send what it has to,
+    /// and hands what it sent to the runtime. True if a socket's state may
+    /// have changed.
+    fn poll_stack(&mut self) -> bool {
+        let now = self.now();
+        let changed = self.iface.poll(now, &mut self.pipe, &mut self.sockets)
+            == smoltcp::iface::PollResult::SocketStateChanged;
+        self.pipe.send_queued();
+        changed
     }
 
     // ----- admission -----------------------------------------------------
@@ -490,6 +501,7 @@ impl Driver {
                 local_shut: false,
                 reserved: true,
                 deadline: Some(Instant::now() + self.limits.handshake_timeout),
+                in_flight: InFlight::new(send_buffer(&self.limits), Instant::now()),
             },
         );
         token
@@ -987,26 +999,41 @@ impl Driver {
             conn.local_shut = true;
             moved = true;
         }
-        // Local to tunnel: handshake leftovers first.
-        if !conn.inbound.is_empty() && socket.can_send() {
-            if let Ok(n) = socket.send_slice(&conn.inbound) {
+        // Local to tunnel, as far as the in-flight limit lets: handshake
+        // leftovers first.
+        conn.in_flight.observe(socket.send_queue(), Instant::now());
+        let room = conn.in_flight.room(socket.send_queue());
+        if !conn.inbound.is_empty() && socket.can_send() && room > 0 {
+            let take = conn.inbound.len().min(room);
+            if let Ok(n) = socket.send_slice(&conn.inbound[..take]) {
                 conn.inbound.drain(..n);
+                conn.in_flight.queued(n);
                 moved |= n > 0;
             }
         }
         while conn.readable && !conn.local_eof && conn.inbound.is_empty() && socket.can_send() {
+            let room = conn.in_flight.room(socket.send_queue());
+            if room == 0 {
+                break;
+            }
             let stream = &mut conn.stream;
-            match socket.send(|buf| match stream.read(buf) {
-                Ok(0) => (0, Ok(0)),
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
+            match socket.send(|buf| {
+                let len = buf.len().min(room);
+                match stream.read(&mut buf[..len]) {
+                    Ok(0) => (0, Ok(0)),
+                    Ok(n) => (n, Ok(n)),
+                    Err(e) => (0, Err(e)),
+                }
             }) {
                 Ok(Ok(0)) => {
                     conn.local_eof = true;
                     socket.close();
                     moved = true;
                 }
-                Ok(Ok(_)) => moved = true,
+                Ok(Ok(n)) => {
+                    conn.in_flight.queued(n);
+                    moved = true;
+                }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(_)) | Err(_) => {

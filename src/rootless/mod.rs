@@ -189,7 +189,7 @@ pub fn run(options: &RootlessOptions) -> Result<Stop, SetupError> {
     ConfigHandler::new(shared.clone())
         .set(config.to_set_request(&endpoints))
         .map_err(|e| SetupError(format!("failed to apply the configuration: {e}")))?;
-    let mut pipe = stack::PacketPipe::new(stack_end, config.mtu)
+    let mut pipe = stack::PacketPipe::new(stack_end, shared.clone(), config.mtu)
         .map_err(|e| SetupError(format!("packet pipe: {e}")))?;
     let seed = u64::from_le_bytes(daemon::random_seed()?[..8].try_into().expect("8 bytes"));
     let iface = stack::interface(&mut pipe, &config.addresses, seed).map_err(SetupError)?;

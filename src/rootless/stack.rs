@@ -1,22 +1,25 @@
-//! The in-process TCP/IP stack's side of the packet pipe: a smoltcp
-//! [`Device`](phy::Device) whose packets come from and go to a unix
-//! datagram socket, the other end of which is the WireGuard runtime's
-//! "TUN device" (see docs/ROOTLESS.md, "Design").
+//! The in-process TCP/IP stack's device (see docs/ROOTLESS.md, "Design"):
+//! a smoltcp [`Device`](phy::Device) that receives from a unix datagram
+//! socket, the other end of which is the WireGuard runtime's "TUN device",
+//! and hands what it sends straight to the runtime's send path.
 //!
-//! The pipe speaks the TUN device's offload format: each datagram is a
-//! virtio-net header and an IP packet. What the runtime sends may be a TCP
-//! super-packet of up to 64 KiB (its GRO merges what it decrypted), split
-//! here with the runtime's own `offload::split`: a full window from the
-//! peer crosses the pipe in a few system calls, not one per segment. What
-//! the stack sends goes one packet per datagram, with an empty header:
-//! merging it too was measured no faster, and it sent smoltcp's
-//! window-sized bursts to the wire at once, which a wireguard-go peer on a
-//! busy host dropped (docs/ROOTLESS.md, "Design").
+//! Towards the stack the pipe speaks the TUN device's offload format: each
+//! datagram is a virtio-net header and an IP packet. What the runtime sends
+//! may be a TCP super-packet of up to 64 KiB (its GRO merges what it
+//! decrypted), split here with the runtime's own `offload::split`: a full
+//! window from the peer crosses the pipe in a few system calls.
+//!
+//! From the stack, packets do not cross the pipe: the packets of one poll
+//! are collected and given to [`StackSender`], which routes, encrypts and
+//! sends them on the stack's thread with the code that serves TUN reads.
+//! One datagram per packet through the pipe cost a socket buffer, a copy
+//! and a wake-up at each end, half the process's CPU time uphill (profile
+//! in BENCHMARKS.md, "Rootless mode").
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::unix::net::UnixDatagram;
-use std::time::Duration;
+use std::sync::Arc;
 
 use smoltcp::iface::{Config, Interface};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
@@ -24,11 +27,13 @@ use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
 use crate::offload::{split, SegmentBatch, VirtioNetHdr, VIRTIO_NET_HDR_LEN};
+use crate::runtime::{Shared, StackSender};
 use crate::sys::tun::TunOffloads;
 
 /// The offloads the pipe's runtime end is set up with: the virtio-net
 /// header and TCP segmentation, so that the runtime may write GRO
-/// super-packets (the stack itself sends none; no UDP segmentation).
+/// super-packets (nothing is sent into the pipe from the stack's end but
+/// through [`StackSender`]; no UDP segmentation).
 pub(crate) const PIPE_OFFLOADS: TunOffloads = TunOffloads {
     vnet_hdr: true,
     tso: true,
@@ -42,10 +47,14 @@ const MAX_DATAGRAM: usize = VIRTIO_NET_HDR_LEN + 65535;
 /// connections get their turn under a flood.
 const READ_BATCH: usize = 256;
 
-/// How long a send into a full pipe is retried before the packet is dropped
-/// (TCP retransmits it). The runtime drains the pipe continuously, so this
-/// only waits out a burst.
-const FULL_PIPE_PATIENCE: Duration = Duration::from_millis(20);
+/// Packets the stack sends that are handed to the runtime at once (one
+/// `sendmmsg`, one GSO run). A poll that sends more hands them over in
+/// batches of this size; the rest goes at the end of the poll
+/// ([`PacketPipe::send_queued`]). Not 64 (the runtime's largest run):
+/// towards a wireguard-go peer with a default-sized UDP buffer, 64 carried
+/// 8.5 Mbit/s uphill and 16 carried 105 in one run each (BENCHMARKS.md,
+/// "Rootless mode").
+const HANDOFF_BATCH: usize = 16;
 
 /// The stack's end of the packet pipe.
 pub(crate) struct PacketPipe {
@@ -53,29 +62,82 @@ pub(crate) struct PacketPipe {
     received: VecDeque<Vec<u8>>,
     read_buf: Vec<u8>,
     segments: SegmentBatch,
-    /// Where smoltcp writes the packet it sends, after an empty header.
-    scratch: Vec<u8>,
+    outgoing: Outgoing,
     mtu: usize,
     /// The last read stopped at [`READ_BATCH`], not at an empty pipe.
     pub more_to_read: bool,
-    /// Packets dropped because the pipe stayed full.
-    pub dropped: u64,
+}
+
+/// The packets the stack sent and the runtime has not yet been given, back
+/// to back in one buffer.
+struct Outgoing {
+    shared: Arc<Shared>,
+    sender: StackSender,
+    bytes: Vec<u8>,
+    /// Where each packet ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Outgoing {
+    /// Lets smoltcp write a `len`-byte packet at the end of the queue; hands
+    /// the queue over when it holds a batch.
+    fn push<R>(&mut self, len: usize, write: impl FnOnce(&mut [u8]) -> R) -> R {
+        let start = self.bytes.len();
+        self.bytes.resize(start + len, 0);
+        let result = write(&mut self.bytes[start..]);
+        self.ends.push(self.bytes.len());
+        if self.ends.len() >= HANDOFF_BATCH {
+            self.hand_over();
+        }
+        result
+    }
+
+    /// Sends the queued packets through the runtime, in order.
+    fn hand_over(&mut self) {
+        if self.ends.is_empty() {
+            return;
+        }
+        let mut packets = Vec::with_capacity(self.ends.len());
+        let mut start = 0;
+        for &end in &self.ends {
+            packets.push(&self.bytes[start..end]);
+            start = end;
+        }
+        self.sender.send(&self.shared, &packets);
+        self.bytes.clear();
+        self.ends.clear();
+    }
 }
 
 impl PacketPipe {
-    /// Wraps the stack's end (made non-blocking here).
-    pub(crate) fn new(socket: UnixDatagram, mtu: usize) -> io::Result<PacketPipe> {
+    /// Wraps the stack's end (made non-blocking here); what the stack sends
+    /// goes through `shared`, the runtime at the pipe's other end.
+    pub(crate) fn new(
+        socket: UnixDatagram,
+        shared: Arc<Shared>,
+        mtu: usize,
+    ) -> io::Result<PacketPipe> {
         socket.set_nonblocking(true)?;
         Ok(PacketPipe {
             socket,
             received: VecDeque::new(),
             read_buf: vec![0u8; MAX_DATAGRAM],
             segments: SegmentBatch::new(),
-            scratch: Vec::new(),
+            outgoing: Outgoing {
+                shared,
+                sender: StackSender::new(),
+                bytes: Vec::new(),
+                ends: Vec::new(),
+            },
             mtu,
             more_to_read: false,
-            dropped: 0,
         })
+    }
+
+    /// Hands what the stack sent during the last poll to the runtime (call
+    /// after each `Interface::poll`).
+    pub(crate) fn send_queued(&mut self) {
+        self.outgoing.hand_over();
     }
 
     /// The descriptor, for the event loop.
@@ -150,11 +212,9 @@ pub(crate) fn interface(
 /// A received packet, handed to the stack.
 pub(crate) struct RxToken(Vec<u8>);
 
-/// Room for one packet to send into the pipe.
+/// Room for one packet the stack sends.
 pub(crate) struct TxToken<'a> {
-    socket: &'a UnixDatagram,
-    scratch: &'a mut Vec<u8>,
-    dropped: &'a mut u64,
+    outgoing: &'a mut Outgoing,
 }
 
 impl phy::RxToken for RxToken {
@@ -165,33 +225,7 @@ impl phy::RxToken for RxToken {
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        // An all-zero header: a whole packet, its checksums complete.
-        self.scratch.clear();
-        self.scratch.resize(VIRTIO_NET_HDR_LEN + len, 0);
-        let result = f(&mut self.scratch[VIRTIO_NET_HDR_LEN..]);
-        if !send_patiently(self.socket, self.scratch) {
-            *self.dropped += 1;
-        }
-        result
-    }
-}
-
-/// Sends one packet, waiting out a full pipe for at most
-/// [`FULL_PIPE_PATIENCE`]; false if it was dropped.
-fn send_patiently(socket: &UnixDatagram, packet: &[u8]) -> bool {
-    let give_up = std::time::Instant::now() + FULL_PIPE_PATIENCE;
-    loop {
-        match socket.send(packet) {
-            Ok(_) => return true,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if std::time::Instant::now() >= give_up {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_micros(50));
-            }
-            Err(_) => return false,
-        }
+        self.outgoing.push(len, f)
     }
 }
 
@@ -204,18 +238,14 @@ impl phy::Device for PacketPipe {
         Some((
             RxToken(packet),
             TxToken {
-                socket: &self.socket,
-                scratch: &mut self.scratch,
-                dropped: &mut self.dropped,
+                outgoing: &mut self.outgoing,
             },
         ))
     }
 
     fn transmit(&mut self, _now: SmolInstant) -> Option<TxToken<'_>> {
         Some(TxToken {
-            socket: &self.socket,
-            scratch: &mut self.scratch,
-            dropped: &mut self.dropped,
+            outgoing: &mut self.outgoing,
         })
     }
 

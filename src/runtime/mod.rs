@@ -47,6 +47,7 @@ pub use handshakes::handshake_loop;
 pub use io_loop::{io_loop, IoRole};
 pub use shared::{Engine, Shared};
 pub use timers::timer_loop;
+pub use tx::StackSender;
 
 /// Largest datagram or packet handled (UDP's limit).
 pub const MAX_PACKET: usize = 65536;

@@ -123,6 +123,36 @@ fn drain_tun(shared: &Shared, reader: &mut TunReader, limit: usize) -> std::io::
     error
 }
 
+/// The runtime's entrance for an in-process TCP/IP stack (the rootless
+/// mode, docs/ROOTLESS.md): the packets the stack sends are routed,
+/// encrypted and sent exactly as packets read from the TUN device are
+/// (`encrypt_into_batch`, then one flush), but by the stack's own thread,
+/// without a trip through a descriptor and an I/O thread's wake-up.
+pub struct StackSender {
+    tx: TxBatch,
+}
+
+impl StackSender {
+    /// A sender with its own batch buffer.
+    pub fn new() -> Self {
+        StackSender { tx: TxBatch::new() }
+    }
+
+    /// Routes, encrypts and sends `packets` (whole IP packets, checksums
+    /// complete), in order; a packet without a route is answered with an
+    /// ICMP unreachable written to the TUN, as for a TUN read.
+    pub fn send(&mut self, shared: &Shared, packets: &[&[u8]]) {
+        encrypt_into_batch(shared, packets, &mut self.tx);
+        self.tx.flush(shared);
+    }
+}
+
+impl Default for StackSender {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Encrypts what one TUN read returned (a packet, or a super-packet to
 /// split first) into the batch.
 fn encrypt_read(
