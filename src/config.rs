@@ -21,12 +21,13 @@
 //!   peers in slices too.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use ferroguard_proto::crypto::{PublicKey, SecretKey, SymmetricKey};
 use ferroguard_proto::device::{Device, Now};
-use ferroguard_proto::peer::{Peer, PeerId};
+use ferroguard_proto::peer::PeerId;
 use zeroize::Zeroizing;
 
 use crate::bulk::{at_normal_priority, lower_this_thread};
@@ -129,7 +130,7 @@ impl ConfigHandler {
     /// grow step by step while the request is applied: each step of a
     /// table of 2^20 peers held the engine lock for up to 110 ms.
     fn reserve_for(&self, updates: &[PeerUpdate]) {
-        let (mut peers, mut prefixes) = (0, 0);
+        let (mut peers, mut v4_prefixes, mut v6_prefixes) = (0, 0, 0);
         for slice in updates.chunks(COUNT_SLICE) {
             let engine = self.shared.engine();
             for update in slice {
@@ -141,16 +142,19 @@ impl ConfigHandler {
                         .is_none()
                 {
                     peers += 1;
-                    prefixes += update
-                        .ops
-                        .iter()
-                        .filter(|op| matches!(op, PeerOp::AddAllowedIp(..)))
-                        .count();
+                    for op in &update.ops {
+                        match op {
+                            PeerOp::AddAllowedIp(IpAddr::V4(_), _) => v4_prefixes += 1,
+                            PeerOp::AddAllowedIp(IpAddr::V6(_), _) => v6_prefixes += 1,
+                            _ => {}
+                        }
+                    }
                 }
             }
         }
         if peers > 0 {
-            self.shared.engine().device.reserve_peers(peers, prefixes);
+            let mut engine = self.shared.engine();
+            engine.device.reserve_peers(peers, v4_prefixes, v6_prefixes);
         }
     }
 
@@ -322,12 +326,11 @@ impl ConfigHandler {
     fn stage_next_chunk(&self, staged: &mut StagedPeers, after: &mut Option<PeerId>) -> bool {
         at_normal_priority(|| {
             let engine = self.shared.engine();
-            let ids = engine.device.peer_ids_after(*after, GET_CHUNK);
-            let Some(&last) = ids.last() else {
+            staged.copy_from(&engine.device, *after);
+            let Some(last) = staged.last else {
                 return false;
             };
             *after = Some(last);
-            staged.copy_from(&engine.device, &ids);
             true
         })
     }
@@ -353,6 +356,8 @@ struct StagedPeers {
     /// dropped (a `Zeroizing<Vec>` clears its whole capacity).
     preshared_keys: Zeroizing<Vec<[u8; 32]>>,
     allowed_ips: Vec<(std::net::IpAddr, u8)>,
+    /// The last peer staged, the cursor for the next chunk.
+    last: Option<PeerId>,
 }
 
 /// A peer's plain values; its prefixes are `allowed_ips[prefixes]`.
@@ -374,22 +379,20 @@ impl StagedPeers {
             // in the memory it gave up.
             preshared_keys: Zeroizing::new(Vec::with_capacity(GET_CHUNK)),
             allowed_ips: Vec::new(),
+            last: None,
         }
     }
 
-    /// Replaces the staged chunk with the peers `ids` that still exist.
-    fn copy_from(&mut self, device: &Device, ids: &[PeerId]) {
+    /// Replaces the staged chunk with the next `GET_CHUNK` peers after
+    /// `after` in the device's order (read in storage order, with no
+    /// lookup per peer), and sets `last` to the last of them.
+    fn copy_from(&mut self, device: &Device, after: Option<PeerId>) {
         self.peers.clear();
         self.preshared_keys.clear();
         self.allowed_ips.clear();
-        // Every lookup is a cache miss on a large device: looking all of
-        // them up first, in a loop that does nothing else, lets the CPU
-        // wait for many at once.
-        let found: Vec<(PeerId, &Peer)> = ids
-            .iter()
-            .filter_map(|&id| device.peer(id).map(|peer| (id, peer)))
-            .collect();
-        for &(id, peer) in &found {
+        self.last = None;
+        for (id, peer) in device.peers_after(after).take(GET_CHUNK) {
+            self.last = Some(id);
             let first = self.allowed_ips.len();
             self.allowed_ips
                 .extend(device.allowed_ips().prefixes_of(id));
@@ -485,10 +488,16 @@ mod tests {
         let ids = device.peer_ids();
         let mut staged = StagedPeers::new();
         let mut peers = Vec::new();
-        for chunk in ids.chunks(GET_CHUNK) {
-            staged.copy_from(&device, chunk);
+        let mut chunks = 0;
+        let mut after = None;
+        loop {
+            staged.copy_from(&device, after);
+            let Some(last) = staged.last else { break };
+            after = Some(last);
+            chunks += 1;
             staged.snapshots_into(&mut peers);
         }
+        assert_eq!(chunks, 3);
         assert_eq!(peers.len(), ids.len());
         for (snapshot, &id) in peers.iter().zip(&ids) {
             let peer = device.peer(id).expect("peer exists");
@@ -511,8 +520,11 @@ mod tests {
         let mut staged = StagedPeers::new();
         let (mut streamed, mut snapshots) = (Vec::new(), Vec::new());
         let mut writer = GetWriter::start(&mut streamed, Some(&[3; 32]), 51820, 7).unwrap();
-        for chunk in ids.chunks(GET_CHUNK) {
-            staged.copy_from(&device, chunk);
+        let mut after = None;
+        loop {
+            staged.copy_from(&device, after);
+            let Some(last) = staged.last else { break };
+            after = Some(last);
             for peer in staged.lines() {
                 writer.peer_lines(&peer).unwrap();
             }
@@ -533,17 +545,21 @@ mod tests {
         );
     }
 
+    /// A chunk resumes after the previous chunk's last peer even when
+    /// that peer and the next one were removed in between.
     #[test]
     fn peers_gone_between_chunks_are_left_out() {
-        let mut device = device_with_peers(5);
+        let mut device = device_with_peers(6);
         let ids = device.peer_ids();
+        device.remove_peer(ids[1]);
         device.remove_peer(ids[2]);
         let mut staged = StagedPeers::new();
         let mut peers = Vec::new();
-        staged.copy_from(&device, &ids);
+        staged.copy_from(&device, Some(ids[1]));
         staged.snapshots_into(&mut peers);
+        assert_eq!(staged.last, Some(ids[5]));
         let reported: Vec<[u8; 32]> = peers.iter().map(|p| p.public_key).collect();
-        let expected: Vec<[u8; 32]> = [0, 1, 3, 4]
+        let expected: Vec<[u8; 32]> = [3, 4, 5]
             .iter()
             .map(|&i| device.peer(ids[i]).expect("kept").public_key().0)
             .collect();

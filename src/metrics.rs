@@ -157,16 +157,15 @@ impl PeerChunks for LivePeers<'_> {
             {
                 let engine = self.shared.engine();
                 let device = &engine.device;
-                let ids = device.peer_ids_after(after, SCRAPE_CHUNK);
-                let Some(&last) = ids.last() else {
-                    return Ok(());
-                };
-                after = Some(last);
-                chunk.extend(
-                    ids.iter()
-                        .filter_map(|&id| device.peer(id))
-                        .map(PeerSample::of),
-                );
+                // In storage order, with no lookup per peer (see
+                // `Device::peers_after`).
+                for (id, peer) in device.peers_after(after).take(SCRAPE_CHUNK) {
+                    chunk.push(PeerSample::of(peer));
+                    after = Some(id);
+                }
+            }
+            if chunk.is_empty() {
+                return Ok(());
             }
             each(&chunk)?;
         }
