@@ -32,6 +32,7 @@ use zeroize::Zeroizing;
 
 use crate::bulk::{at_normal_priority, lower_this_thread};
 use crate::clock;
+use crate::holds::LockHolds;
 use crate::runtime::Shared;
 use crate::uapi::{
     DeviceOp, DeviceSnapshot, Errno, GetWriter, PeerLines, PeerOp, PeerSnapshot, PeerUpdate,
@@ -70,7 +71,7 @@ impl ConfigHandler {
         }
     }
 
-    fn apply_device_op(&self, op: &DeviceOp) -> Result<(), Errno> {
+    fn apply_device_op(&self, op: &DeviceOp, holds: &mut LockHolds) -> Result<(), Errno> {
         match op {
             DeviceOp::PrivateKey(bytes) => {
                 let key = (**bytes != [0u8; 32]).then(|| SecretKey::from_bytes(**bytes));
@@ -96,13 +97,13 @@ impl ConfigHandler {
                     engine.device.clear_sticky_sources();
                 }
             }
-            DeviceOp::ReplacePeers => self.remove_all_peers(),
+            DeviceOp::ReplacePeers => self.remove_all_peers(holds),
         }
         Ok(())
     }
 
     /// Removes every peer, a slice at a time.
-    fn remove_all_peers(&self) {
+    fn remove_all_peers(&self, holds: &mut LockHolds) {
         loop {
             let removed = {
                 let mut engine = self.shared.engine();
@@ -116,6 +117,8 @@ impl ConfigHandler {
                         break;
                     }
                 }
+                drop(engine);
+                holds.note("remove", started.elapsed());
                 removed
             };
             if removed == 0 {
@@ -129,10 +132,11 @@ impl ConfigHandler {
     /// add (counted a slice at a time under the lock), so that they do not
     /// grow step by step while the request is applied: each step of a
     /// table of 2^20 peers held the engine lock for up to 110 ms.
-    fn reserve_for(&self, updates: &[PeerUpdate]) {
+    fn reserve_for(&self, updates: &[PeerUpdate], holds: &mut LockHolds) {
         let (mut peers, mut v4_prefixes, mut v6_prefixes) = (0, 0, 0);
         for slice in updates.chunks(COUNT_SLICE) {
             let engine = self.shared.engine();
+            let started = Instant::now();
             for update in slice {
                 let adds = !update.remove && !update.update_only;
                 if adds
@@ -151,19 +155,25 @@ impl ConfigHandler {
                     }
                 }
             }
+            drop(engine);
+            holds.note("count", started.elapsed());
         }
         if peers > 0 {
             let mut engine = self.shared.engine();
+            let started = Instant::now();
             engine.device.reserve_peers(peers, v4_prefixes, v6_prefixes);
+            drop(engine);
+            holds.note("reserve", started.elapsed());
         }
     }
 
     /// Applies peer updates from the start of `updates` for at most about
     /// [`SLICE_TIME`] under one hold of the engine lock; returns how many.
-    fn apply_peer_slice(&self, updates: &[PeerUpdate]) -> usize {
+    fn apply_peer_slice(&self, updates: &[PeerUpdate], holds: &mut LockHolds) -> usize {
         let now = clock::now();
+        let mut started = Instant::now();
         let (applied, pending) = self.shared.with_engine(|engine| {
-            let started = Instant::now();
+            started = Instant::now();
             let mut applied = 0;
             for update in updates {
                 apply_peer_update(&mut engine.device, update, now);
@@ -174,6 +184,7 @@ impl ConfigHandler {
             }
             applied
         });
+        holds.note("apply", started.elapsed());
         self.shared.send_all(pending);
         applied
     }
@@ -250,7 +261,8 @@ impl UapiHandler for ConfigHandler {
         let mut peers = Vec::new();
         let mut staged = StagedPeers::new();
         let mut after = None;
-        while self.stage_next_chunk(&mut staged, &mut after) {
+        let mut holds = LockHolds::new();
+        while self.stage_next_chunk(&mut staged, &mut after, &mut holds) {
             staged.snapshots_into(&mut peers);
         }
         DeviceSnapshot {
@@ -265,9 +277,13 @@ impl UapiHandler for ConfigHandler {
     /// engine lock, then formatted and written with the lock released, so
     /// that `wg show` of 2^20 peers neither stalls the data path nor holds
     /// more than a chunk in memory (it took the lock for up to 0.46 s at
-    /// 100 000 peers when done in one go). A peer removed meanwhile is left
-    /// out; one added meanwhile is listed at the end: each peer is read
-    /// whole, as the kernel's netlink dump does across its messages.
+    /// 100 000 peers when done in one go). The peers come in the engine's
+    /// storage order (`Device::peers_after`: the order of addition until
+    /// peers are removed); `wg` sorts them itself, and wireguard-go lists
+    /// them in its map's random order. A peer present for the whole `get`
+    /// is listed exactly once; one added or removed meanwhile may or may
+    /// not be; each peer is read whole, as the kernel's netlink dump does
+    /// across its messages.
     fn answer_get(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
         // The connection's own thread (already lowered when served by
         // `serve_concurrently`): it ends with the connection.
@@ -276,11 +292,13 @@ impl UapiHandler for ConfigHandler {
         let mut answer = GetWriter::start(out, private_key.as_deref(), listen_port, fwmark)?;
         let mut staged = StagedPeers::new();
         let mut after = None;
-        while self.stage_next_chunk(&mut staged, &mut after) {
+        let mut holds = LockHolds::new();
+        while self.stage_next_chunk(&mut staged, &mut after, &mut holds) {
             for peer in staged.lines() {
                 answer.peer_lines(&peer)?;
             }
         }
+        holds.log("get");
         answer.finish()
     }
 
@@ -295,18 +313,20 @@ impl ConfigHandler {
     /// Applies a parsed request (see the module documentation).
     fn apply(&self, request: &SetRequest) -> Result<(), Errno> {
         let _applying = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        let mut holds = LockHolds::new();
         for op in &request.device {
-            self.apply_device_op(op)?;
+            self.apply_device_op(op, &mut holds)?;
         }
-        self.reserve_for(&request.peers);
+        self.reserve_for(&request.peers, &mut holds);
         let mut rest = &request.peers[..];
         while !rest.is_empty() {
-            let applied = self.apply_peer_slice(rest);
+            let applied = self.apply_peer_slice(rest, &mut holds);
             rest = &rest[applied..];
             if !rest.is_empty() {
                 std::thread::sleep(SLICE_PAUSE);
             }
         }
+        holds.log(&format!("set of {} peers", request.peers.len()));
         Ok(())
     }
 
@@ -320,13 +340,21 @@ impl ConfigHandler {
         })
     }
 
-    /// Copies the `GET_CHUNK` peers added after `after` into `staged`
-    /// under one hold of the engine lock and moves `after` past them;
-    /// false when there were none left.
-    fn stage_next_chunk(&self, staged: &mut StagedPeers, after: &mut Option<PeerId>) -> bool {
+    /// Copies the `GET_CHUNK` peers after `after` into `staged` under one
+    /// hold of the engine lock and moves `after` past them; false when
+    /// there were none left.
+    fn stage_next_chunk(
+        &self,
+        staged: &mut StagedPeers,
+        after: &mut Option<PeerId>,
+        holds: &mut LockHolds,
+    ) -> bool {
         at_normal_priority(|| {
             let engine = self.shared.engine();
+            let started = Instant::now();
             staged.copy_from(&engine.device, *after);
+            drop(engine);
+            holds.note("copy", started.elapsed());
             let Some(last) = staged.last else {
                 return false;
             };

@@ -152,10 +152,12 @@ impl PeerChunks for LivePeers<'_> {
     ) -> io::Result<()> {
         let mut chunk = Vec::with_capacity(SCRAPE_CHUNK);
         let mut after = None;
+        let mut holds = crate::holds::LockHolds::new();
         loop {
             chunk.clear();
             {
                 let engine = self.shared.engine();
+                let started = std::time::Instant::now();
                 let device = &engine.device;
                 // In storage order, with no lookup per peer (see
                 // `Device::peers_after`).
@@ -163,8 +165,11 @@ impl PeerChunks for LivePeers<'_> {
                     chunk.push(PeerSample::of(peer));
                     after = Some(id);
                 }
+                drop(engine);
+                holds.note("scrape", started.elapsed());
             }
             if chunk.is_empty() {
+                holds.log("metrics walk");
                 return Ok(());
             }
             each(&chunk)?;

@@ -480,11 +480,7 @@ fn initiation_flood_guard_and_timestamp_order() {
     net.ping_a_to_b(84);
     // A second initiation within 20 ms is refused even with a newer
     // timestamp (17 ms > one 2^24 ns whitening step).
-    net.a
-        .peers
-        .get_mut(net.a_peer)
-        .unwrap()
-        .last_sent_handshake = None;
+    net.a.peers.get_mut(net.a_peer).unwrap().last_sent_handshake = None;
     net.now = net.now.advance(Duration::from_millis(17));
     let (now, id) = (net.now, net.a_peer);
     net.a.send_initiation(now, id, false);
@@ -508,11 +504,7 @@ fn initiation_flood_guard_and_timestamp_order() {
         ReceiveOutcome::Dropped(DropReason::TimestampReplay)
     );
     // A fresh one after 20 ms is accepted.
-    net.a
-        .peers
-        .get_mut(net.a_peer)
-        .unwrap()
-        .last_sent_handshake = None;
+    net.a.peers.get_mut(net.a_peer).unwrap().last_sent_handshake = None;
     let (now, id) = (net.now, net.a_peer);
     net.a.send_initiation(now, id, false);
     let before = net.count_wire(false, 2);
