@@ -566,7 +566,6 @@ mod tests {
     #[test]
     fn streamed_lines_match_the_snapshots() {
         let device = device_with_peers(GET_CHUNK as u32 + 9);
-        let ids = device.peer_ids();
         let mut staged = StagedPeers::new();
         let (mut streamed, mut snapshots) = (Vec::new(), Vec::new());
         let mut writer = GetWriter::start(&mut streamed, Some(&[3; 32]), 51820, 7).unwrap();
