@@ -26,6 +26,8 @@
 #                in a row; daemons with --metrics-listen in their --help, i.e. ferroguard builds)
 # The count of peers (`wg show A peers | wc -l`) must be N+1, else the row says so.
 # Needs root, ip, wg, ping, python3, curl. Prints one line per run and a Markdown table at the end.
+# KEEP_LOGS=DIR keeps side A's daemon log of each run as DIR/a-N-IMPL.log (with LOG_LEVEL=debug, ferroguard logs
+# each request's longest engine-lock hold there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -204,6 +206,7 @@ run_one() { # IMPL N
   { printf '[Peer]\nPublicKey = %s\nAllowedIPs = 10.79.0.2/32\nEndpoint = 192.0.2.2:51820\n' "$(cat "$TMP/b.pub")"; cat "$conf"; } >"$TMP/setconf.conf"
   setconf=$(timed wg setconf $IA "$TMP/setconf.conf")
   [ "$count" = $((n + 1)) ] || count="$count (expected $((n + 1)))"
+  if [ -n "${KEEP_LOGS:-}" ]; then cp "$TMP/a.log" "$KEEP_LOGS/a-$n-$(basename "${impl%% *}").log"; fi
   stop_pair
   local kbs; kbs=$(python3 -c "print('%.2f' % ($kb / 1000))")
   local row="| $impl | $n | $load | $again | $one | $setconf | $kbs | $peak | $show | $get | $ping_idle | $ping_load | $ping_show | $ping_scrape | $count |"

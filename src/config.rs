@@ -21,16 +21,18 @@
 //!   peers in slices too.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use ferroguard_proto::crypto::{PublicKey, SecretKey, SymmetricKey};
 use ferroguard_proto::device::{Device, Now};
-use ferroguard_proto::peer::{Peer, PeerId};
+use ferroguard_proto::peer::PeerId;
 use zeroize::Zeroizing;
 
 use crate::bulk::{at_normal_priority, lower_this_thread};
 use crate::clock;
+use crate::holds::LockHolds;
 use crate::runtime::Shared;
 use crate::uapi::{
     DeviceOp, DeviceSnapshot, Errno, GetWriter, PeerLines, PeerOp, PeerSnapshot, PeerUpdate,
@@ -69,7 +71,7 @@ impl ConfigHandler {
         }
     }
 
-    fn apply_device_op(&self, op: &DeviceOp) -> Result<(), Errno> {
+    fn apply_device_op(&self, op: &DeviceOp, holds: &mut LockHolds) -> Result<(), Errno> {
         match op {
             DeviceOp::PrivateKey(bytes) => {
                 let key = (**bytes != [0u8; 32]).then(|| SecretKey::from_bytes(**bytes));
@@ -95,31 +97,47 @@ impl ConfigHandler {
                     engine.device.clear_sticky_sources();
                 }
             }
-            DeviceOp::ReplacePeers => self.remove_all_peers(),
+            DeviceOp::ReplacePeers => self.remove_all_peers(holds),
         }
         Ok(())
     }
 
     /// Removes every peer, a slice at a time.
-    fn remove_all_peers(&self) {
+    ///
+    /// Each slice goes on after the last peer the previous one removed:
+    /// starting from the first slot every time walked the empty slots left
+    /// behind, and made `wg setconf` of 2^20 peers quadratic (50 s, with
+    /// 0.4 s holds). Once the walk is through, it starts over from the
+    /// first slot, which ends the removal when nothing is left (requests
+    /// are applied one at a time, so nothing is added meanwhile).
+    fn remove_all_peers(&self, holds: &mut LockHolds) {
+        let mut after = None;
         loop {
-            let removed = {
+            let (removed, last) = {
                 let mut engine = self.shared.engine();
                 let device = &mut engine.device;
                 let started = Instant::now();
-                let mut removed = 0;
-                for id in device.peer_ids_after(None, SLICE_PEERS_MAX) {
+                let (mut removed, mut last) = (0, None);
+                for id in device.peer_ids_after(after, SLICE_PEERS_MAX) {
                     device.remove_peer(id);
                     removed += 1;
+                    last = Some(id);
                     if removed % CLOCK_EVERY == 0 && started.elapsed() >= SLICE_TIME {
                         break;
                     }
                 }
-                removed
+                drop(engine);
+                holds.note("remove", started.elapsed());
+                (removed, last)
             };
             if removed == 0 {
-                return;
+                if after.is_none() {
+                    return;
+                }
+                after = None;
+                continue;
             }
+            after = last;
             std::thread::sleep(SLICE_PAUSE);
         }
     }
@@ -128,10 +146,11 @@ impl ConfigHandler {
     /// add (counted a slice at a time under the lock), so that they do not
     /// grow step by step while the request is applied: each step of a
     /// table of 2^20 peers held the engine lock for up to 110 ms.
-    fn reserve_for(&self, updates: &[PeerUpdate]) {
-        let (mut peers, mut prefixes) = (0, 0);
+    fn reserve_for(&self, updates: &[PeerUpdate], holds: &mut LockHolds) {
+        let (mut peers, mut v4_prefixes, mut v6_prefixes) = (0, 0, 0);
         for slice in updates.chunks(COUNT_SLICE) {
             let engine = self.shared.engine();
+            let started = Instant::now();
             for update in slice {
                 let adds = !update.remove && !update.update_only;
                 if adds
@@ -141,25 +160,34 @@ impl ConfigHandler {
                         .is_none()
                 {
                     peers += 1;
-                    prefixes += update
-                        .ops
-                        .iter()
-                        .filter(|op| matches!(op, PeerOp::AddAllowedIp(..)))
-                        .count();
+                    for op in &update.ops {
+                        match op {
+                            PeerOp::AddAllowedIp(IpAddr::V4(_), _) => v4_prefixes += 1,
+                            PeerOp::AddAllowedIp(IpAddr::V6(_), _) => v6_prefixes += 1,
+                            _ => {}
+                        }
+                    }
                 }
             }
+            drop(engine);
+            holds.note("count", started.elapsed());
         }
         if peers > 0 {
-            self.shared.engine().device.reserve_peers(peers, prefixes);
+            let mut engine = self.shared.engine();
+            let started = Instant::now();
+            engine.device.reserve_peers(peers, v4_prefixes, v6_prefixes);
+            drop(engine);
+            holds.note("reserve", started.elapsed());
         }
     }
 
     /// Applies peer updates from the start of `updates` for at most about
     /// [`SLICE_TIME`] under one hold of the engine lock; returns how many.
-    fn apply_peer_slice(&self, updates: &[PeerUpdate]) -> usize {
+    fn apply_peer_slice(&self, updates: &[PeerUpdate], holds: &mut LockHolds) -> usize {
         let now = clock::now();
+        let mut started = Instant::now();
         let (applied, pending) = self.shared.with_engine(|engine| {
-            let started = Instant::now();
+            started = Instant::now();
             let mut applied = 0;
             for update in updates {
                 apply_peer_update(&mut engine.device, update, now);
@@ -170,6 +198,7 @@ impl ConfigHandler {
             }
             applied
         });
+        holds.note("apply", started.elapsed());
         self.shared.send_all(pending);
         applied
     }
@@ -246,7 +275,8 @@ impl UapiHandler for ConfigHandler {
         let mut peers = Vec::new();
         let mut staged = StagedPeers::new();
         let mut after = None;
-        while self.stage_next_chunk(&mut staged, &mut after) {
+        let mut holds = LockHolds::new();
+        while self.stage_next_chunk(&mut staged, &mut after, &mut holds) {
             staged.snapshots_into(&mut peers);
         }
         DeviceSnapshot {
@@ -261,9 +291,13 @@ impl UapiHandler for ConfigHandler {
     /// engine lock, then formatted and written with the lock released, so
     /// that `wg show` of 2^20 peers neither stalls the data path nor holds
     /// more than a chunk in memory (it took the lock for up to 0.46 s at
-    /// 100 000 peers when done in one go). A peer removed meanwhile is left
-    /// out; one added meanwhile is listed at the end: each peer is read
-    /// whole, as the kernel's netlink dump does across its messages.
+    /// 100 000 peers when done in one go). The peers come in the engine's
+    /// storage order (`Device::peers_after`: the order of addition until
+    /// peers are removed); `wg` sorts them itself, and wireguard-go lists
+    /// them in its map's random order. A peer present for the whole `get`
+    /// is listed exactly once; one added or removed meanwhile may or may
+    /// not be; each peer is read whole, as the kernel's netlink dump does
+    /// across its messages.
     fn answer_get(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
         // The connection's own thread (already lowered when served by
         // `serve_concurrently`): it ends with the connection.
@@ -272,11 +306,13 @@ impl UapiHandler for ConfigHandler {
         let mut answer = GetWriter::start(out, private_key.as_deref(), listen_port, fwmark)?;
         let mut staged = StagedPeers::new();
         let mut after = None;
-        while self.stage_next_chunk(&mut staged, &mut after) {
+        let mut holds = LockHolds::new();
+        while self.stage_next_chunk(&mut staged, &mut after, &mut holds) {
             for peer in staged.lines() {
                 answer.peer_lines(&peer)?;
             }
         }
+        holds.log("get");
         answer.finish()
     }
 
@@ -291,18 +327,20 @@ impl ConfigHandler {
     /// Applies a parsed request (see the module documentation).
     fn apply(&self, request: &SetRequest) -> Result<(), Errno> {
         let _applying = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        let mut holds = LockHolds::new();
         for op in &request.device {
-            self.apply_device_op(op)?;
+            self.apply_device_op(op, &mut holds)?;
         }
-        self.reserve_for(&request.peers);
+        self.reserve_for(&request.peers, &mut holds);
         let mut rest = &request.peers[..];
         while !rest.is_empty() {
-            let applied = self.apply_peer_slice(rest);
+            let applied = self.apply_peer_slice(rest, &mut holds);
             rest = &rest[applied..];
             if !rest.is_empty() {
                 std::thread::sleep(SLICE_PAUSE);
             }
         }
+        holds.log(&format!("set of {} peers", request.peers.len()));
         Ok(())
     }
 
@@ -316,18 +354,25 @@ impl ConfigHandler {
         })
     }
 
-    /// Copies the `GET_CHUNK` peers added after `after` into `staged`
-    /// under one hold of the engine lock and moves `after` past them;
-    /// false when there were none left.
-    fn stage_next_chunk(&self, staged: &mut StagedPeers, after: &mut Option<PeerId>) -> bool {
+    /// Copies the `GET_CHUNK` peers after `after` into `staged` under one
+    /// hold of the engine lock and moves `after` past them; false when
+    /// there were none left.
+    fn stage_next_chunk(
+        &self,
+        staged: &mut StagedPeers,
+        after: &mut Option<PeerId>,
+        holds: &mut LockHolds,
+    ) -> bool {
         at_normal_priority(|| {
             let engine = self.shared.engine();
-            let ids = engine.device.peer_ids_after(*after, GET_CHUNK);
-            let Some(&last) = ids.last() else {
+            let started = Instant::now();
+            staged.copy_from(&engine.device, *after);
+            drop(engine);
+            holds.note("copy", started.elapsed());
+            let Some(last) = staged.last else {
                 return false;
             };
             *after = Some(last);
-            staged.copy_from(&engine.device, &ids);
             true
         })
     }
@@ -353,6 +398,8 @@ struct StagedPeers {
     /// dropped (a `Zeroizing<Vec>` clears its whole capacity).
     preshared_keys: Zeroizing<Vec<[u8; 32]>>,
     allowed_ips: Vec<(std::net::IpAddr, u8)>,
+    /// The last peer staged, the cursor for the next chunk.
+    last: Option<PeerId>,
 }
 
 /// A peer's plain values; its prefixes are `allowed_ips[prefixes]`.
@@ -374,25 +421,31 @@ impl StagedPeers {
             // in the memory it gave up.
             preshared_keys: Zeroizing::new(Vec::with_capacity(GET_CHUNK)),
             allowed_ips: Vec::new(),
+            last: None,
         }
     }
 
-    /// Replaces the staged chunk with the peers `ids` that still exist.
-    fn copy_from(&mut self, device: &Device, ids: &[PeerId]) {
+    /// Replaces the staged chunk with the next `GET_CHUNK` peers after
+    /// `after` in the device's order (read in storage order, with no
+    /// lookup per peer), and sets `last` to the last of them.
+    fn copy_from(&mut self, device: &Device, after: Option<PeerId>) {
         self.peers.clear();
         self.preshared_keys.clear();
         self.allowed_ips.clear();
-        // Every lookup is a cache miss on a large device: looking all of
-        // them up first, in a loop that does nothing else, lets the CPU
-        // wait for many at once.
-        let found: Vec<(PeerId, &Peer)> = ids
-            .iter()
-            .filter_map(|&id| device.peer(id).map(|peer| (id, peer)))
+        self.last = None;
+        // Finding a peer's prefixes is a hash lookup, a cache miss on a
+        // large device, and it was four fifths of this copy's time: done
+        // first for the whole chunk, in a loop that does nothing else, the
+        // CPU waits for many misses at once.
+        let chunk: Vec<_> = device
+            .peers_after(after)
+            .take(GET_CHUNK)
+            .map(|(id, peer)| (id, peer, device.allowed_ips().prefixes_of(id)))
             .collect();
-        for &(id, peer) in &found {
+        for (id, peer, prefixes) in chunk {
+            self.last = Some(id);
             let first = self.allowed_ips.len();
-            self.allowed_ips
-                .extend(device.allowed_ips().prefixes_of(id));
+            self.allowed_ips.extend(prefixes);
             self.preshared_keys.push(*peer.preshared_key().as_bytes());
             self.peers.push(StagedPeer {
                 public_key: peer.public_key().0,
@@ -485,10 +538,16 @@ mod tests {
         let ids = device.peer_ids();
         let mut staged = StagedPeers::new();
         let mut peers = Vec::new();
-        for chunk in ids.chunks(GET_CHUNK) {
-            staged.copy_from(&device, chunk);
+        let mut chunks = 0;
+        let mut after = None;
+        loop {
+            staged.copy_from(&device, after);
+            let Some(last) = staged.last else { break };
+            after = Some(last);
+            chunks += 1;
             staged.snapshots_into(&mut peers);
         }
+        assert_eq!(chunks, 3);
         assert_eq!(peers.len(), ids.len());
         for (snapshot, &id) in peers.iter().zip(&ids) {
             let peer = device.peer(id).expect("peer exists");
@@ -507,12 +566,14 @@ mod tests {
     #[test]
     fn streamed_lines_match_the_snapshots() {
         let device = device_with_peers(GET_CHUNK as u32 + 9);
-        let ids = device.peer_ids();
         let mut staged = StagedPeers::new();
         let (mut streamed, mut snapshots) = (Vec::new(), Vec::new());
         let mut writer = GetWriter::start(&mut streamed, Some(&[3; 32]), 51820, 7).unwrap();
-        for chunk in ids.chunks(GET_CHUNK) {
-            staged.copy_from(&device, chunk);
+        let mut after = None;
+        loop {
+            staged.copy_from(&device, after);
+            let Some(last) = staged.last else { break };
+            after = Some(last);
             for peer in staged.lines() {
                 writer.peer_lines(&peer).unwrap();
             }
@@ -533,17 +594,21 @@ mod tests {
         );
     }
 
+    /// A chunk resumes after the previous chunk's last peer even when
+    /// that peer and the next one were removed in between.
     #[test]
     fn peers_gone_between_chunks_are_left_out() {
-        let mut device = device_with_peers(5);
+        let mut device = device_with_peers(6);
         let ids = device.peer_ids();
+        device.remove_peer(ids[1]);
         device.remove_peer(ids[2]);
         let mut staged = StagedPeers::new();
         let mut peers = Vec::new();
-        staged.copy_from(&device, &ids);
+        staged.copy_from(&device, Some(ids[1]));
         staged.snapshots_into(&mut peers);
+        assert_eq!(staged.last, Some(ids[5]));
         let reported: Vec<[u8; 32]> = peers.iter().map(|p| p.public_key).collect();
-        let expected: Vec<[u8; 32]> = [0, 1, 3, 4]
+        let expected: Vec<[u8; 32]> = [3, 4, 5]
             .iter()
             .map(|&i| device.peer(ids[i]).expect("kept").public_key().0)
             .collect();

@@ -7,6 +7,7 @@ pub mod config;
 pub mod crypto_pool;
 pub mod daemon;
 pub mod handed;
+pub mod holds;
 pub mod icmp;
 pub mod io_threads;
 pub mod logging;

@@ -152,21 +152,25 @@ impl PeerChunks for LivePeers<'_> {
     ) -> io::Result<()> {
         let mut chunk = Vec::with_capacity(SCRAPE_CHUNK);
         let mut after = None;
+        let mut holds = crate::holds::LockHolds::new();
         loop {
             chunk.clear();
             {
                 let engine = self.shared.engine();
+                let started = std::time::Instant::now();
                 let device = &engine.device;
-                let ids = device.peer_ids_after(after, SCRAPE_CHUNK);
-                let Some(&last) = ids.last() else {
-                    return Ok(());
-                };
-                after = Some(last);
-                chunk.extend(
-                    ids.iter()
-                        .filter_map(|&id| device.peer(id))
-                        .map(PeerSample::of),
-                );
+                // In storage order, with no lookup per peer (see
+                // `Device::peers_after`).
+                for (id, peer) in device.peers_after(after).take(SCRAPE_CHUNK) {
+                    chunk.push(PeerSample::of(peer));
+                    after = Some(id);
+                }
+                drop(engine);
+                holds.note("scrape", started.elapsed());
+            }
+            if chunk.is_empty() {
+                holds.log("metrics walk");
+                return Ok(());
             }
             each(&chunk)?;
         }

@@ -289,6 +289,15 @@ impl<K: Key> Trie<K> {
         }
     }
 
+    /// Makes room for the nodes and prefix blocks of `prefixes` more
+    /// prefixes at worst: every node holds two things or more, so there
+    /// are fewer nodes than prefixes, and at most a block per node.
+    fn reserve(&mut self, prefixes: usize) {
+        self.nodes.reserve(prefixes.saturating_sub(self.free.len()));
+        self.blocks
+            .reserve(prefixes.saturating_sub(self.free_blocks.len()));
+    }
+
     fn clear(&mut self) {
         self.nodes.clear();
         self.free.clear();
@@ -663,13 +672,20 @@ impl<T: Copy + Eq + Hash> AllowedIps<T> {
         }
     }
 
-    /// Makes room for `values` more owners and `prefixes` more prefixes,
+    /// Makes room for `values` more owners and `v4_prefixes` plus
+    /// `v6_prefixes` more prefixes, trie nodes and prefix blocks included,
     /// so that adding them does not grow the tables one step at a time
-    /// (each step copies the whole table).
-    pub fn reserve(&mut self, values: usize, prefixes: usize) {
+    /// (each step copies the whole table: at 2^20 prefixes a copy of tens
+    /// of megabytes). The tries are reserved for their worst case, a node
+    /// per prefix; room that is never filled costs address space only, its
+    /// pages are never touched.
+    pub fn reserve(&mut self, values: usize, v4_prefixes: usize, v6_prefixes: usize) {
         self.by_value.reserve(values);
         let reused = self.free_entries.len();
+        let prefixes = v4_prefixes.saturating_add(v6_prefixes);
         self.entries.reserve(prefixes.saturating_sub(reused));
+        self.v4.reserve(v4_prefixes);
+        self.v6.reserve(v6_prefixes);
     }
 
     /// Routes `addr/cidr` (host bits ignored) to `value`.

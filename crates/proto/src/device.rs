@@ -8,13 +8,12 @@
 //! seeded by the caller, so two engines driven the same way behave the same.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
-use rustc_hash::FxBuildHasher;
 
 use crate::allowedips::{AllowedIps, AllowedIpsError};
 use crate::constants::{
@@ -33,6 +32,7 @@ use crate::peer::{
     DropCounts, Endpoint, HandshakeState, Peer, PeerId, PeerStats, Slot, StaticStatic,
 };
 use crate::peerlookup::{IndexTable, PublicKeyTable};
+use crate::peerstore::PeerStore;
 use crate::ratelimiter::{LoadDetector, RateLimiter, DEFAULT_MAX_ENTRIES};
 use crate::tai64n::Tai64n;
 use crate::timers::TimerEvent;
@@ -268,15 +268,10 @@ struct Identity {
 /// A WireGuard interface: identity, peers, routing and sessions.
 pub struct Device {
     identity: Option<Identity>,
-    /// Fx-hashed (see [`IndexTable`]): looked up several times per packet,
-    /// and its keys are ids this device hands out in sequence.
-    peers: HashMap<PeerId, Box<Peer>, FxBuildHasher>,
+    /// Looked up several times per packet by id (a slot index), and
+    /// walked in slot order by readers of the whole device.
+    peers: PeerStore,
     by_public_key: PublicKeyTable,
-    /// Every peer's id in the order peers were added, so that readers can
-    /// walk the peers a slice at a time ([`Device::peer_ids_after`]) without
-    /// sorting them all first.
-    order: BTreeSet<PeerId>,
-    next_peer_id: u64,
     indices: IndexTable,
     allowed_ips: AllowedIps<PeerId>,
     cookie_checker: CookieChecker,
@@ -344,10 +339,8 @@ impl Device {
     pub fn new(seed: [u8; 32]) -> Self {
         Device {
             identity: None,
-            peers: HashMap::default(),
+            peers: PeerStore::default(),
             by_public_key: PublicKeyTable::default(),
-            order: BTreeSet::new(),
-            next_peer_id: 1,
             indices: IndexTable::new(),
             allowed_ips: AllowedIps::new(),
             cookie_checker: CookieChecker::new(None),
@@ -396,9 +389,8 @@ impl Device {
             self.remove_peer(own);
         }
         self.cookie_checker.set_public_key(public.as_ref());
-        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
-        for id in ids {
-            let peer = self.peers.get_mut(&id).expect("id from the map");
+        for id in self.peer_ids() {
+            let peer = self.peers.get_mut(id).expect("id from the map");
             peer.static_static = StaticStatic::Pending;
             for keypair in [&mut peer.keypairs.current, &mut peer.keypairs.next]
                 .into_iter()
@@ -420,25 +412,21 @@ impl Device {
         if let Some(id) = self.by_public_key.get(&public_key) {
             return Some(id);
         }
-        let id = PeerId(self.next_peer_id);
-        self.next_peer_id += 1;
-        let peer = Box::new(Peer::new(public_key));
-        self.peers.insert(id, peer);
+        let id = self.peers.insert(Box::new(Peer::new(public_key)));
         self.by_public_key.insert(public_key, id);
-        self.order.insert(id);
         Some(id)
     }
 
-    /// Makes room for `peers` more peers owning `prefixes` more allowed
-    /// IPs in all. Growing a table copies all of it at once (tens of
+    /// Makes room for `peers` more peers owning `v4_prefixes` IPv4 and
+    /// `v6_prefixes` IPv6 allowed IPs more in all. Growing a table copies all of it at once (tens of
     /// milliseconds at 2^20 peers, a stall for whoever waits on the engine),
     /// so a caller about to add many peers reserves first: on a small
     /// device the reservation itself costs little, the memory being touched
     /// only as it fills.
-    pub fn reserve_peers(&mut self, peers: usize, prefixes: usize) {
+    pub fn reserve_peers(&mut self, peers: usize, v4_prefixes: usize, v6_prefixes: usize) {
         self.peers.reserve(peers);
         self.by_public_key.reserve(peers);
-        self.allowed_ips.reserve(peers, prefixes);
+        self.allowed_ips.reserve(peers, v4_prefixes, v6_prefixes);
     }
 
     /// The peer with this public key.
@@ -448,11 +436,10 @@ impl Device {
 
     /// Removes a peer with its sessions and allowed IPs.
     pub fn remove_peer(&mut self, id: PeerId) {
-        let Some(mut peer) = self.peers.remove(&id) else {
+        let Some(mut peer) = self.peers.remove(id) else {
             return;
         };
         self.by_public_key.remove(&peer.public_key);
-        self.order.remove(&id);
         self.allowed_ips.remove_by_value(id);
         for index in peer.keypairs.clear() {
             self.indices.remove(index);
@@ -473,27 +460,34 @@ impl Device {
 
     /// A peer's state.
     pub fn peer(&self, id: PeerId) -> Option<&Peer> {
-        self.peers.get(&id).map(|peer| &**peer)
+        self.peers.get(id)
     }
 
-    /// All peers, in the order they were added.
+    /// All peers, in the device's order: the order of their slots in the
+    /// peer store, which is the order of addition until peers are removed
+    /// (a new peer then takes the lowest slot a removed one left free).
     pub fn peer_ids(&self) -> Vec<PeerId> {
-        self.order.iter().copied().collect()
+        self.peers.iter().map(|(id, _)| id).collect()
     }
 
-    /// Up to `limit` peers added after `after` (from the first peer when
-    /// `None`), in the order they were added: a reader walks a large
-    /// device a slice at a time, releasing its lock in between, by passing
-    /// the last id of one slice to get the next. A slice costs
-    /// O(log n + limit).
+    /// Up to `limit` peers after `after` (from the first peer when `None`)
+    /// in the device's order (see [`Device::peer_ids`]): a reader walks a
+    /// large device a slice at a time, releasing its lock in between, by
+    /// passing the last id of one slice to get the next. `after` need not
+    /// be a peer any more: a peer present for the whole walk is seen
+    /// exactly once, one added or removed meanwhile may or may not be.
     pub fn peer_ids_after(&self, after: Option<PeerId>, limit: usize) -> Vec<PeerId> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let start = after.map_or(Unbounded, Excluded);
-        self.order
-            .range((start, Unbounded))
+        self.peers_after(after)
             .take(limit)
-            .copied()
+            .map(|(id, _)| id)
             .collect()
+    }
+
+    /// The peers after `after` with their ids, in the order and with the
+    /// guarantees of [`Device::peer_ids_after`], read in storage order
+    /// without a lookup per peer.
+    pub fn peers_after(&self, after: Option<PeerId>) -> impl Iterator<Item = (PeerId, &Peer)> {
+        self.peers.iter_after(after)
     }
 
     /// Number of peers.
@@ -503,14 +497,14 @@ impl Device {
 
     /// Sets a peer's preshared key (zeros = none); used from the next handshake.
     pub fn set_preshared_key(&mut self, id: PeerId, key: SymmetricKey) {
-        if let Some(peer) = self.peers.get_mut(&id) {
+        if let Some(peer) = self.peers.get_mut(id) {
             peer.preshared_key = key;
         }
     }
 
     /// Sets a peer's endpoint (clears the sticky source).
     pub fn set_endpoint(&mut self, id: PeerId, addr: SocketAddr) {
-        if let Some(peer) = self.peers.get_mut(&id) {
+        if let Some(peer) = self.peers.get_mut(id) {
             peer.endpoint = Some(Endpoint::from(addr));
         }
     }
@@ -528,7 +522,7 @@ impl Device {
     /// Forgets one peer's sticky source address (the address became
     /// unusable for sending).
     pub fn clear_sticky_source(&mut self, id: PeerId) {
-        if let Some(peer) = self.peers.get_mut(&id) {
+        if let Some(peer) = self.peers.get_mut(id) {
             clear_sticky_source(peer);
         }
     }
@@ -556,7 +550,7 @@ impl Device {
     pub fn network_changed(&mut self, now: Now) {
         self.clear_sticky_sources();
         for id in self.peer_ids() {
-            let peer = self.peers.get(&id).expect("id from the map");
+            let peer = self.peers.get(id).expect("id from the map");
             let had_session = peer.keypairs.indices().next().is_some();
             if !had_session && peer.handshake_index().is_none() {
                 continue;
@@ -578,7 +572,7 @@ impl Device {
     /// Sets the persistent keepalive interval in seconds (0 = off). Turning
     /// it on sends a keepalive at once, as the kernel does.
     pub fn set_persistent_keepalive(&mut self, now: Now, id: PeerId, seconds: u16) {
-        let Some(peer) = self.peers.get_mut(&id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         let was_off = peer.timers.persistent_keepalive_interval.is_zero();
@@ -602,7 +596,7 @@ impl Device {
         addr: IpAddr,
         cidr: u8,
     ) -> Result<(), AllowedIpsError> {
-        if !self.peers.contains_key(&id) {
+        if !self.peers.contains(id) {
             return Ok(());
         }
         self.allowed_ips.insert(addr, cidr, id)
@@ -643,7 +637,7 @@ impl Device {
 
     /// A peer's packet, handshake and drop counters.
     pub fn peer_stats(&self, id: PeerId) -> Option<PeerStats> {
-        self.peers.get(&id).map(|p| p.stats)
+        self.peers.get(id).map(|p| p.stats)
     }
 
     /// Whether handshakes currently need a cookie ("under load"), as decided
@@ -679,7 +673,7 @@ impl Device {
 
     /// Packets waiting for a session, summed over all peers.
     pub fn staged_packet_count(&self) -> usize {
-        self.peers.values().map(|p| p.staged.len()).sum()
+        self.peers.iter().map(|(_, p)| p.staged.len()).sum()
     }
 
     // ----- the data path: tunnel → network -------------------------------
@@ -737,7 +731,7 @@ impl Device {
             return SendPrepared::Done(SendOutcome::NoRoute);
         };
         let mtu = self.mtu;
-        let peer = self.peers.get_mut(&id).expect("routes point to live peers");
+        let peer = self.peers.get_mut(id).expect("routes point to live peers");
         let Some(endpoint) = peer.endpoint else {
             return SendPrepared::Done(SendOutcome::NoEndpoint(id));
         };
@@ -769,7 +763,7 @@ impl Device {
     /// the tally.
     pub fn complete_sends(&mut self, now: Now, tally: &mut SendTally) {
         for (id, bytes, packets) in tally.per_peer.drain(..) {
-            if self.peers.contains_key(&id) {
+            if self.peers.contains(id) {
                 self.after_data_sent(now, id, bytes, packets, false);
             }
         }
@@ -787,7 +781,7 @@ impl Device {
         keepalive: bool,
     ) {
         let jitter = self.jitter();
-        let peer = self.peers.get_mut(&id).expect("caller checked");
+        let peer = self.peers.get_mut(id).expect("caller checked");
         peer.count_sent(now.mono, wire_bytes, packets);
         if !keepalive {
             peer.timers.data_sent(now.mono, jitter);
@@ -807,7 +801,7 @@ impl Device {
     /// handshake (the packets stay staged).
     fn flush_staged(&mut self, now: Now, id: PeerId) {
         let mtu = self.mtu;
-        let Some(peer) = self.peers.get_mut(&id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         let usable = peer.endpoint.is_some()
@@ -820,8 +814,8 @@ impl Device {
             self.send_initiation(now, id, false);
             return;
         }
-        while let Some(packet) = self.peers.get_mut(&id).and_then(|p| p.staged.pop_front()) {
-            let peer = self.peers.get_mut(&id).expect("checked above");
+        while let Some(packet) = self.peers.get_mut(id).and_then(|p| p.staged.pop_front()) {
+            let peer = self.peers.get_mut(id).expect("checked above");
             let keypair = peer.keypairs.current.as_mut().expect("checked above");
             let mut data = vec![0u8; packet.len() + 64];
             let Ok(len) = keypair.seal(now.mono, &packet, mtu, &mut data) else {
@@ -842,7 +836,7 @@ impl Device {
 
     /// Sends a keepalive (an empty packet), or the staged packets instead.
     fn send_keepalive(&mut self, now: Now, id: PeerId) {
-        let Some(peer) = self.peers.get_mut(&id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         if peer.staged.is_empty() {
@@ -859,7 +853,7 @@ impl Device {
         let Some(identity) = &self.identity else {
             return;
         };
-        let Some(peer) = self.peers.get_mut(&id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         if !is_retry {
@@ -913,7 +907,7 @@ impl Device {
     }
 
     fn clear_handshake(&mut self, id: PeerId) {
-        if let Some(peer) = self.peers.get_mut(&id) {
+        if let Some(peer) = self.peers.get_mut(id) {
             if let Some(index) = peer.handshake_index() {
                 self.indices.remove(index);
             }
@@ -967,7 +961,7 @@ impl Device {
     fn charge_drop(&mut self, refusal: Refusal) -> DropReason {
         let Refusal { reason, peer } = refusal;
         self.drops[reason.slot()] += 1;
-        if let Some(peer) = peer.and_then(|id| self.peers.get_mut(&id)) {
+        if let Some(peer) = peer.and_then(|id| self.peers.get_mut(id)) {
             peer.stats.drops.add(reason);
             self.peer_drops.add(reason);
         }
@@ -1007,7 +1001,7 @@ impl Device {
     ) -> Result<ReceiveJob, Refusal> {
         let unknown_index = Refusal::untied(DropReason::UnknownIndex);
         let id = self.indices.get(receiver).ok_or(unknown_index)?;
-        let peer = self.peers.get_mut(&id).ok_or(unknown_index)?;
+        let peer = self.peers.get_mut(id).ok_or(unknown_index)?;
         // Tied to the peer once the index names one of its sessions.
         let (keypair, _) = peer.keypairs.by_index_mut(receiver).ok_or(unknown_index)?;
         let open = keypair
@@ -1062,7 +1056,7 @@ impl Device {
             .opened
             .unwrap_or(Err(TransportError::Decryption))
             .map_err(transport_drop_reason)?;
-        let peer = self.peers.get_mut(&id).ok_or(DropReason::UnknownIndex)?;
+        let peer = self.peers.get_mut(id).ok_or(DropReason::UnknownIndex)?;
         // The session may have gone since the job was prepared (keys
         // zeroed, rotated out, the peer removed): then the index names
         // nothing, or another session whose key did not open this message.
@@ -1089,7 +1083,7 @@ impl Device {
             self.flush_staged(now, id);
         }
         self.keep_key_fresh_on_receive(now, id);
-        let peer = self.peers.get_mut(&id).expect("still there");
+        let peer = self.peers.get_mut(id).expect("still there");
         peer.authenticated_receipt(now.mono);
         if padded_len == 0 {
             peer.count_received(datagram.len() as u64);
@@ -1106,14 +1100,14 @@ impl Device {
         if self.allowed_ips.lookup(source) != Some(id) {
             return Err(DropReason::SourceNotAllowed);
         }
-        let peer = self.peers.get_mut(&id).expect("still there");
+        let peer = self.peers.get_mut(id).expect("still there");
         peer.count_received(datagram.len() as u64);
         Ok(ReceiveOutcome::Deliver { peer: id, len })
     }
 
     /// The initiator rekeys once when its session nears REJECT_AFTER_TIME.
     fn keep_key_fresh_on_receive(&mut self, now: Now, id: PeerId) {
-        let peer = self.peers.get_mut(&id).expect("caller checked");
+        let peer = self.peers.get_mut(id).expect("caller checked");
         let old = peer.keypairs.current.as_ref().is_some_and(|k| {
             k.is_initiator && now.mono.saturating_duration_since(k.created) >= REKEY_ON_RECEIVE_AGE
         });
@@ -1131,7 +1125,7 @@ impl Device {
     ) -> Result<ReceiveOutcome, Refusal> {
         let unknown_index = Refusal::untied(DropReason::UnknownIndex);
         let id = self.indices.get(reply.receiver).ok_or(unknown_index)?;
-        let peer = self.peers.get_mut(&id).ok_or(unknown_index)?;
+        let peer = self.peers.get_mut(id).ok_or(unknown_index)?;
         // Tied to the peer whose index it names.
         let bytes: &[u8; COOKIE_REPLY_LEN] = datagram
             .try_into()
@@ -1223,7 +1217,7 @@ impl Device {
             .by_public_key
             .get(&progress.peer_public)
             .ok_or(unknown_peer)?;
-        let peer = self.peers.get_mut(&id).ok_or(unknown_peer)?;
+        let peer = self.peers.get_mut(id).ok_or(unknown_peer)?;
         // Tied to the peer by the static key it claims.
         let failed = Refusal::tied(id, DropReason::HandshakeFailed);
         let static_static = peer.static_static(&identity.secret).ok_or(failed)?;
@@ -1290,7 +1284,7 @@ impl Device {
             .ok_or(Refusal::untied(DropReason::NoPrivateKey))?;
         let unknown_index = Refusal::untied(DropReason::UnknownIndex);
         let id = self.indices.get(response.receiver).ok_or(unknown_index)?;
-        let peer = self.peers.get_mut(&id).ok_or(unknown_index)?;
+        let peer = self.peers.get_mut(id).ok_or(unknown_index)?;
         let HandshakeState::InitiationSent(state) = &peer.handshake else {
             return Err(unknown_index);
         };
@@ -1341,7 +1335,7 @@ impl Device {
         while let Some(Reverse((deadline, id))) = self.timer_heap.peek().copied() {
             let live = self
                 .peers
-                .get(&id)
+                .get(id)
                 .is_some_and(|p| p.scheduled == Some(deadline));
             if live {
                 return Some(deadline);
@@ -1354,7 +1348,7 @@ impl Device {
     /// Registers a peer's earliest deadline in the heap. Only an earlier
     /// deadline is pushed; a later one is found when the earlier fires.
     fn reschedule(&mut self, id: PeerId) {
-        let Some(peer) = self.peers.get_mut(&id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         let Some(deadline) = peer.timers.next_deadline() else {
@@ -1373,7 +1367,7 @@ impl Device {
                 break;
             }
             self.timer_heap.pop();
-            let Some(peer) = self.peers.get_mut(&id) else {
+            let Some(peer) = self.peers.get_mut(id) else {
                 continue;
             };
             if peer.scheduled != Some(deadline) {
@@ -1382,7 +1376,7 @@ impl Device {
             peer.scheduled = None;
             while let Some(event) = self
                 .peers
-                .get_mut(&id)
+                .get_mut(id)
                 .and_then(|p| p.timers.take_expired(now.mono))
             {
                 self.on_timer(now, id, event);
@@ -1393,7 +1387,7 @@ impl Device {
     }
 
     fn on_timer(&mut self, now: Now, id: PeerId, event: TimerEvent) {
-        let Some(peer) = self.peers.get_mut(&id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         match event {
@@ -1410,7 +1404,7 @@ impl Device {
             }
             TimerEvent::SendKeepalive => {
                 self.send_keepalive(now, id);
-                if let Some(peer) = self.peers.get_mut(&id) {
+                if let Some(peer) = self.peers.get_mut(id) {
                     peer.timers.keepalive_sent_by_timer(now.mono);
                 }
             }
@@ -1442,16 +1436,17 @@ impl Device {
     /// Called after every operation with the `debug-checks` feature.
     pub fn check_invariants(&self) {
         let mut owned = 0usize;
-        for (id, peer) in &self.peers {
+        self.peers.check_invariants();
+        for (id, peer) in self.peers.iter() {
             assert_eq!(
                 self.by_public_key.get(&peer.public_key),
-                Some(*id),
+                Some(id),
                 "invariant: public key table out of step for {id:?}"
             );
             for index in peer.keypairs.indices().chain(peer.handshake_index()) {
                 assert_eq!(
                     self.indices.get(index),
-                    Some(*id),
+                    Some(id),
                     "invariant: index {index:#x} of {id:?} missing from the index table"
                 );
                 owned += 1;
@@ -1471,13 +1466,8 @@ impl Device {
             self.peers.len(),
             "invariant: key table size"
         );
-        assert!(
-            self.order.len() == self.peers.len()
-                && self.order.iter().all(|id| self.peers.contains_key(id)),
-            "invariant: the order of peers out of step with the peers"
-        );
-        for id in self.peers.keys() {
-            let _ = self.allowed_ips.prefixes_of(*id).count();
+        for (id, _) in self.peers.iter() {
+            let _ = self.allowed_ips.prefixes_of(id).count();
         }
     }
 

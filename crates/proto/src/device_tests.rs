@@ -372,7 +372,7 @@ fn rekey_after_messages() {
     let mut net = Net::new([0; 32]);
     net.ping_a_to_b(84);
     let initiations = net.count_wire(true, 1);
-    let peer = net.a.peers.get_mut(&net.a_peer).unwrap();
+    let peer = net.a.peers.get_mut(net.a_peer).unwrap();
     let keypair = peer.keypairs.current.as_mut().unwrap();
     keypair.set_send_counter_for_test(REKEY_AFTER_MESSAGES + 1);
     net.advance(REKEY_TIMEOUT);
@@ -480,11 +480,7 @@ fn initiation_flood_guard_and_timestamp_order() {
     net.ping_a_to_b(84);
     // A second initiation within 20 ms is refused even with a newer
     // timestamp (17 ms > one 2^24 ns whitening step).
-    net.a
-        .peers
-        .get_mut(&net.a_peer)
-        .unwrap()
-        .last_sent_handshake = None;
+    net.a.peers.get_mut(net.a_peer).unwrap().last_sent_handshake = None;
     net.now = net.now.advance(Duration::from_millis(17));
     let (now, id) = (net.now, net.a_peer);
     net.a.send_initiation(now, id, false);
@@ -508,11 +504,7 @@ fn initiation_flood_guard_and_timestamp_order() {
         ReceiveOutcome::Dropped(DropReason::TimestampReplay)
     );
     // A fresh one after 20 ms is accepted.
-    net.a
-        .peers
-        .get_mut(&net.a_peer)
-        .unwrap()
-        .last_sent_handshake = None;
+    net.a.peers.get_mut(net.a_peer).unwrap().last_sent_handshake = None;
     let (now, id) = (net.now, net.a_peer);
     net.a.send_initiation(now, id, false);
     let before = net.count_wire(false, 2);
@@ -843,7 +835,7 @@ fn a_key_that_expires_or_goes_between_prepare_and_complete_delivers_nothing() {
     let mut message = net.seal_a_to_b(84);
     let mut job = net.prepare_at_b(&message);
     job.open(&mut message);
-    let peer = net.b.peers.get_mut(&net.b_peer).unwrap();
+    let peer = net.b.peers.get_mut(net.b_peer).unwrap();
     for index in peer.keypairs.clear() {
         net.b.indices.remove(index);
     }
@@ -896,7 +888,7 @@ fn a_batch_sums_bytes_per_peer_and_rekeys_once() {
     net.ping_a_to_b(84);
     let initiations = net.count_wire(true, 1);
     net.advance(REKEY_TIMEOUT);
-    let peer = net.a.peers.get_mut(&net.a_peer).unwrap();
+    let peer = net.a.peers.get_mut(net.a_peer).unwrap();
     let keypair = peer.keypairs.current.as_mut().unwrap();
     keypair.set_send_counter_for_test(REKEY_AFTER_MESSAGES - 2);
     let tx_before = net.a.peer(net.a_peer).unwrap().tx_bytes;
@@ -1073,7 +1065,7 @@ fn tampered_handshake(
 ) -> Vec<u8> {
     let mut copy = message.to_vec();
     copy[at] ^= 1;
-    let peer = sender.peers.get_mut(&peer).expect("the sender's peer");
+    let peer = sender.peers.get_mut(peer).expect("the sender's peer");
     peer.cookie.add_macs(now.mono, &mut copy);
     copy
 }
@@ -1207,7 +1199,7 @@ fn a_handshake_drop_tied_to_a_peer_leaves_no_tie_for_the_next_datagram() {
 
     // Responses, at A: one naming A's handshake in flight but failing to
     // authenticate is A's peer's; one naming no handshake is not.
-    net.a.peers.get_mut(&a_peer).unwrap().last_sent_handshake = None;
+    net.a.peers.get_mut(a_peer).unwrap().last_sent_handshake = None;
     net.a.send_initiation(now, a_peer, false);
     let fresh = net.a.poll_transmit().expect("an initiation").data;
     assert_eq!(net.receive_at_b(fresh), ReceiveOutcome::Handled);
@@ -1237,7 +1229,7 @@ fn a_handshake_drop_tied_to_a_peer_leaves_no_tie_for_the_next_datagram() {
     // Back at B: a genuine initiation too soon after the one B just took
     // (newer timestamp, 17 ms later) is A's flood.
     net.now = net.now.advance(Duration::from_millis(17));
-    net.a.peers.get_mut(&a_peer).unwrap().last_sent_handshake = None;
+    net.a.peers.get_mut(a_peer).unwrap().last_sent_handshake = None;
     let later = net.now;
     net.a.send_initiation(later, a_peer, false);
     let too_soon = net.a.poll_transmit().expect("an initiation").data;
@@ -1453,7 +1445,7 @@ fn the_split_path_charges_every_drop_like_receive() {
 }
 
 #[test]
-fn peer_slices_walk_every_peer_once_in_insertion_order() {
+fn peer_slices_walk_every_peer_once_in_storage_order() {
     let mut device = Device::new([3; 32]);
     let ids: Vec<PeerId> = (0u8..10)
         .map(|i| device.add_peer(PublicKey([i + 1; 32])).expect("a new peer"))
@@ -1471,7 +1463,20 @@ fn peer_slices_walk_every_peer_once_in_insertion_order() {
     let expected: Vec<PeerId> = ids.iter().copied().filter(|&id| id != ids[4]).collect();
     assert_eq!(walked, expected);
     assert_eq!(device.peer_ids(), expected);
-    // A peer added during the walk comes after the ones already walked.
-    let late = device.add_peer(PublicKey([99; 32])).expect("a new peer");
+    // A peer added during the walk takes the lowest free slot: the one the
+    // removed peer left, behind the cursor, so this walk does not see it;
+    // the next one added goes at the end, after the cursor.
+    let reused = device.add_peer(PublicKey([99; 32])).expect("a new peer");
+    assert_eq!(device.peer_ids_after(after, 3), Vec::<PeerId>::new());
+    let late = device.add_peer(PublicKey([100; 32])).expect("a new peer");
     assert_eq!(device.peer_ids_after(after, 3), vec![late]);
+    assert_eq!(device.peer_ids()[4], reused);
+    // The cursor stays valid after its own peer is removed.
+    let last_but_one = device.peer_ids()[8];
+    device.remove_peer(last_but_one);
+    assert_eq!(
+        device.peer_ids_after(Some(last_but_one), 3),
+        vec![ids[9], late]
+    );
+    assert!(device.peer(last_but_one).is_none());
 }

@@ -68,6 +68,7 @@ pub mod noise;
 pub mod packet;
 pub mod peer;
 pub mod peerlookup;
+mod peerstore;
 pub mod ratelimiter;
 pub mod replay;
 #[cfg(feature = "selftest")]

@@ -17,8 +17,10 @@ use crate::tai64n::Tai64n;
 use crate::timers::Timers;
 use crate::transport::Keypair;
 
-/// A device-local handle to a peer. Ids grow with every new peer, so sorting
-/// them gives the order in which peers were added.
+/// A device-local handle to a peer: opaque, it names the peer's slot in the
+/// device's store and that slot's generation, so an id of a removed peer
+/// never finds the peer that later takes its slot. The order of ids means
+/// nothing (the device's order of peers is that of `Device::peer_ids`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
 
