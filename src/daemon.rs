@@ -23,7 +23,7 @@ use crate::runtime::{self, Shared};
 use crate::sys::privileges::{self, Account};
 use crate::sys::process;
 use crate::sys::tun::{Tun, TunOptions};
-use crate::sys::udp::UdpSockets;
+use crate::sys::udp_group::SocketGroup;
 use crate::uapi::serve_concurrently;
 
 /// Why the daemon stopped.
@@ -57,9 +57,10 @@ pub(crate) fn random_seed() -> Result<[u8; 32], SetupError> {
 pub fn run(options: &Options) -> Result<Stop, SetupError> {
     let name = &options.interface;
     let account = resolve_account(options)?;
+    let lanes = IoThreads::from_env().lanes();
     let tun = match crate::handed::take_tun() {
         Ok(Some(tun)) => Ok(tun),
-        Ok(None) => create_tun(name),
+        Ok(None) => create_tun(name, lanes),
         Err(e) => Err(e),
     }
     .map_err(|e| SetupError(format!("failed to create TUN device '{name}': {e}")))?;
@@ -73,7 +74,7 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
             "--user needs the daemon's own configuration socket, not a handed one".into(),
         ));
     }
-    let sockets = UdpSockets::bind(0, 0)
+    let sockets = SocketGroup::bind(0, 0, tun.queue_count())
         .map_err(|e| SetupError(format!("failed to bind UDP sockets: {e}")))?;
     let metrics = bind_metrics(options)?;
     let child = if options.foreground {
@@ -169,15 +170,14 @@ fn bind_metrics(options: &Options) -> Result<Option<std::net::TcpListener>, Setu
 /// Opens the TUN device with the kernel's offloads (virtio-net header, TSO,
 /// USO), which falls back to a plain device where the kernel refuses them.
 /// `FERROGUARD_NO_OFFLOAD=1` asks for the plain device (tests of that path).
-fn create_tun(name: &str) -> std::io::Result<Tun> {
+/// With `queues` above one, a multi-queue device (one queue per lane).
+fn create_tun(name: &str, queues: usize) -> std::io::Result<Tun> {
     let offloads = std::env::var("FERROGUARD_NO_OFFLOAD").as_deref() != Ok("1");
-    let tun = Tun::create_with(
-        name,
-        TunOptions {
-            vnet_hdr: offloads,
-            offloads,
-        },
-    )?;
+    let options = TunOptions {
+        vnet_hdr: offloads,
+        offloads,
+    };
+    let tun = Tun::create_queues(name, options, queues)?;
     log::debug!("TUN offloads: {:?}", tun.offloads());
     Ok(tun)
 }
@@ -187,11 +187,11 @@ pub(crate) fn spawn_threads(
     listener: ConfigSocket,
     stop: mpsc::Sender<Stop>,
 ) {
-    for (name, role) in IoThreads::from_env().roles() {
+    for (name, role) in IoThreads::from_env().fit(shared.lanes()).roles() {
         let s = shared.clone();
         let stop = stop.clone();
         thread::Builder::new()
-            .name(name.into())
+            .name(name.clone())
             .spawn(move || {
                 // A thread returns when the TUN device is gone, or when it
                 // cannot wait at all; either way the daemon cannot go on.

@@ -411,7 +411,7 @@ impl UdpSockets {
     pub fn bind(port: u16, fwmark: u32) -> io::Result<UdpSockets> {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
-            match bind_pair(port) {
+            match bind_pair(port, false) {
                 Ok(sockets) => {
                     if fwmark != 0 {
                         sockets.set_fwmark(fwmark)?;
@@ -729,14 +729,16 @@ impl UdpSockets {
     }
 }
 
-/// One attempt at binding both families to `port` (0: the kernel picks).
-fn bind_pair(port: u16) -> io::Result<UdpSockets> {
-    let v4 = open_bound(Family::V4, port)?;
+/// One attempt at binding both families to `port` (0: the kernel picks),
+/// with `SO_REUSEPORT` set before the bind when `reuse_port` (the members of
+/// a [`SocketGroup`](super::udp_group::SocketGroup)).
+pub(super) fn bind_pair(port: u16, reuse_port: bool) -> io::Result<UdpSockets> {
+    let v4 = open_bound(Family::V4, port, reuse_port)?;
     let port = match &v4 {
         Some(socket) => local_port(socket)?,
         None => port,
     };
-    let v6 = open_bound(Family::V6, port)?;
+    let v6 = open_bound(Family::V6, port, reuse_port)?;
     let port = match (&v4, &v6) {
         (Some(_), _) => port,
         (None, Some(socket)) => local_port(socket)?,
@@ -756,7 +758,7 @@ fn bind_pair(port: u16) -> io::Result<UdpSockets> {
 
 /// A configured UDP socket of `family` bound to the wildcard address and
 /// `port`, or `None` if the system lacks that family.
-fn open_bound(family: Family, port: u16) -> io::Result<Option<Socket>> {
+fn open_bound(family: Family, port: u16, reuse_port: bool) -> io::Result<Option<Socket>> {
     let (domain, wildcard) = match family {
         Family::V4 => (Domain::IPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         Family::V6 => (Domain::IPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
@@ -771,6 +773,9 @@ fn open_bound(family: Family, port: u16) -> io::Result<Option<Socket>> {
     }
     enable_pktinfo(&socket, family)?;
     enlarge_buffers(&socket);
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&SockAddr::from(SocketAddr::new(wildcard, port)))?;
     Ok(Some(socket))
 }
