@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import fgnet  # noqa: E402 (tests/netns/fgnet.py, found through the path set just above)
 
 PAYLOAD = 1000  # bytes per datagram: a real packet, not a header-only one
-ROUND_PAUSE = 0.001  # seconds between rounds: a steady load, not a burst that overflows a buffer
+ROUND_PAUSE = 0.002  # seconds between rounds: a steady load (2000 datagrams/s per sender), not a burst
 MAGIC = b"fgmq"
 
 
