@@ -595,6 +595,7 @@ if [ "$SCALING" -gt 0 ]; then
         io=queues:$row; [ "$row" = 1 ] && io=one
         GW_SERVER_ENV=("FERROGUARD_IO_THREADS=$io" "FERROGUARD_CRYPTO_THREADS=$row")
         GW_SERVER_CPUS="0-$((row - 1))" label="io $io, crypto $row, CPUs 0-$((row - 1))"
+        [ "$row" != 1 ] || label="io one, crypto 1, CPU 0"
       fi
       gateway_up "$1"
       read -r tcp tcp_jain tcp_min < <(gateway_round)
