@@ -174,7 +174,10 @@ fn a_scrape_shows_the_engine_counters() {
     let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
     let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
     assert_eq!(types, helps);
-    assert_eq!(types, 16, "1 + 7 per-peer + 2 drops + 3 device + 2 process + 1 lanes");
+    assert_eq!(
+        types, 16,
+        "1 + 7 per-peer + 2 drops + 3 device + 2 process + 1 lanes"
+    );
 }
 
 /// A device with `count` peers and no sessions.
