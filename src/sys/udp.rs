@@ -409,20 +409,11 @@ impl UdpSockets {
     /// `*FORCE` options first, which work with `CAP_NET_ADMIN`; the plain
     /// ones, capped by `net.core.*mem_max`, otherwise).
     pub fn bind(port: u16, fwmark: u32) -> io::Result<UdpSockets> {
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            match bind_pair(port, false) {
-                Ok(sockets) => {
-                    if fwmark != 0 {
-                        sockets.set_fwmark(fwmark)?;
-                    }
-                    return Ok(sockets);
-                }
-                Err(e) if port == 0 && e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
+        let sockets = with_port_retries(port, || bind_pair(port, false))?;
+        if fwmark != 0 {
+            sockets.set_fwmark(fwmark)?;
         }
-        Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+        Ok(sockets)
     }
 
     /// The port both sockets are bound to.
@@ -727,6 +718,23 @@ impl UdpSockets {
     fn family_sockets(&self) -> impl Iterator<Item = &FamilySocket> {
         self.v4.iter().chain(self.v6.iter())
     }
+}
+
+/// Runs `bind` (an attempt at binding to `port`) again while it fails with
+/// `EADDRINUSE` and `port` is 0, so that each try takes a new port, up to
+/// ten times; any other outcome is returned at once.
+pub(super) fn with_port_retries<T>(
+    port: u16,
+    mut bind: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let mut last_error = None;
+    for _ in 0..PORT_ATTEMPTS {
+        match bind() {
+            Err(e) if port == 0 && e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
+            result => return result,
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
 }
 
 /// One attempt at binding both families to `port` (0: the kernel picks),

@@ -24,10 +24,7 @@
 
 use std::io;
 
-use super::udp::{bind_pair, UdpSockets};
-
-/// Attempts at a free port for a group bound with port 0.
-const PORT_ATTEMPTS: usize = 10;
+use super::udp::{bind_pair, with_port_retries, UdpSockets};
 
 /// The UDP socket pairs of the data path, all bound to one port.
 #[derive(Debug)]
@@ -44,21 +41,14 @@ impl SocketGroup {
             let members = vec![UdpSockets::bind(port, fwmark)?];
             return Ok(SocketGroup { members });
         }
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
+        let group = with_port_retries(port, || {
             let chosen = if port == 0 { free_port()? } else { port };
-            match bind_members(chosen, count) {
-                Ok(group) => {
-                    if fwmark != 0 {
-                        group.set_fwmark(fwmark)?;
-                    }
-                    return Ok(group);
-                }
-                Err(e) if port == 0 && e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
+            bind_members(chosen, count)
+        })?;
+        if fwmark != 0 {
+            group.set_fwmark(fwmark)?;
         }
-        Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+        Ok(group)
     }
 
     /// The port every member is bound to.

@@ -104,13 +104,7 @@ multiqueue_run() {
 	multiqueue_udp up
 	multiqueue_udp down
 	gateway_iperf_all "$FGT_LOGDIR/mq-tcp" -P "$MQ_STREAMS"
-	for ((i = 1; i <= GATEWAY_CLIENTS; i++)); do
-		if figure=$(python3 "$FGT_NET_PY" iperf-summary "$FGT_LOGDIR/mq-tcp-$i.json"); then
-			pass "multiqueue: client $i: TCP with $MQ_STREAMS streams, all clients at once ($figure)"
-		else
-			fail "multiqueue: client $i: TCP with $MQ_STREAMS streams, all clients at once" "$figure"
-		fi
-	done
+	gateway_served "$FGT_LOGDIR/mq-tcp" "multiqueue: client %s: TCP with $MQ_STREAMS streams, all clients at once"
 	if [[ $(impl_kind 1) == ferroguard ]]; then
 		scrape="$FGT_LOGDIR/mq-metrics-server.txt"
 		check "multiqueue: the server's metrics can be read" multiqueue_scrape "$NS1" "$scrape"
