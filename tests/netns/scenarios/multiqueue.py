@@ -4,10 +4,13 @@
                                        COUNT numbered datagrams each, sent round-robin over the flows
   flows-recv ADDR PORT READY SECONDS FLOWS COUNT
                                        receives them until all FLOWS x COUNT arrived or SECONDS passed; prints
-                                       "flows F datagrams D lost L reordered R duplicates U": a datagram is
-                                       reordered when its number is below one its flow delivered before
+                                       "flows F datagrams D lost L reordered R duplicates U (receiving socket
+                                       overflowed: O)": a datagram is reordered when its number is below one
+                                       its flow delivered before; O is the kernel's count of datagrams the
+                                       receiving socket itself dropped (a full buffer), for diagnosis
 """
 import os
+import socket
 import struct
 import sys
 import time
@@ -30,13 +33,31 @@ def flows_send(addr, port, flows, count):
         time.sleep(ROUND_PAUSE)
 
 
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>: SO_RCVBUF beyond net.core.rmem_max (root)
+SO_RXQ_OVFL = 40  # ancillary data: datagrams the socket dropped because its buffer was full
+
+
+def recv_counting_overflow(sock, state):
+    """(data, source) of the next datagram; notes the socket's own drop count in state["overflow"]."""
+    data, ancillary, _, source = sock.recvmsg(65535, socket.CMSG_SPACE(4))
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
+            state["overflow"] = struct.unpack("I", value[:4])[0]
+    return data, source
+
+
 def flows_recv(addr, port, ready, seconds, flows, count):
     sock = fgnet.udp_socket(addr, port, rcvbuf=8 << 20)
+    # A receiver stalled by a busy machine must not lose what the tunnel delivered: room for every datagram.
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+    state = {"overflow": 0}
     fgnet.signal_ready(ready)
     highest = {}  # (source, flow) -> highest number delivered so far
     seen = set()
     datagrams = reordered = duplicates = 0
-    for data, source in fgnet.receive_until(sock, fgnet.deadline_after(seconds)):
+    receive = lambda sock: recv_counting_overflow(sock, state)  # noqa: E731
+    for data, source in fgnet.receive_until(sock, fgnet.deadline_after(seconds), receive):
         if not data.startswith(MAGIC) or len(data) != PAYLOAD:
             continue
         flow, number = struct.unpack("!II", data[len(MAGIC):len(MAGIC) + 8])
@@ -53,8 +74,8 @@ def flows_recv(addr, port, ready, seconds, flows, count):
             break
     keys = {key for key, _ in seen}
     lost = flows * count - len(seen)
-    print("flows %d datagrams %d lost %d reordered %d duplicates %d" % (len(keys), datagrams, lost, reordered,
-                                                                        duplicates))
+    print("flows %d datagrams %d lost %d reordered %d duplicates %d (receiving socket overflowed: %d)"
+          % (len(keys), datagrams, lost, reordered, duplicates, state["overflow"]))
 
 
 COMMANDS = {
