@@ -57,10 +57,10 @@ pub(crate) fn random_seed() -> Result<[u8; 32], SetupError> {
 pub fn run(options: &Options) -> Result<Stop, SetupError> {
     let name = &options.interface;
     let account = resolve_account(options)?;
-    let lanes = IoThreads::from_env().lanes();
+    let io_threads = IoThreads::from_env();
     let tun = match crate::handed::take_tun() {
         Ok(Some(tun)) => Ok(tun),
-        Ok(None) => create_tun(name, lanes),
+        Ok(None) => create_tun(name, io_threads.lanes()),
         Err(e) => Err(e),
     }
     .map_err(|e| SetupError(format!("failed to create TUN device '{name}': {e}")))?;
@@ -105,7 +105,7 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
     let shared = Shared::new(device, tun, sockets)
         .map_err(|e| SetupError(format!("failed to set up: {e}")))?;
     let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
-    spawn_threads(&shared, listener, stop_tx.clone());
+    spawn_threads(&shared, io_threads, listener, stop_tx.clone());
     spawn_signal_thread(shared.clone(), stop_tx)?;
     if let Some(listener) = metrics {
         let (s, interface) = (shared.clone(), name.clone());
@@ -182,12 +182,15 @@ fn create_tun(name: &str, queues: usize) -> std::io::Result<Tun> {
     Ok(tun)
 }
 
+/// Starts the daemon's threads; the I/O threads as `io_threads` asks, on as
+/// many lanes as the TUN device has queues.
 pub(crate) fn spawn_threads(
     shared: &Arc<Shared>,
+    io_threads: IoThreads,
     listener: ConfigSocket,
     stop: mpsc::Sender<Stop>,
 ) {
-    for (name, role) in IoThreads::from_env().fit(shared.lanes()).roles() {
+    for (name, role) in io_threads.fit(shared.lanes()).roles() {
         let s = shared.clone();
         let stop = stop.clone();
         thread::Builder::new()

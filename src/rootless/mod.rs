@@ -198,7 +198,13 @@ pub fn run(options: &RootlessOptions) -> Result<Stop, SetupError> {
     let socket_path = listener.path().to_path_buf();
     let socket_inode = std::fs::metadata(&socket_path).map(|m| m.ino()).ok();
     let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
-    daemon::spawn_threads(&shared, ConfigSocket::Bound(listener), stop_tx.clone());
+    let io_threads = crate::io_threads::IoThreads::from_env();
+    daemon::spawn_threads(
+        &shared,
+        io_threads,
+        ConfigSocket::Bound(listener),
+        stop_tx.clone(),
+    );
     daemon::spawn_signal_thread(shared.clone(), stop_tx.clone())?;
     thread::Builder::new()
         .name("stack".into())
