@@ -6,6 +6,7 @@
 #                    [--peers-for PATTERN=M]... [--setconf-timeout S] IMPL [IMPL...]
 #   scripts/bench.sh --mtu M1,M2,... [-t SECONDS] [--outer 4|6] [--inner 4|6] IMPL [IMPL...]
 #   scripts/bench.sh --gateway N [-t SECONDS] [--client-rate RATE] IMPL [IMPL...]
+#   scripts/bench.sh --scaling N [--max-threads M] [--rounds R] [-t SECONDS] FERROGUARD
 #   scripts/bench.sh --rtt [--pin] [--rounds R] [--count C] IMPL [IMPL...]
 #   scripts/bench.sh --rtt-profile [--pin] [--count C] IMPL [IMPL...]
 #   scripts/bench.sh --rtt-trace [--pin] [--count C] IMPL [IMPL...]
@@ -38,6 +39,16 @@
 #   client still has a session; then the ratios to the first implementation.
 #   The server and all clients run the same IMPL.
 #
+# --scaling N: instead, how the gateway scales with threads: the gateway of
+#   --gateway with N clients, the server run as FERROGUARD (a ferroguard
+#   command) once with its defaults and then with k = 1 .. M (default: the
+#   cores) lanes and crypto threads (FERROGUARD_IO_THREADS=queues:k, or `one`
+#   for k = 1, FERROGUARD_CRYPTO_THREADS=k) pinned with taskset to CPUs
+#   0 .. k-1; the clients keep their defaults, unpinned. Per row: the TCP
+#   aggregate of all clients at once (one stream each, Jain's index), and one
+#   TCP stream of client 1 alone (single flow). The rows are taken in turn,
+#   R rounds (default 1) interleaved; one table per round, then the ratios of
+#   each row's median to the default row's.
 # --peers N: after measuring with the one real peer, add N-1 extra peers to
 #   both daemons with one `wg addconf` each (random public keys, one /32 each
 #   in 10.128.0.0/9, every 2nd also a /128 in fd00:5ca1::/64, every 4th an
@@ -76,7 +87,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=5 PEERS=1 SETCONF_TIMEOUT=120 RTT_ONLY=0 ROUNDS=3 COUNT=200 PIN=0
-OUTER=4 INNER=4 MTUS="" GATEWAY=0 CLIENT_RATE=200M STAGES=0
+OUTER=4 INNER=4 MTUS="" GATEWAY=0 CLIENT_RATE=200M STAGES=0 SCALING=0 MAX_THREADS=$(nproc)
+GW_SERVER_ENV=() GW_SERVER_CPUS=""
+ROUNDS_SET=0
 PEERS_FOR=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -87,7 +100,7 @@ while [ $# -gt 0 ]; do
     --rtt) RTT_ONLY=1; shift ;;
     --rtt-profile) RTT_ONLY=2; shift ;;
     --rtt-trace) RTT_ONLY=3; shift ;;
-    --rounds) ROUNDS=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; ROUNDS_SET=1; shift 2 ;;
     --count) COUNT=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
     --outer) OUTER=$2; shift 2 ;;
@@ -96,6 +109,8 @@ while [ $# -gt 0 ]; do
     --gateway) GATEWAY=$2; shift 2 ;;
     --client-rate) CLIENT_RATE=$2; shift 2 ;;
     --stages) STAGES=1; shift ;;
+    --scaling) SCALING=$2; GATEWAY=$2; shift 2 ;;
+    --max-threads) MAX_THREADS=$2; shift 2 ;;
     -*) echo "bench: unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -508,8 +523,13 @@ gateway_up() { # IMPL: sets GW_PIDS (server first); the tunnel is 10.79.0.1 (ser
       ip -n $ns addr add 192.0.2.$((10 + i))/24 dev fgbench0; ip -n $ns link set fgbench0 up
       wg genkey >"$TMP/c$i.key"; wg pubkey <"$TMP/c$i.key" >"$TMP/c$i.pub"
     fi
+    local server_env=() pin=()
+    if [ "$i" = 0 ]; then
+      server_env=(${GW_SERVER_ENV[@]+"${GW_SERVER_ENV[@]}"})
+      [ -z "$GW_SERVER_CPUS" ] || pin=(taskset -c "$GW_SERVER_CPUS")
+    fi
     ip netns exec $ns env WG_PROCESS_FOREGROUND=1 ${env_words[@]+"${env_words[@]}"} \
-      "${words[@]}" -f fgbenchg$i >"$TMP/g$i.log" 2>&1 &
+      ${server_env[@]+"${server_env[@]}"} ${pin[@]+"${pin[@]}"} "${words[@]}" -f fgbenchg$i >"$TMP/g$i.log" 2>&1 &
     GW_PIDS+=($!)
   done
   for i in $(seq 0 "$GATEWAY"); do
@@ -553,6 +573,53 @@ gateway_round() {
     awk '{ n++; sum += $1; squares += $1 * $1; if (n == 1 || $1 < min) min = $1 }
       END { printf "%d %.3f %d\n", sum, (squares > 0 ? sum * sum / (n * squares) : 0), min }'
 }
+# single_flow: one TCP stream of client 1 alone to the server; prints Mbit/s.
+single_flow() {
+  ip netns exec fgbench-c1 iperf3 -c 10.79.0.1 -p 5201 -t "$SECONDS_EACH" -J 2>>"$TMP/gw-stderr.log" |
+    iperf_rate | awk '{print $1 == "-" ? 0 : $1}'
+}
+if [ "$SCALING" -gt 0 ]; then
+  [ $# = 1 ] || { echo "bench: --scaling takes one ferroguard command" >&2; exit 2; }
+  [ "$ROUNDS_SET" = 1 ] || ROUNDS=1
+  rows=(default)
+  for k in $(seq 1 "$MAX_THREADS"); do rows+=("$k"); done
+  echo "Scaling: gateway with $SCALING clients, server: $1; $SECONDS_EACH s per test, $ROUNDS round(s)," \
+    "$(nproc) cores here"
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "round $round"
+    printf '%-34s %9s %6s %8s %12s\n' "server threads" "tcp Mb/s" jain "min" "1 flow Mb/s"
+    for row in "${rows[@]}"; do
+      if [ "$row" = default ]; then
+        GW_SERVER_ENV=() GW_SERVER_CPUS="" label="defaults, unpinned"
+      else
+        io=queues:$row; [ "$row" = 1 ] && io=one
+        GW_SERVER_ENV=("FERROGUARD_IO_THREADS=$io" "FERROGUARD_CRYPTO_THREADS=$row")
+        GW_SERVER_CPUS="0-$((row - 1))" label="io $io, crypto $row, CPUs 0-$((row - 1))"
+        [ "$row" != 1 ] || label="io one, crypto 1, CPU 0"
+      fi
+      gateway_up "$1"
+      read -r tcp tcp_jain tcp_min < <(gateway_round)
+      single=$(single_flow)
+      gateway_down
+      printf '%-34s %9s %6s %8s %12s\n' "$label" "$tcp" "$tcp_jain" "$tcp_min" "$single"
+      echo "$row $tcp $single" >>"$TMP/scaling.txt"
+    done
+  done
+  echo "median over the rounds, ratio to the default row (tcp aggregate, single flow):"
+  python3 - "$TMP/scaling.txt" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    row, tcp, single = line.split()
+    rows.setdefault(row, []).append((float(tcp), float(single)))
+base = [statistics.median(v[i] for v in rows["default"]) for i in (0, 1)]
+for row, values in rows.items():
+    med = [statistics.median(v[i] for v in values) for i in (0, 1)]
+    ratio = ["%.3f" % (m / b) if b else "-" for m, b in zip(med, base)]
+    print("  %-8s tcp %8.0f (%s)  single flow %8.0f (%s)" % (row, med[0], ratio[0], med[1], ratio[1]))
+PY
+  exit 0
+fi
 if [ "$GATEWAY" -gt 0 ]; then
   echo "Gateway: 1 server, $GATEWAY clients (own namespace and daemon each), all sending at once, $SECONDS_EACH s"
   printf '%-40s %9s %6s %8s %9s %6s %8s %9s\n' implementation "tcp Mb/s" jain "min" "udp Mb/s" jain "min" sessions

@@ -23,7 +23,7 @@ use crate::runtime::{self, Shared};
 use crate::sys::privileges::{self, Account};
 use crate::sys::process;
 use crate::sys::tun::{Tun, TunOptions};
-use crate::sys::udp::UdpSockets;
+use crate::sys::udp_group::SocketGroup;
 use crate::uapi::serve_concurrently;
 
 /// Why the daemon stopped.
@@ -57,9 +57,10 @@ pub(crate) fn random_seed() -> Result<[u8; 32], SetupError> {
 pub fn run(options: &Options) -> Result<Stop, SetupError> {
     let name = &options.interface;
     let account = resolve_account(options)?;
+    let io_threads = IoThreads::from_env();
     let tun = match crate::handed::take_tun() {
         Ok(Some(tun)) => Ok(tun),
-        Ok(None) => create_tun(name),
+        Ok(None) => create_tun(name, io_threads.lanes()),
         Err(e) => Err(e),
     }
     .map_err(|e| SetupError(format!("failed to create TUN device '{name}': {e}")))?;
@@ -73,7 +74,7 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
             "--user needs the daemon's own configuration socket, not a handed one".into(),
         ));
     }
-    let sockets = UdpSockets::bind(0, 0)
+    let sockets = SocketGroup::bind(0, 0, tun.queue_count())
         .map_err(|e| SetupError(format!("failed to bind UDP sockets: {e}")))?;
     let metrics = bind_metrics(options)?;
     let child = if options.foreground {
@@ -104,7 +105,7 @@ pub fn run(options: &Options) -> Result<Stop, SetupError> {
     let shared = Shared::new(device, tun, sockets)
         .map_err(|e| SetupError(format!("failed to set up: {e}")))?;
     let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
-    spawn_threads(&shared, listener, stop_tx.clone());
+    spawn_threads(&shared, io_threads, listener, stop_tx.clone());
     spawn_signal_thread(shared.clone(), stop_tx)?;
     if let Some(listener) = metrics {
         let (s, interface) = (shared.clone(), name.clone());
@@ -169,29 +170,31 @@ fn bind_metrics(options: &Options) -> Result<Option<std::net::TcpListener>, Setu
 /// Opens the TUN device with the kernel's offloads (virtio-net header, TSO,
 /// USO), which falls back to a plain device where the kernel refuses them.
 /// `FERROGUARD_NO_OFFLOAD=1` asks for the plain device (tests of that path).
-fn create_tun(name: &str) -> std::io::Result<Tun> {
+/// With `queues` above one, a multi-queue device (one queue per lane).
+fn create_tun(name: &str, queues: usize) -> std::io::Result<Tun> {
     let offloads = std::env::var("FERROGUARD_NO_OFFLOAD").as_deref() != Ok("1");
-    let tun = Tun::create_with(
-        name,
-        TunOptions {
-            vnet_hdr: offloads,
-            offloads,
-        },
-    )?;
+    let options = TunOptions {
+        vnet_hdr: offloads,
+        offloads,
+    };
+    let tun = Tun::create_queues(name, options, queues)?;
     log::debug!("TUN offloads: {:?}", tun.offloads());
     Ok(tun)
 }
 
+/// Starts the daemon's threads; the I/O threads as `io_threads` asks, on as
+/// many lanes as the TUN device has queues.
 pub(crate) fn spawn_threads(
     shared: &Arc<Shared>,
+    io_threads: IoThreads,
     listener: ConfigSocket,
     stop: mpsc::Sender<Stop>,
 ) {
-    for (name, role) in IoThreads::from_env().roles() {
+    for (name, role) in io_threads.fit(shared.lanes()).roles() {
         let s = shared.clone();
         let stop = stop.clone();
         thread::Builder::new()
-            .name(name.into())
+            .name(name.clone())
             .spawn(move || {
                 // A thread returns when the TUN device is gone, or when it
                 // cannot wait at all; either way the daemon cannot go on.

@@ -57,8 +57,12 @@ pub struct DeviceSample {
 }
 
 /// What the daemon around the engine adds.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DaemonSample {
+    /// Per lane of the data path (TUN queue and socket pair, one I/O
+    /// thread in `queues:N` mode): packets read from its TUN queue and
+    /// datagrams received on its sockets.
+    pub lane_packets: Vec<(u64, u64)>,
     /// Handshake messages waiting for the handshake thread.
     pub handshake_queue_len: usize,
     /// Handshake messages dropped because that queue was full.
@@ -330,6 +334,19 @@ fn render_to(
             e.sample(name, &dev, value);
         }
     }
+    let name = "ferroguard_lane_packets_total";
+    e.family(
+        name,
+        "Packets per lane of the data path (TUN queue and socket pair): read from the TUN (direction tun) or received from peers (direction udp).",
+        Kind::Counter,
+    );
+    for (lane, (tun, udp)) in daemon.lane_packets.iter().enumerate() {
+        let lane = lane.to_string();
+        for (direction, count) in [("tun", tun), ("udp", udp)] {
+            let labels = [dev[0], ("lane", lane.as_str()), ("direction", direction)];
+            e.sample(name, &labels, *count);
+        }
+    }
     e.write_out(out, 0)?;
     out.flush()
 }
@@ -357,6 +374,7 @@ pub fn scrape(shared: &Shared, interface: &str, out: &mut dyn Write) -> io::Resu
     };
     let peers = LivePeers { shared, count };
     let daemon = DaemonSample {
+        lane_packets: shared.lane_packets(),
         handshake_queue_len: shared.handshake_queue_len(),
         handshake_queue_full_drops: shared.handshake_queue_full_drops(),
         resident_bytes: resident_bytes(),

@@ -547,3 +547,86 @@ fn ping_through_a_header_mode_tun() {
         );
     }
 }
+
+/// A multi-queue device: N queue descriptors on one interface (the kernel
+/// shows N queues), the header mode on every queue, and the host's flows
+/// spread over the queues with each flow on one queue, in order.
+#[test]
+fn multi_queue_spreads_flows_and_keeps_each_on_one_queue() {
+    if !root_or_skip("multi_queue_spreads_flows_and_keeps_each_on_one_queue") {
+        return;
+    }
+    const QUEUES: usize = 4;
+    const FLOWS: u16 = 16;
+    const PER_FLOW: u8 = 10;
+    let ns = TestNetns::create();
+    let name = unique_name("fgq");
+    let all = TunOptions {
+        vnet_hdr: true,
+        offloads: true,
+    };
+    let tun = Tun::create_queues(&name, all, QUEUES).unwrap();
+    assert_eq!(tun.queue_count(), QUEUES);
+    assert!(tun.offloads().vnet_hdr && tun.offloads().tso);
+    let tx_queues = std::fs::read_dir(format!("/sys/class/net/{name}/queues"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("tx-")
+        })
+        .count();
+    assert_eq!(tx_queues, QUEUES, "the kernel's view of the queues");
+    assert_eq!(
+        Tun::create_queues(&name, all, 0).unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    ip(&["link", "set", &name, "netns", &ns.name]);
+    ns.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", &name]);
+    ns.exec(&["ip", "link", "set", &name, "up"]);
+    // Flow k: UDP from source port 40000+k, datagrams numbered 0..PER_FLOW.
+    let script = format!(
+        "import socket\n\
+         socks = []\n\
+         for k in range({FLOWS}):\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   s.bind(('192.0.2.1', 40000 + k))\n\
+         \x20   socks.append(s)\n\
+         for n in range({PER_FLOW}):\n\
+         \x20   for k, s in enumerate(socks):\n\
+         \x20       s.sendto(bytes([k, n]), ('192.0.2.2', 9))\n"
+    );
+    ns.exec(&["python3", "-c", &script]);
+    // flow -> (queues it was read from, sequence numbers in read order)
+    let mut flows = vec![(std::collections::BTreeSet::new(), Vec::new()); FLOWS.into()];
+    let fds: Vec<_> = (0..QUEUES).map(|q| tun.queue(q).as_raw_fd()).collect();
+    let deadline = Instant::now() + WAIT;
+    let mut buf = vec![0u8; MAX_OFFLOAD_READ];
+    while flows.iter().map(|f| f.1.len()).sum::<usize>()
+        < usize::from(FLOWS) * usize::from(PER_FLOW)
+    {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("packets missing");
+        let ready = poll_readable(&fds, Some(left)).unwrap();
+        for (q, _) in ready.iter().enumerate().filter(|(_, r)| **r) {
+            let n = tun.queue(q).read(&mut buf).unwrap();
+            let packet = &buf[VNET_HDR_LEN..n];
+            if is_ipv4_to(packet, 17, [192, 0, 2, 2]) && packet.len() == 30 {
+                let (k, seq) = (usize::from(packet[28]), packet[29]);
+                flows[k].0.insert(q);
+                flows[k].1.push(seq);
+            }
+        }
+    }
+    for (k, (queues, seqs)) in flows.iter().enumerate() {
+        assert_eq!(queues.len(), 1, "flow {k} was read from queues {queues:?}");
+        assert_eq!(*seqs, (0..PER_FLOW).collect::<Vec<_>>(), "flow {k}");
+    }
+    let used: std::collections::BTreeSet<usize> =
+        flows.iter().flat_map(|f| f.0.iter().copied()).collect();
+    println!("16 flows over {QUEUES} queues: queues used {used:?}");
+    assert!(used.len() > 1, "all 16 flows on one queue: {used:?}");
+}

@@ -79,12 +79,20 @@ fn a_scrape_shows_the_engine_counters() {
     );
     let sample = sample_device(&b, now);
     let daemon = DaemonSample {
+        lane_packets: vec![(7, 0), (0, 9)],
         handshake_queue_len: 3,
         handshake_queue_full_drops: 5,
         resident_bytes: resident_bytes(),
         open_fds: open_fds(),
     };
     let text = render("wg\"0", &sample, &daemon);
+    let lane = |lane: u32, direction: &str| {
+        let labels = format!("interface=\"wg\\\"0\",lane=\"{lane}\",direction=\"{direction}\"");
+        value(&text, &format!("ferroguard_lane_packets_total{{{labels}}}"))
+    };
+    assert_eq!(lane(0, "tun"), Some(7));
+    assert_eq!(lane(1, "udp"), Some(9));
+    assert_eq!(lane(1, "tun"), Some(0));
     let labels = format!("{{interface=\"wg\\\"0\",peer=\"{key}\"}}");
     assert!(rx > 0 && tx > 0);
     assert_eq!(
@@ -166,7 +174,10 @@ fn a_scrape_shows_the_engine_counters() {
     let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
     let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
     assert_eq!(types, helps);
-    assert_eq!(types, 15, "1 + 7 per-peer + 2 drops + 3 device + 2 process");
+    assert_eq!(
+        types, 16,
+        "1 + 7 per-peer + 2 drops + 3 device + 2 process + 1 lanes"
+    );
 }
 
 /// A device with `count` peers and no sessions.

@@ -29,7 +29,7 @@ use crate::daemon::{self, SetupError, Stop};
 use crate::handed::ConfigSocket;
 use crate::runtime::Shared;
 use crate::sys::tun::Tun;
-use crate::sys::udp::UdpSockets;
+use crate::sys::udp_group::SocketGroup;
 use crate::uapi::{UapiHandler, UapiListener, SOCKET_DIR_ENV};
 
 use self::config::RootlessConfig;
@@ -169,7 +169,7 @@ pub fn run(options: &RootlessOptions) -> Result<Stop, SetupError> {
             dir.display()
         ))
     })?;
-    let sockets = UdpSockets::bind(config.listen_port, 0).map_err(|e| {
+    let sockets = SocketGroup::bind(config.listen_port, 0, 1).map_err(|e| {
         SetupError(format!(
             "failed to bind UDP port {}: {e}",
             config.listen_port
@@ -198,7 +198,13 @@ pub fn run(options: &RootlessOptions) -> Result<Stop, SetupError> {
     let socket_path = listener.path().to_path_buf();
     let socket_inode = std::fs::metadata(&socket_path).map(|m| m.ino()).ok();
     let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
-    daemon::spawn_threads(&shared, ConfigSocket::Bound(listener), stop_tx.clone());
+    let io_threads = crate::io_threads::IoThreads::from_env();
+    daemon::spawn_threads(
+        &shared,
+        io_threads,
+        ConfigSocket::Bound(listener),
+        stop_tx.clone(),
+    );
     daemon::spawn_signal_thread(shared.clone(), stop_tx.clone())?;
     thread::Builder::new()
         .name("stack".into())

@@ -16,9 +16,13 @@ use crate::sys::udp::{Family, RecvMeta, UdpSockets};
 /// buffer holds up to 64 datagrams).
 const RECV_BATCH: usize = 16;
 
-/// Which of the data path's descriptors one I/O thread serves.
+/// Which of the data path's descriptors one I/O thread serves: those of its
+/// lane (TUN queue `lane`, the `lane`-th socket pair of the group) that its
+/// flags select.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoRole {
+    /// The lane: TUN queue and member of the socket group.
+    pub lane: usize,
     /// Reads the TUN device (and encrypts what it reads).
     pub tun: bool,
     /// Receives (and decrypts) on these families' sockets.
@@ -31,12 +35,14 @@ impl IoRole {
     /// Everything: the one I/O thread of
     /// [`IoThreads::One`](crate::io_threads::IoThreads::One).
     pub const ALL: IoRole = IoRole {
+        lane: 0,
         tun: true,
         v4: true,
         v6: true,
     };
     /// Only the TUN device.
     pub const TUN: IoRole = IoRole {
+        lane: 0,
         tun: true,
         v4: false,
         v6: false,
@@ -45,9 +51,19 @@ impl IoRole {
     /// Only the socket of `family`.
     pub fn socket(family: Family) -> IoRole {
         IoRole {
+            lane: 0,
             tun: false,
             v4: family == Family::V4,
             v6: family == Family::V6,
+        }
+    }
+
+    /// Everything of lane `lane`: a thread of
+    /// [`IoThreads::Queues`](crate::io_threads::IoThreads::Queues).
+    pub fn lane(lane: usize) -> IoRole {
+        IoRole {
+            lane,
+            ..IoRole::ALL
         }
     }
 
@@ -117,8 +133,8 @@ pub fn io_loop(shared: Arc<Shared>, role: IoRole) -> std::io::Error {
     } else {
         usize::MAX
     };
-    let mut sockets = shared.sockets();
-    let epoll = match watch(&shared, &sockets, role) {
+    let mut group = shared.sockets();
+    let epoll = match watch(&shared, group.member(role.lane), role) {
         Ok(epoll) => epoll,
         Err(e) => return e,
     };
@@ -130,19 +146,23 @@ pub fn io_loop(shared: Arc<Shared>, role: IoRole) -> std::io::Error {
         for source in ready.iter().filter_map(|&t| Source::from_token(t)) {
             match source {
                 Source::Rebound(family) => {
-                    let _ = shared.receiver_wakers[family as usize].drain();
+                    let _ = shared.receiver_wakers[role.lane][family as usize].drain();
                     let fresh = shared.sockets();
-                    if !Arc::ptr_eq(&fresh, &sockets) {
-                        rewatch_sockets(&epoll, &sockets, &fresh, role);
-                        sockets = fresh;
+                    if !Arc::ptr_eq(&fresh, &group) {
+                        let (old, new) = (group.member(role.lane), fresh.member(role.lane));
+                        rewatch_sockets(&epoll, old, new, role);
+                        group = fresh;
                     }
                 }
                 Source::Tun => {
-                    if let Some(error) = serve_tun(&shared, tun_reads) {
+                    if let Some(error) = serve_tun(&shared, role.lane, tun_reads) {
                         return error;
                     }
                 }
-                Source::Socket(family) => receive(&shared, &sockets, family, &mut state),
+                Source::Socket(family) => {
+                    let sockets = group.member(role.lane);
+                    receive(&shared, role.lane, sockets, family, &mut state)
+                }
             }
         }
     }
@@ -152,11 +172,12 @@ pub fn io_loop(shared: Arc<Shared>, role: IoRole) -> std::io::Error {
 fn watch(shared: &Shared, sockets: &UdpSockets, role: IoRole) -> std::io::Result<Epoll> {
     let epoll = Epoll::new()?;
     for family in role.families() {
-        let waker = &shared.receiver_wakers[family as usize];
+        let waker = &shared.receiver_wakers[role.lane][family as usize];
         epoll.add(waker.as_raw_fd(), Source::Rebound(family).token())?;
     }
     if role.tun {
-        epoll.add(shared.tun().as_raw_fd(), Source::Tun.token())?;
+        let queue = shared.tun().queue(role.lane);
+        epoll.add(queue.as_raw_fd(), Source::Tun.token())?;
     }
     for (family, fd) in socket_fds(sockets, role) {
         epoll.add(fd, Source::Socket(family).token())?;

@@ -18,8 +18,9 @@
 //!
 //! Threads:
 //! * the I/O threads ([`io_loop`]) read the TUN device and encrypt, and
-//!   receive datagrams in batches and decrypt: one thread for all of it, or
-//!   one for the TUN and one per address family (`io_threads`);
+//!   receive datagrams in batches and decrypt: one thread for all of it,
+//!   one for the TUN and one per address family, or one per lane (a TUN
+//!   queue and a socket pair each, the parallel data path) (`io_threads`);
 //! * large batches are encrypted or decrypted outside the engine lock by
 //!   the reading thread and the crypto workers together (`crypto_pool`);
 //! * one thread handles handshake messages ([`handshake_loop`]);

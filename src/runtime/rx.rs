@@ -38,15 +38,22 @@ pub(super) struct RxState {
     pub(super) coalescer: Option<Coalescer>,
 }
 
-/// Receives one batch from the socket of `family` and handles it.
-pub(super) fn receive(shared: &Shared, sockets: &UdpSockets, family: Family, state: &mut RxState) {
+/// Receives one batch from the socket of `family` (of `lane`'s pair) and
+/// handles it.
+pub(super) fn receive(
+    shared: &Shared,
+    lane: usize,
+    sockets: &UdpSockets,
+    family: Family,
+    state: &mut RxState,
+) {
     let RxState {
         bufs,
         meta,
         coalescer,
     } = state;
     if let Ok(n) = sockets.recv_batch(family, bufs, meta) {
-        handle_batch(shared, &mut bufs[..n], &meta[..n], coalescer.as_mut());
+        handle_batch(shared, lane, &mut bufs[..n], &meta[..n], coalescer.as_mut());
     }
 }
 
@@ -104,14 +111,17 @@ fn datagrams<'a>(bufs: &'a mut [Vec<u8>], meta: &[RecvMeta]) -> Vec<RxDatagram<'
 /// writes the packets to the tunnel and sends any answers.
 fn handle_batch(
     shared: &Shared,
+    lane: usize,
     bufs: &mut [Vec<u8>],
     meta: &[RecvMeta],
     coalescer: Option<&mut Coalescer>,
 ) {
     let deliveries = Vec::with_capacity(bufs.len());
+    let datagrams = datagrams(bufs, meta);
+    shared.count_lane(lane, true, datagrams.len());
     let mut batch = ReceiveBatch {
         shared,
-        datagrams: datagrams(bufs, meta),
+        datagrams,
         deliveries,
     };
     let pending = run_batch(shared, &mut batch);
@@ -122,10 +132,10 @@ fn handle_batch(
     } = batch;
     drop(datagrams); // gives the buffers back
     let wrote = !deliveries.is_empty();
-    write_to_tun(shared, coalescer, bufs, &deliveries);
-    shared.send_all(pending);
+    write_to_tun(shared, lane, coalescer, bufs, &deliveries);
+    shared.send_all_on(lane, pending);
     if wrote {
-        read_answers(shared);
+        read_answers(shared, lane);
     }
 }
 
@@ -215,10 +225,12 @@ fn note_outcome(deliveries: &mut Vec<Delivery>, d: &RxDatagram<'_>, outcome: Rec
 /// the device takes virtio-net headers (GRO), else one by one.
 fn write_to_tun(
     shared: &Shared,
+    lane: usize,
     coalescer: Option<&mut Coalescer>,
     bufs: &[Vec<u8>],
     deliveries: &[Delivery],
 ) {
+    let queue = shared.tun().queue(lane);
     let packets = deliveries
         .iter()
         .map(|&(i, start, len)| &bufs[i][start..start + len]);
@@ -229,12 +241,12 @@ fn write_to_tun(
                 coalescer.push(packet);
             }
             for framed in coalescer.finish() {
-                let _ = shared.tun().write(framed);
+                let _ = queue.write(framed);
             }
         }
         None => {
             for packet in packets {
-                let _ = shared.tun().write_packet(packet);
+                let _ = queue.write_packet(packet);
             }
         }
     }

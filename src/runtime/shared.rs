@@ -1,6 +1,7 @@
 //! The state every thread of the runtime shares, and the one way to take a
 //! turn at the engine ([`Shared::with_engine`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ferroguard_proto::device::{Device, Transmit};
@@ -11,7 +12,7 @@ use super::timers::TimerKick;
 use super::tx::TunReader;
 use crate::crypto_pool::CryptoPool;
 use crate::sys::tun::Tun;
-use crate::sys::udp::UdpSockets;
+use crate::sys::udp_group::SocketGroup;
 use crate::sys::EventFd;
 
 /// The engine and the settings that live beside it.
@@ -25,13 +26,19 @@ pub struct Engine {
 /// State shared by every thread.
 pub struct Shared {
     engine: Mutex<Engine>,
-    sockets: RwLock<Arc<UdpSockets>>,
+    sockets: RwLock<Arc<SocketGroup>>,
     tun: Arc<Tun>,
-    /// One wake-up per receiver thread, notified when the sockets change.
-    pub(super) receiver_wakers: [EventFd; 2],
+    /// Per lane (see [`IoRole::lane`](super::IoRole::lane)), one wake-up
+    /// per address family, notified when the sockets change: each is
+    /// watched by the one thread that receives on that lane and family.
+    pub(super) receiver_wakers: Vec<[EventFd; 2]>,
     pub(super) timer: TimerKick,
     pub(super) handshakes: HandshakeQueue,
-    pub(super) tun_reader: Mutex<TunReader>,
+    /// Per TUN queue, what reading it needs (see `tx.rs`).
+    pub(super) tun_readers: Vec<Mutex<TunReader>>,
+    /// Per lane: packets read from its TUN queue and datagrams received on
+    /// its sockets (for metrics: which threads carry the traffic).
+    lane_packets: Vec<[AtomicU64; 2]>,
     /// Serialises rebinds so two configuration changes cannot interleave.
     rebind_lock: Mutex<()>,
     /// The crypto workers for large batches.
@@ -40,15 +47,29 @@ pub struct Shared {
 
 impl Shared {
     /// Builds the shared state around an engine, a TUN device and sockets.
-    pub fn new(device: Device, tun: Tun, sockets: UdpSockets) -> std::io::Result<Arc<Shared>> {
+    /// The data path has one lane per TUN queue; lane `i` uses queue `i` and
+    /// the `i`-th member of the socket group (which should be as large).
+    pub fn new(device: Device, tun: Tun, sockets: SocketGroup) -> std::io::Result<Arc<Shared>> {
+        let lanes = tun.queue_count();
+        if sockets.len() != lanes {
+            log::warn!(
+                "{lanes} TUN queues but {} socket pairs: lanes share sockets",
+                sockets.len()
+            );
+        }
         Ok(Arc::new(Shared {
             engine: Mutex::new(Engine { device, fwmark: 0 }),
             sockets: RwLock::new(Arc::new(sockets)),
-            tun: Arc::new(tun),
-            receiver_wakers: [EventFd::new()?, EventFd::new()?],
+            receiver_wakers: (0..lanes)
+                .map(|_| Ok([EventFd::new()?, EventFd::new()?]))
+                .collect::<std::io::Result<_>>()?,
             timer: TimerKick::new(),
             handshakes: HandshakeQueue::new(),
-            tun_reader: Mutex::new(TunReader::new()),
+            tun_readers: (0..lanes)
+                .map(|lane| Mutex::new(TunReader::new(lane)))
+                .collect(),
+            lane_packets: (0..lanes).map(|_| Default::default()).collect(),
+            tun: Arc::new(tun),
             rebind_lock: Mutex::new(()),
             crypto: CryptoPool::from_env(),
         }))
@@ -76,7 +97,7 @@ impl Shared {
     }
 
     /// The current sockets.
-    pub fn sockets(&self) -> Arc<UdpSockets> {
+    pub fn sockets(&self) -> Arc<SocketGroup> {
         self.sockets
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -86,6 +107,28 @@ impl Shared {
     /// The TUN device.
     pub fn tun(&self) -> &Tun {
         &self.tun
+    }
+
+    /// The data path's lanes: one per TUN queue (see [`new`](Self::new)).
+    pub fn lanes(&self) -> usize {
+        self.tun_readers.len()
+    }
+
+    /// Counts `packets` read from the TUN (`received` false) or datagrams
+    /// received (`received` true) on `lane`.
+    pub(super) fn count_lane(&self, lane: usize, received: bool, packets: usize) {
+        if let Some(counters) = self.lane_packets.get(lane) {
+            counters[usize::from(received)].fetch_add(packets as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Per lane: (packets read from its TUN queue, datagrams received on
+    /// its sockets), for metrics.
+    pub fn lane_packets(&self) -> Vec<(u64, u64)> {
+        self.lane_packets
+            .iter()
+            .map(|c| (c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Handshake messages waiting for the handshake thread (for metrics).
@@ -98,12 +141,13 @@ impl Shared {
         self.handshakes.full_drops()
     }
 
-    /// Rebinds the UDP sockets to `port` with `fwmark`, waking the receivers.
+    /// Rebinds the UDP sockets to `port` with `fwmark` (as many pairs as
+    /// before), waking every receiver.
     pub fn rebind(&self, port: u16, fwmark: u32) -> std::io::Result<()> {
         let _guard = self.rebind_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = Arc::new(UdpSockets::bind(port, fwmark)?);
+        let fresh = Arc::new(SocketGroup::bind(port, fwmark, self.sockets().len())?);
         *self.sockets.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        for waker in &self.receiver_wakers {
+        for waker in self.receiver_wakers.iter().flatten() {
             let _ = waker.notify();
         }
         Ok(())

@@ -13,6 +13,11 @@ impl Shared {
     /// Sends the engine's queued datagrams, outside the engine lock, with
     /// one `sendmmsg` per address family.
     pub fn send_all(&self, transmits: Vec<Transmit>) {
+        self.send_all_on(0, transmits);
+    }
+
+    /// [`send_all`](Self::send_all) on the socket pair of `lane`.
+    pub(super) fn send_all_on(&self, lane: usize, transmits: Vec<Transmit>) {
         // An empty payload has no datagram to send.
         let nonempty: Vec<&Transmit> = transmits.iter().filter(|t| !t.data.is_empty()).collect();
         let sends: Vec<udp::Transmit<'_>> = nonempty
@@ -22,21 +27,22 @@ impl Shared {
                     .from_source(local_source(&t.endpoint))
             })
             .collect();
-        self.send_and_settle(&sends, |i| nonempty[i].peer);
+        self.send_and_settle(lane, &sends, |i| nonempty[i].peer);
     }
 
-    /// Sends `sends` on the current sockets and deals with each outcome: a
+    /// Sends `sends` on `lane`'s current sockets and deals with each outcome: a
     /// refused source is forgotten for the peer that had it
     /// (`peer_of(index)`), failures are logged.
     fn send_and_settle(
         &self,
+        lane: usize,
         sends: &[udp::Transmit<'_>],
         peer_of: impl Fn(usize) -> Option<PeerId>,
     ) {
         if sends.is_empty() {
             return;
         }
-        let outcomes = self.sockets().send(sends);
+        let outcomes = self.sockets().member(lane).send(sends);
         for (i, (send, outcome)) in sends.iter().zip(outcomes).enumerate() {
             match outcome {
                 SendOutcome::Sent => {}
@@ -70,6 +76,8 @@ fn local_source(endpoint: &Endpoint) -> Option<LocalSource> {
 /// that a run of equal-sized datagrams to one endpoint leaves in a single
 /// UDP GSO send.
 pub(super) struct TxBatch {
+    /// The socket pair it leaves through (the I/O thread's own).
+    lane: usize,
     data: Vec<u8>,
     used: usize,
     items: Vec<TxItem>,
@@ -86,8 +94,9 @@ struct TxItem {
 const TX_BATCH_BYTES: usize = 64 * 2048 + MAX_PACKET + OVERHEAD;
 
 impl TxBatch {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(lane: usize) -> Self {
         TxBatch {
+            lane,
             data: vec![0u8; TX_BATCH_BYTES],
             used: 0,
             items: Vec::with_capacity(64),
@@ -126,6 +135,11 @@ impl TxBatch {
         });
     }
 
+    /// The socket pair (lane) the batch leaves through.
+    pub(super) fn lane(&self) -> usize {
+        self.lane
+    }
+
     /// Datagrams in the batch.
     pub(super) fn len(&self) -> usize {
         self.items.len()
@@ -157,7 +171,7 @@ impl TxBatch {
                 .from_source(local_source(&run.endpoint))
             })
             .collect();
-        shared.send_and_settle(&sends, |i| Some(runs[i].peer));
+        shared.send_and_settle(self.lane, &sends, |i| Some(runs[i].peer));
         self.items.clear();
         self.used = 0; // also the bytes of forgotten items
     }
@@ -211,7 +225,7 @@ mod tests {
 
     /// A batch holding items of these (length, port) in order.
     fn batch(items: &[(usize, u16)]) -> TxBatch {
-        let mut tx = TxBatch::new();
+        let mut tx = TxBatch::new(0);
         for &(len, port) in items {
             assert!(tx.space_for(len - OVERHEAD).is_some());
             tx.push(len, endpoint(port), PeerId(u64::from(port)));

@@ -37,6 +37,8 @@ const OPPORTUNISTIC_TUN_READS: usize = 8;
 /// (the host often answers within that write, and taking the answer at once
 /// saves a thread wake-up on the round trip).
 pub(super) struct TunReader {
+    /// The TUN queue (and socket pair) this reader serves.
+    lane: usize,
     read_buf: Vec<u8>,
     segments: SegmentBatch,
     tx: TxBatch,
@@ -45,20 +47,23 @@ pub(super) struct TunReader {
 }
 
 impl TunReader {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(lane: usize) -> Self {
         TunReader {
+            lane,
             read_buf: vec![0u8; MAX_PACKET + VNET_HDR_LEN],
             segments: SegmentBatch::new(),
-            tx: TxBatch::new(),
+            tx: TxBatch::new(lane),
             last_drain_reads: 0,
         }
     }
 }
 
-/// Reads up to `limit` packets from the TUN device and sends them on.
+/// Reads up to `limit` packets from TUN queue `lane` and sends them on.
 /// Returns the error that shows the device is gone, if one ended the reads.
-pub(super) fn serve_tun(shared: &Shared, limit: usize) -> Option<std::io::Error> {
-    let mut reader = shared.tun_reader.lock().unwrap_or_else(|e| e.into_inner());
+pub(super) fn serve_tun(shared: &Shared, lane: usize, limit: usize) -> Option<std::io::Error> {
+    let mut reader = shared.tun_readers[lane]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let error = drain_tun(shared, &mut reader, limit);
     match error.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
@@ -69,9 +74,11 @@ pub(super) fn serve_tun(shared: &Shared, limit: usize) -> Option<std::io::Error>
 /// After a write to the TUN: the host may have answered within the write,
 /// so send the answer now. With one I/O thread this is that thread's turn
 /// at the TUN anyway; with a TUN thread, it saves waiting for that thread
-/// to wake (unless it is already at it: then this does nothing).
-pub(super) fn read_answers(shared: &Shared) {
-    if let Ok(mut reader) = shared.tun_reader.try_lock() {
+/// to wake (unless it is already at it: then this does nothing). The
+/// kernel queues the answer on the queue the request was written to (its
+/// flow table follows writes), so `lane`'s queue is the one to read.
+pub(super) fn read_answers(shared: &Shared, lane: usize) {
+    if let Ok(mut reader) = shared.tun_readers[lane].try_lock() {
         let _ = drain_tun(shared, &mut reader, OPPORTUNISTIC_TUN_READS);
     }
 }
@@ -97,6 +104,7 @@ fn send_first_at_once(last_drain_reads: usize) -> bool {
 fn drain_tun(shared: &Shared, reader: &mut TunReader, limit: usize) -> std::io::Error {
     let header_len = shared.tun().header_len();
     let TunReader {
+        lane,
         read_buf,
         segments,
         tx,
@@ -108,7 +116,7 @@ fn drain_tun(shared: &Shared, reader: &mut TunReader, limit: usize) -> std::io::
         if reads == limit {
             break std::io::ErrorKind::WouldBlock.into();
         }
-        let n = match shared.tun().read(read_buf) {
+        let n = match shared.tun().queue(*lane).read(read_buf) {
             Ok(n) => n,
             Err(e) => break e,
         };
@@ -119,6 +127,7 @@ fn drain_tun(shared: &Shared, reader: &mut TunReader, limit: usize) -> std::io::
         }
     };
     tx.flush(shared);
+    shared.count_lane(*lane, false, reads);
     *last_drain_reads = reads;
     error
 }
@@ -208,11 +217,11 @@ fn encrypt_into_batch(shared: &Shared, packets: &[&[u8]], tx: &mut TxBatch) {
         let unreachable = batch.unreachable;
         if !pending.is_empty() {
             tx.flush(shared);
-            shared.send_all(pending);
+            shared.send_all_on(tx.lane(), pending);
         }
         for index in unreachable {
             log::trace!("no peer or no endpoint for a packet: ICMP unreachable");
-            answer_unreachable(shared, packets[index]);
+            answer_unreachable(shared, tx.lane(), packets[index]);
         }
     }
 }
@@ -341,9 +350,9 @@ fn seal_batch(
 /// from the unreachable destination itself: the interface's own address
 /// would be a martian source on arrival (the error travels to that very
 /// address when the host itself sent the packet) and be dropped.
-fn answer_unreachable(shared: &Shared, packet: &[u8]) {
+fn answer_unreachable(shared: &Shared, lane: usize, packet: &[u8]) {
     if let Some(reply) = icmp::unreachable_for(packet, None) {
-        let _ = shared.tun().write_packet(&reply);
+        let _ = shared.tun().queue(lane).write_packet(&reply);
     }
 }
 

@@ -7,6 +7,8 @@
 //!   plain or with the virtio-net header and segmentation offloads;
 //! - [`udp::UdpSockets`]: the device's IPv4 and IPv6 UDP sockets, with UDP
 //!   GSO on send and GRO on receive where the kernel has them;
+//! - [`udp_group::SocketGroup`]: several such pairs on one port
+//!   (`SO_REUSEPORT`), one per I/O thread of the parallel data path;
 //! - [`process`]: daemonizing and interface-name helpers;
 //! - [`privileges`]: switching to an unprivileged user after set-up;
 //! - [`epoll::Epoll`]: the data path's wait on its descriptors;
@@ -30,6 +32,7 @@ pub mod process;
 pub mod syslog;
 pub mod tun;
 pub mod udp;
+pub mod udp_group;
 
 mod netns;
 

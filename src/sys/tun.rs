@@ -23,6 +23,19 @@
 //! [`Tun::offloads`] reports the mode that is active: if the kernel refuses
 //! the required offloads the device is reopened without a header.
 //!
+//! # Several queues
+//!
+//! [`Tun::create_queues`] opens the device with `IFF_MULTI_QUEUE`: one
+//! descriptor per queue, each attached with its own `TUNSETIFF` to the same
+//! name (the first creates the interface, the others join it). The header
+//! size and the offloads belong to the device, so they are set once. The
+//! kernel puts each packet the host sends into one queue by its flow: the
+//! queue that last wrote a packet of that flow (the flow table `tun` keeps
+//! for writes), else a hash of the flow. So one TCP or UDP flow is read from
+//! one queue, in order, while many flows spread over the queues. A packet
+//! written to any queue enters the host's stack. [`Tun::queue`] gives one
+//! queue's reads and writes; [`Tun::read`] and [`Tun::write`] use queue 0.
+//!
 //! # Interface queries across network namespaces
 //!
 //! The interface may be moved into another network namespace
@@ -119,13 +132,32 @@ impl TunOptions {
         }
         flags as libc::c_short
     }
+
+    /// [`interface_flags`](Self::interface_flags) for a device of `queues`
+    /// queues: with `IFF_MULTI_QUEUE` from two on (one queue keeps the plain
+    /// single-queue device).
+    fn queue_flags(self, queues: usize) -> libc::c_short {
+        let multi = if queues > 1 {
+            libc::IFF_MULTI_QUEUE as libc::c_short
+        } else {
+            0
+        };
+        self.interface_flags() | multi
+    }
 }
 
-/// An open TUN device; owns its descriptor. Reads and writes may happen
-/// concurrently from different threads (`&Tun` is enough).
+/// The most queues [`Tun::create_queues`] opens (the kernel's limit,
+/// `MAX_TAP_QUEUES`, is 256).
+pub const MAX_QUEUES: usize = 64;
+
+/// An open TUN device; owns its descriptors (one per queue). Reads and
+/// writes may happen concurrently from different threads (`&Tun` is enough).
 #[derive(Debug)]
 pub struct Tun {
+    /// Queue 0.
     file: OwnedFd,
+    /// Queues 1 and up (empty for a single-queue device).
+    more_queues: Vec<OwnedFd>,
     name: String,
     offloads: TunOffloads,
     /// A socket in the namespace the interface was last seen in.
@@ -180,7 +212,23 @@ impl Tun {
     /// Errors: those of `create`, and `InvalidInput` for `offloads` without
     /// `vnet_hdr`.
     pub fn create_with(name: &str, options: TunOptions) -> io::Result<Tun> {
-        Tun::create_configured(name, options, false)
+        Tun::create_configured(name, options, 1, false)
+    }
+
+    /// Like [`create_with`](Self::create_with), with `queues` queues
+    /// (`IFF_MULTI_QUEUE` from two on; see the module documentation). One
+    /// queue is exactly `create_with`.
+    ///
+    /// Errors: those of `create_with`, and `InvalidInput` for 0 or more
+    /// than [`MAX_QUEUES`] queues.
+    pub fn create_queues(name: &str, options: TunOptions, queues: usize) -> io::Result<Tun> {
+        if queues == 0 || queues > MAX_QUEUES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a TUN device has 1 to {MAX_QUEUES} queues, not {queues}"),
+            ));
+        }
+        Tun::create_configured(name, options, queues, false)
     }
 
     /// Takes an already-open, attached TUN descriptor (`WG_TUN_FD`: an app
@@ -214,6 +262,7 @@ impl Tun {
         };
         Ok(Tun {
             file,
+            more_queues: Vec::new(),
             name,
             offloads,
             control: Mutex::new(ControlCache::default()),
@@ -225,6 +274,7 @@ impl Tun {
     fn create_configured(
         name: &str,
         options: TunOptions,
+        queues: usize,
         refuse_offloads: bool,
     ) -> io::Result<Tun> {
         validate_name(name)?;
@@ -234,26 +284,28 @@ impl Tun {
                 "TUN offloads need the virtio-net header",
             ));
         }
-        let (mut file, name) = open_attached(name, options.vnet_hdr)?;
+        let (mut files, name) = open_attached(name, options.vnet_hdr, queues)?;
         let mut offloads = TunOffloads::default();
         if options.vnet_hdr {
             let configured = if refuse_offloads {
                 Err(io::Error::from_raw_os_error(libc::EINVAL))
             } else {
-                configure_vnet(file.as_fd(), options.offloads)
+                configure_vnet(files[0].as_fd(), options.offloads)
             };
             match configured {
                 Ok(active) => offloads = active,
                 Err(_) => {
-                    // Closing the descriptor deletes the interface (it is not
-                    // persistent); the plain device takes the same name.
-                    drop(file);
-                    file = open_attached(&name, false)?.0;
+                    // Closing the descriptors deletes the interface (it is
+                    // not persistent); the plain device takes the same name.
+                    drop(files);
+                    files = open_attached(&name, false, queues)?.0;
                 }
             }
         }
+        let file = files.remove(0);
         let tun = Tun {
             file,
+            more_queues: files,
             name,
             offloads,
             control: Mutex::new(ControlCache::default()),
@@ -287,6 +339,7 @@ impl Tun {
     pub fn from_packet_socket(socket: OwnedFd, name: &str, offloads: TunOffloads) -> Tun {
         Tun {
             file: socket,
+            more_queues: Vec::new(),
             name: name.to_string(),
             offloads,
             control: Mutex::new(ControlCache::default()),
@@ -299,19 +352,29 @@ impl Tun {
         &self.name
     }
 
-    /// Makes reads return `WouldBlock` instead of waiting (for callers that
-    /// poll the descriptor and let several threads drain it).
-    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
-        // SAFETY: fcntl on a descriptor we own, with integer arguments.
-        let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-        let flags = if nonblocking {
-            flags | libc::O_NONBLOCK
-        } else {
-            flags & !libc::O_NONBLOCK
+    /// How many queues the device has (1 unless made by
+    /// [`create_queues`](Self::create_queues) with more).
+    pub fn queue_count(&self) -> usize {
+        1 + self.more_queues.len()
+    }
+
+    /// Queue `index` (wrapping around, so every index names a queue).
+    pub fn queue(&self, index: usize) -> TunQueue<'_> {
+        let index = index % self.queue_count();
+        let fd = match index {
+            0 => self.file.as_fd(),
+            i => self.more_queues[i - 1].as_fd(),
         };
-        // SAFETY: as above.
-        check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) })?;
+        TunQueue { tun: self, fd }
+    }
+
+    /// Makes reads of every queue return `WouldBlock` instead of waiting
+    /// (for callers that poll the descriptors and let several threads drain
+    /// them).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        for fd in std::iter::once(&self.file).chain(&self.more_queues) {
+            set_fd_nonblocking(fd.as_fd(), nonblocking)?;
+        }
         Ok(())
     }
 
@@ -322,16 +385,7 @@ impl Tun {
     /// [`VnetHeader`] and then the packet, which with offloads can be a
     /// super-packet of up to 64 KiB: use buffers of [`MAX_OFFLOAD_READ`].
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: `buf` is a valid exclusive buffer of `buf.len()` bytes;
-            // the kernel writes at most that many.
-            let ret =
-                unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            match check_len(ret) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                result => return result,
-            }
-        }
+        read_fd(self.file.as_fd(), buf)
     }
 
     /// Writes one IP packet (IPv4 or IPv6, told apart by the kernel from the
@@ -343,41 +397,21 @@ impl Tun {
     /// includes the header. [`write_packet`](Self::write_packet) adds the
     /// header when it is needed.
     pub fn write(&self, packet: &[u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: `packet` is a valid buffer of `packet.len()` bytes that
-            // the kernel only reads.
-            let ret =
-                unsafe { libc::write(self.file.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
-            match check_len(ret) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                result => return result,
-            }
-        }
+        write_fd(self.file.as_fd(), packet)
     }
 
     /// Writes one complete IP packet (checksums done, no segmentation) in
     /// either mode: in header mode an all-zero [`VnetHeader`] goes before
     /// it in the same `writev`. Returns the packet's length.
     pub fn write_packet(&self, packet: &[u8]) -> io::Result<usize> {
-        if !self.offloads.vnet_hdr {
-            return self.write(packet);
-        }
-        self.write_with_header(&VnetHeader::default(), packet)
+        self.queue(0).write_packet(packet)
     }
 
     /// Writes `header` and then `packet` as one packet (`writev`, no copy).
     /// Returns the packet's length (without the header). `InvalidInput` when
     /// the device is not in header mode.
     pub fn write_with_header(&self, header: &VnetHeader, packet: &[u8]) -> io::Result<usize> {
-        if !self.offloads.vnet_hdr {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the TUN device has no virtio-net header",
-            ));
-        }
-        let header = header.to_bytes();
-        let written = write_two(self.file.as_fd(), &header, packet)?;
-        Ok(written.saturating_sub(VNET_HDR_LEN))
+        self.queue(0).write_with_header(header, packet)
     }
 
     /// The interface's current MTU, wherever the interface now lives (see the
@@ -434,6 +468,96 @@ impl Tun {
         let socket = control_socket_for(self.file.as_fd(), &mut cached)?;
         query(socket, &mut request)
     }
+}
+
+/// One queue of a [`Tun`]: its reads and writes, as [`Tun::read`],
+/// [`Tun::write`], [`Tun::write_packet`] and [`Tun::write_with_header`]
+/// do them on queue 0.
+#[derive(Clone, Copy, Debug)]
+pub struct TunQueue<'a> {
+    tun: &'a Tun,
+    fd: BorrowedFd<'a>,
+}
+
+impl TunQueue<'_> {
+    /// Reads one IP packet from this queue (see [`Tun::read`]).
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        read_fd(self.fd, buf)
+    }
+
+    /// Writes bytes as they are (see [`Tun::write`]).
+    pub fn write(&self, packet: &[u8]) -> io::Result<usize> {
+        write_fd(self.fd, packet)
+    }
+
+    /// Writes one complete IP packet in either mode (see
+    /// [`Tun::write_packet`]).
+    pub fn write_packet(&self, packet: &[u8]) -> io::Result<usize> {
+        if !self.tun.offloads.vnet_hdr {
+            return self.write(packet);
+        }
+        self.write_with_header(&VnetHeader::default(), packet)
+    }
+
+    /// Writes `header` and then `packet` (see [`Tun::write_with_header`]).
+    pub fn write_with_header(&self, header: &VnetHeader, packet: &[u8]) -> io::Result<usize> {
+        if !self.tun.offloads.vnet_hdr {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the TUN device has no virtio-net header",
+            ));
+        }
+        let header = header.to_bytes();
+        let written = write_two(self.fd, &header, packet)?;
+        Ok(written.saturating_sub(VNET_HDR_LEN))
+    }
+}
+
+impl AsRawFd for TunQueue<'_> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// `read(2)` into `buf`, retrying interrupted calls.
+fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a valid exclusive buffer of `buf.len()` bytes;
+        // the kernel writes at most that many.
+        let ret = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match check_len(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
+    }
+}
+
+/// `write(2)` of `packet`, retrying interrupted calls.
+fn write_fd(fd: BorrowedFd<'_>, packet: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `packet` is a valid buffer of `packet.len()` bytes that
+        // the kernel only reads.
+        let ret = unsafe { libc::write(fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        match check_len(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
+    }
+}
+
+/// Sets or clears `O_NONBLOCK` on `fd`.
+fn set_fd_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a live descriptor, with integer arguments.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    let flags = if nonblocking {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) })?;
+    Ok(())
 }
 
 /// A control socket in the namespace the interface `tun` is attached to now:
@@ -504,17 +628,25 @@ fn validate_name(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens the clone device and attaches it to interface `name`, with the
-/// virtio-net header if `vnet_hdr`; returns it and the kernel's name.
-fn open_attached(name: &str, vnet_hdr: bool) -> io::Result<(OwnedFd, String)> {
-    let file = open_clone_device()?;
+/// Opens the clone device `queues` times and attaches each to interface
+/// `name`, with the virtio-net header if `vnet_hdr`; returns the queues'
+/// descriptors and the kernel's name (the first attach completes a `%d`
+/// template; the others join that interface).
+fn open_attached(name: &str, vnet_hdr: bool, queues: usize) -> io::Result<(Vec<OwnedFd>, String)> {
     let options = TunOptions {
         vnet_hdr,
         offloads: false,
     };
-    let request = name_request(name, options.interface_flags());
-    let name = attach(file.as_fd(), request).map_err(|e| explain_attach_error(name, e))?;
-    Ok((file, name))
+    let flags = options.queue_flags(queues);
+    let mut files = Vec::with_capacity(queues);
+    let mut attached_name = name.to_string();
+    for _ in 0..queues.max(1) {
+        let file = open_clone_device()?;
+        let request = name_request(&attached_name, flags);
+        attached_name = attach(file.as_fd(), request).map_err(|e| explain_attach_error(name, e))?;
+        files.push(file);
+    }
+    Ok((files, attached_name))
 }
 
 /// Sets the header size and, with `offloads`, the offloads; returns what is
@@ -764,12 +896,12 @@ mod tests {
             vnet_hdr: true,
             offloads: true,
         };
-        let with_header = Tun::create_configured(&name, options, false).unwrap();
+        let with_header = Tun::create_configured(&name, options, 1, false).unwrap();
         assert!(with_header.offloads().vnet_hdr);
         assert_ne!(device_flags(&with_header) & libc::IFF_VNET_HDR, 0);
         drop(with_header);
 
-        let tun = Tun::create_configured(&name, options, true).unwrap();
+        let tun = Tun::create_configured(&name, options, 1, true).unwrap();
         assert_eq!(tun.offloads(), TunOffloads::default());
         assert_eq!(tun.header_len(), 0);
         assert_eq!(tun.name(), name);

@@ -409,20 +409,11 @@ impl UdpSockets {
     /// `*FORCE` options first, which work with `CAP_NET_ADMIN`; the plain
     /// ones, capped by `net.core.*mem_max`, otherwise).
     pub fn bind(port: u16, fwmark: u32) -> io::Result<UdpSockets> {
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            match bind_pair(port) {
-                Ok(sockets) => {
-                    if fwmark != 0 {
-                        sockets.set_fwmark(fwmark)?;
-                    }
-                    return Ok(sockets);
-                }
-                Err(e) if port == 0 && e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
+        let sockets = with_port_retries(port, || bind_pair(port, false))?;
+        if fwmark != 0 {
+            sockets.set_fwmark(fwmark)?;
         }
-        Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+        Ok(sockets)
     }
 
     /// The port both sockets are bound to.
@@ -729,14 +720,33 @@ impl UdpSockets {
     }
 }
 
-/// One attempt at binding both families to `port` (0: the kernel picks).
-fn bind_pair(port: u16) -> io::Result<UdpSockets> {
-    let v4 = open_bound(Family::V4, port)?;
+/// Runs `bind` (an attempt at binding to `port`) again while it fails with
+/// `EADDRINUSE` and `port` is 0, so that each try takes a new port, up to
+/// ten times; any other outcome is returned at once.
+pub(super) fn with_port_retries<T>(
+    port: u16,
+    mut bind: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let mut last_error = None;
+    for _ in 0..PORT_ATTEMPTS {
+        match bind() {
+            Err(e) if port == 0 && e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
+            result => return result,
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+}
+
+/// One attempt at binding both families to `port` (0: the kernel picks),
+/// with `SO_REUSEPORT` set before the bind when `reuse_port` (the members of
+/// a [`SocketGroup`](super::udp_group::SocketGroup)).
+pub(super) fn bind_pair(port: u16, reuse_port: bool) -> io::Result<UdpSockets> {
+    let v4 = open_bound(Family::V4, port, reuse_port)?;
     let port = match &v4 {
         Some(socket) => local_port(socket)?,
         None => port,
     };
-    let v6 = open_bound(Family::V6, port)?;
+    let v6 = open_bound(Family::V6, port, reuse_port)?;
     let port = match (&v4, &v6) {
         (Some(_), _) => port,
         (None, Some(socket)) => local_port(socket)?,
@@ -756,7 +766,7 @@ fn bind_pair(port: u16) -> io::Result<UdpSockets> {
 
 /// A configured UDP socket of `family` bound to the wildcard address and
 /// `port`, or `None` if the system lacks that family.
-fn open_bound(family: Family, port: u16) -> io::Result<Option<Socket>> {
+fn open_bound(family: Family, port: u16, reuse_port: bool) -> io::Result<Option<Socket>> {
     let (domain, wildcard) = match family {
         Family::V4 => (Domain::IPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         Family::V6 => (Domain::IPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
@@ -771,6 +781,9 @@ fn open_bound(family: Family, port: u16) -> io::Result<Option<Socket>> {
     }
     enable_pktinfo(&socket, family)?;
     enlarge_buffers(&socket);
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&SockAddr::from(SocketAddr::new(wildcard, port)))?;
     Ok(Some(socket))
 }

@@ -101,6 +101,21 @@ gateway_handshakes_since() {
 	((late == 0))
 }
 
+# gateway_served PREFIX NAME: one check per client that its iperf3 run (PREFIX-I.json) moved data; NAME is a printf
+# format with %s for the client's number.
+gateway_served() {
+	local i figure name
+	for ((i = 1; i <= GATEWAY_CLIENTS; i++)); do
+		# shellcheck disable=SC2059 # the format is the caller's
+		name=$(printf "$2" "$i")
+		if figure=$(python3 "$FGT_NET_PY" iperf-summary "$1-$i.json"); then
+			pass "$name ($figure)"
+		else
+			fail "$name" "$figure"
+		fi
+	done
+}
+
 # gateway_rates PREFIX: "aggregate jain min" of the clients' iperf3 results (Mbit/s; UDP: received).
 gateway_rates() {
 	local i
@@ -157,13 +172,7 @@ scenario_gateway() {
 	gateway_iperf_all "$FGT_LOGDIR/gw-tcp"
 	check "gateway: every client's handshake completed within $GATEWAY_HANDSHAKE_S s, all clients starting at once" \
 		gateway_handshakes_since "$t0"
-	for ((i = 1; i <= GATEWAY_CLIENTS; i++)); do
-		if figure=$(python3 "$FGT_NET_PY" iperf-summary "$FGT_LOGDIR/gw-tcp-$i.json"); then
-			pass "gateway: client $i served during the TCP load of all $GATEWAY_CLIENTS clients ($figure)"
-		else
-			fail "gateway: client $i served during the TCP load of all $GATEWAY_CLIENTS clients" "$figure"
-		fi
-	done
+	gateway_served "$FGT_LOGDIR/gw-tcp" "gateway: client %s served during the TCP load of all $GATEWAY_CLIENTS clients"
 	read -r aggregate jain min < <(gateway_rates "$FGT_LOGDIR/gw-tcp")
 	note "gateway TCP, $GATEWAY_CLIENTS clients at once: aggregate $aggregate Mbit/s, Jain's index $jain, slowest $min Mbit/s"
 	gateway_transfers
