@@ -145,7 +145,9 @@ impl StackSender {
     /// A sender with its own batch buffer. It sends on lane 0's sockets:
     /// the rootless mode has one lane (its packet socket has one queue).
     pub fn new() -> Self {
-        StackSender { tx: TxBatch::new(0) }
+        StackSender {
+            tx: TxBatch::new(0),
+        }
     }
 
     /// Routes, encrypts and sends `packets` (whole IP packets, checksums
