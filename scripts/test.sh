@@ -69,7 +69,7 @@ step "self-tests from the binary" 60 target/release/ferroguard --selftest
 # Built apart, so that target/release/ferroguard stays the default build.
 step "feature: daemon without self-tests" 900 scripts/check-no-selftest.sh
 if [ "$QUICK" = 0 ]; then
-  step "fuzz targets (build, then 20 s each)" 1500 scripts/fuzz.sh 20
+  step "fuzz targets (build, then 12 s each)" 1500 scripts/fuzz.sh 12
   step "fuzz: what the datagram corpus reaches" 300 scripts/fuzz-report.sh --check
   # Three pairs (ferroguard/ferroguard and both interop directions), about 12 minutes on 2 cores.
   step "network-namespace suite" 2400 env FGT_TOTAL_TIMEOUT=2200 tests/netns/run.sh
