@@ -14,6 +14,9 @@
 # group, which run.sh signals as a whole.
 FGT_PREFIX=fgt
 FGT_SOCK_DIR=/var/run/wireguard
+# The latest a handshake that needed one retry completes: REKEY_TIMEOUT (5 s) + the retry's jitter (at most
+# 1/3 s, kernel and wireguard-go) + 1 s of slack for a busy machine. Checks that allow one lost initiation use it.
+FGT_ONE_RETRY_S=6.33
 # The suite's shared Python helpers: run as a command for the probes below, imported by scenarios/*.py.
 FGT_NET_PY="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/fgnet.py"
 export LANG=C LC_ALL=C WG_HIDE_KEYS=never

@@ -25,12 +25,12 @@ GATEWAY_SECONDS=3
 GATEWAY_BYTES=2000000
 GATEWAY_UDP_RATE=5M
 GATEWAY_HANDSHAKE_S=4
-# Against a wireguard-go server one retry is allowed: REKEY_TIMEOUT (5 s) + jitter (1/3 s) + 1 s, whole seconds.
+# Against a wireguard-go server one retry is allowed: lib.sh's FGT_ONE_RETRY_S rounded up to whole seconds.
 # Its UDP socket keeps the kernel's default receive buffer (208 KiB in Debian's 0.0.20220316, the peer of
 # docs/ROOTLESS.md's overflow measurement), and the data of the clients whose handshakes completed first can
 # fill it while a later client's initiation arrives: CI on 2026-12-07 saw client 6 of 8 complete at exactly
 # t0 + 5 s, the retry, with wireguard-go serving and every other client at t0 (it had passed in earlier runs).
-GATEWAY_HANDSHAKE_RETRY_S=7
+GATEWAY_HANDSHAKE_RETRY_S=$((${FGT_ONE_RETRY_S%.*} + 1))
 
 # gateway_ns I: the namespace of client I.
 gateway_ns() { printf '%s-c%s' "${NS0%-0}" "$1"; }
