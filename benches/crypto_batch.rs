@@ -1,8 +1,9 @@
 //! The split data path on a batch of 64 × 1420-byte packets: sealing and
 //! opening on the calling thread alone against the crypto pool, the cost of
 //! the engine steps around the AEAD (prepare and complete, measured on
-//! 20-byte packets whose AEAD is next to nothing), and the pool's own
-//! fork-join cost on an empty batch.
+//! 20-byte packets whose AEAD is next to nothing), the pool's own
+//! fork-join cost on an empty batch, and the ceiling: as many threads as the
+//! pool has, each sealing its own batches with no coordination.
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -146,8 +147,52 @@ fn batches(c: &mut Criterion) {
             )
         });
     }
+    bench_independent_sealers(&mut group, threads, &packet);
     group.finish();
     println!("(the pool has {threads} crypto threads, the caller included)");
+}
+
+/// The machine's ceiling for the pool: `threads` threads that each seal
+/// their own batches on their own pair, with no coordination at all. The
+/// time reported is per batch of the group (wall time divided by the
+/// batches all threads sealed), so `seal/sequential` divided by this is the
+/// speed-up any way of sharing one batch out could reach at best, measured
+/// in the same run as the pool.
+fn bench_independent_sealers(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    threads: usize,
+    packet: &[u8],
+) {
+    group.bench_function(format!("seal/independent_x{threads}"), |b| {
+        b.iter_custom(|iters| {
+            let per_thread = iters.div_ceil(threads as u64);
+            let barrier = std::sync::Barrier::new(threads);
+            let started = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut pair = Pair::connected(Now::system());
+                            let mut buf = vec![0u8; BATCH * (PACKET + 64)];
+                            barrier.wait();
+                            let began = std::time::Instant::now();
+                            for _ in 0..per_thread {
+                                send_batch(&mut pair, None, packet, &mut buf);
+                            }
+                            (began, std::time::Instant::now())
+                        })
+                    })
+                    .collect();
+                let spans: Vec<_> = workers
+                    .into_iter()
+                    .map(|w| w.join().expect("sealer"))
+                    .collect();
+                let first = spans.iter().map(|s| s.0).min().expect("threads");
+                let last = spans.iter().map(|s| s.1).max().expect("threads");
+                last - first
+            });
+            started.mul_f64(iters as f64 / (per_thread * threads as u64) as f64)
+        })
+    });
 }
 
 /// The engine steps alone: 64 tiny packets, whose AEAD costs next to
