@@ -30,7 +30,7 @@ use ferroguard_proto::device::{Device, Now};
 use ferroguard_proto::peer::PeerId;
 use zeroize::Zeroizing;
 
-use crate::bulk::{at_normal_priority, lower_this_thread};
+use crate::bulk::{at_normal_priority, lock_hold, lower_this_thread};
 use crate::clock;
 use crate::holds::LockHolds;
 use crate::runtime::Shared;
@@ -107,13 +107,15 @@ impl ConfigHandler {
     /// Each slice goes on after the last peer the previous one removed:
     /// starting from the first slot every time walked the empty slots left
     /// behind, and made `wg setconf` of 2^20 peers quadratic (50 s, with
-    /// 0.4 s holds). Once the walk is through, it starts over from the
-    /// first slot, which ends the removal when nothing is left (requests
-    /// are applied one at a time, so nothing is added meanwhile).
+    /// 0.4 s holds). Once the walk is through, the removal ends if the
+    /// device has no peer left (requests are applied one at a time, so
+    /// nothing is added meanwhile), else it starts over from the first
+    /// slot. Looking for a peer left from the first slot instead was one
+    /// hold that walked every empty slot: 64–89 ms at 2^20 peers.
     fn remove_all_peers(&self, holds: &mut LockHolds) {
         let mut after = None;
         loop {
-            let (removed, last) = {
+            let (removed, last) = lock_hold(|| {
                 let mut engine = self.shared.engine();
                 let device = &mut engine.device;
                 let started = Instant::now();
@@ -129,9 +131,9 @@ impl ConfigHandler {
                 drop(engine);
                 holds.note("remove", started.elapsed());
                 (removed, last)
-            };
+            });
             if removed == 0 {
-                if after.is_none() {
+                if after.is_none() || lock_hold(|| self.shared.engine().device.peer_count()) == 0 {
                     return;
                 }
                 after = None;
@@ -149,35 +151,39 @@ impl ConfigHandler {
     fn reserve_for(&self, updates: &[PeerUpdate], holds: &mut LockHolds) {
         let (mut peers, mut v4_prefixes, mut v6_prefixes) = (0, 0, 0);
         for slice in updates.chunks(COUNT_SLICE) {
-            let engine = self.shared.engine();
-            let started = Instant::now();
-            for update in slice {
-                let adds = !update.remove && !update.update_only;
-                if adds
-                    && engine
-                        .device
-                        .peer_id(&PublicKey(update.public_key))
-                        .is_none()
-                {
-                    peers += 1;
-                    for op in &update.ops {
-                        match op {
-                            PeerOp::AddAllowedIp(IpAddr::V4(_), _) => v4_prefixes += 1,
-                            PeerOp::AddAllowedIp(IpAddr::V6(_), _) => v6_prefixes += 1,
-                            _ => {}
+            lock_hold(|| {
+                let engine = self.shared.engine();
+                let started = Instant::now();
+                for update in slice {
+                    let adds = !update.remove && !update.update_only;
+                    if adds
+                        && engine
+                            .device
+                            .peer_id(&PublicKey(update.public_key))
+                            .is_none()
+                    {
+                        peers += 1;
+                        for op in &update.ops {
+                            match op {
+                                PeerOp::AddAllowedIp(IpAddr::V4(_), _) => v4_prefixes += 1,
+                                PeerOp::AddAllowedIp(IpAddr::V6(_), _) => v6_prefixes += 1,
+                                _ => {}
+                            }
                         }
                     }
                 }
-            }
-            drop(engine);
-            holds.note("count", started.elapsed());
+                drop(engine);
+                holds.note("count", started.elapsed());
+            });
         }
         if peers > 0 {
-            let mut engine = self.shared.engine();
-            let started = Instant::now();
-            engine.device.reserve_peers(peers, v4_prefixes, v6_prefixes);
-            drop(engine);
-            holds.note("reserve", started.elapsed());
+            lock_hold(|| {
+                let mut engine = self.shared.engine();
+                let started = Instant::now();
+                engine.device.reserve_peers(peers, v4_prefixes, v6_prefixes);
+                drop(engine);
+                holds.note("reserve", started.elapsed());
+            });
         }
     }
 
@@ -186,19 +192,22 @@ impl ConfigHandler {
     fn apply_peer_slice(&self, updates: &[PeerUpdate], holds: &mut LockHolds) -> usize {
         let now = clock::now();
         let mut started = Instant::now();
-        let (applied, pending) = self.shared.with_engine(|engine| {
-            started = Instant::now();
-            let mut applied = 0;
-            for update in updates {
-                apply_peer_update(&mut engine.device, update, now);
-                applied += 1;
-                if applied % CLOCK_EVERY == 0 && started.elapsed() >= SLICE_TIME {
-                    break;
+        let (applied, pending) = lock_hold(|| {
+            let result = self.shared.with_engine(|engine| {
+                started = Instant::now();
+                let mut applied = 0;
+                for update in updates {
+                    apply_peer_update(&mut engine.device, update, now);
+                    applied += 1;
+                    if applied % CLOCK_EVERY == 0 && started.elapsed() >= SLICE_TIME {
+                        break;
+                    }
                 }
-            }
-            applied
+                applied
+            });
+            holds.note("apply", started.elapsed());
+            result
         });
-        holds.note("apply", started.elapsed());
         self.shared.send_all(pending);
         applied
     }
@@ -347,7 +356,7 @@ impl ConfigHandler {
     /// The private key, the bound port and the fwmark.
     fn device_settings(&self) -> (Option<Zeroizing<[u8; 32]>>, u16, u32) {
         let listen_port = self.shared.sockets().port();
-        at_normal_priority(|| {
+        lock_hold(|| {
             let engine = self.shared.engine();
             let private_key = engine.device.private_key().map(|k| k.to_bytes());
             (private_key, listen_port, engine.fwmark)
@@ -363,7 +372,7 @@ impl ConfigHandler {
         after: &mut Option<PeerId>,
         holds: &mut LockHolds,
     ) -> bool {
-        at_normal_priority(|| {
+        lock_hold(|| {
             let engine = self.shared.engine();
             let started = Instant::now();
             staged.copy_from(&engine.device, *after);
