@@ -176,15 +176,14 @@ impl<'a, W: Write + ?Sized> AnswerBuffer<'a, W> {
     }
 
     fn hex_line(&mut self, key: &[u8], value: &[u8; 32]) -> io::Result<()> {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         self.start_line(key);
         // Written in place (2^20 peers make two keys each): no copy of a
-        // key anywhere but the buffer, which is wiped.
+        // key anywhere but the buffer, which is wiped. Two digits per
+        // byte from one table look-up.
         let start = self.pending.len();
         self.pending.resize(start + 64, 0);
         for (pair, &byte) in self.pending[start..].chunks_exact_mut(2).zip(value) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0x0f)];
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
         }
         self.end_line()
     }
@@ -325,8 +324,30 @@ fn push_hex_groups(buffer: &mut Vec<u8>, groups: &[u16]) {
     }
 }
 
+/// The two lowercase hex digits of every byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0x0f]];
+        byte += 1;
+    }
+    pairs
+};
+
 /// Appends `value` in decimal.
-fn push_decimal(buffer: &mut Vec<u8>, mut value: u64) {
+#[inline]
+fn push_decimal(buffer: &mut Vec<u8>, value: u64) {
+    // Most counters of a large device are 0 (no handshake, no traffic).
+    if value < 10 {
+        buffer.push(b'0' + value as u8);
+        return;
+    }
+    push_decimal_digits(buffer, value);
+}
+
+fn push_decimal_digits(buffer: &mut Vec<u8>, mut value: u64) {
     let mut digits = [0u8; 20]; // u64::MAX has 20 digits
     let mut start = digits.len();
     loop {
