@@ -22,7 +22,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use ferroguard_proto::crypto::{PublicKey, SecretKey, SymmetricKey};
@@ -307,21 +307,43 @@ impl UapiHandler for ConfigHandler {
     /// is listed exactly once; one added or removed meanwhile may or may
     /// not be; each peer is read whole, as the kernel's netlink dump does
     /// across its messages.
+    ///
+    /// The copying and the formatting overlap: a thread of the request's
+    /// own copies the next chunk while this one formats the previous (two
+    /// chunks' buffers, handed back and forth), so that on two idle CPUs
+    /// a `get` takes the longer of the two rather than their sum (the copy
+    /// was three tenths of a `get` of 2^20 peers: BENCHMARKS.md).
     fn answer_get(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
         // The connection's own thread (already lowered when served by
         // `serve_concurrently`): it ends with the connection.
         lower_this_thread();
         let (private_key, listen_port, fwmark) = self.device_settings();
         let mut answer = GetWriter::start(out, private_key.as_deref(), listen_port, fwmark)?;
-        let mut staged = StagedPeers::new();
-        let mut after = None;
-        let mut holds = LockHolds::new();
-        while self.stage_next_chunk(&mut staged, &mut after, &mut holds) {
-            for peer in staged.lines() {
-                answer.peer_lines(&peer)?;
+        let this = &*self;
+        std::thread::scope(|scope| {
+            let (full_sender, full) = mpsc::sync_channel::<StagedPeers>(1);
+            let (empty_sender, empty) = mpsc::channel::<StagedPeers>();
+            for _ in 0..2 {
+                let _ = empty_sender.send(StagedPeers::new());
             }
-        }
-        holds.log("get");
+            let copier = std::thread::Builder::new()
+                .name("uapi-get".into())
+                .spawn_scoped(scope, move || this.copy_chunks(&empty, &full_sender));
+            if let Err(error) = copier {
+                // The two channels' ends it would have had are dropped: copy here.
+                log::debug!("no thread for a get's copies: {error}");
+                return this.answer_get_unpipelined(&mut answer);
+            }
+            // Ends when the copier is through; returning early (the client
+            // gone) drops the channels' ends, which ends the copier.
+            for staged in full {
+                for peer in staged.lines() {
+                    answer.peer_lines(&peer)?;
+                }
+                let _ = empty_sender.send(staged);
+            }
+            Ok(())
+        })?;
         answer.finish()
     }
 
@@ -361,6 +383,45 @@ impl ConfigHandler {
             let private_key = engine.device.private_key().map(|k| k.to_bytes());
             (private_key, listen_port, engine.fwmark)
         })
+    }
+
+    /// A `get`'s copier (see [`ConfigHandler::answer_get`]): takes an
+    /// empty buffer from `empty`, copies the next chunk into it and hands it
+    /// to `full`, until the device is through or the formatter is gone.
+    fn copy_chunks(
+        &self,
+        empty: &mpsc::Receiver<StagedPeers>,
+        full: &mpsc::SyncSender<StagedPeers>,
+    ) {
+        lower_this_thread();
+        let mut after = None;
+        let mut holds = LockHolds::new();
+        while let Ok(mut staged) = empty.recv() {
+            if !self.stage_next_chunk(&mut staged, &mut after, &mut holds)
+                || full.send(staged).is_err()
+            {
+                break;
+            }
+        }
+        holds.log("get");
+    }
+
+    /// The peers of a `get`, copied and formatted in turn on this thread
+    /// (where no copier thread could be started).
+    fn answer_get_unpipelined<W: io::Write + ?Sized>(
+        &self,
+        answer: &mut GetWriter<'_, W>,
+    ) -> io::Result<()> {
+        let mut staged = StagedPeers::new();
+        let mut after = None;
+        let mut holds = LockHolds::new();
+        while self.stage_next_chunk(&mut staged, &mut after, &mut holds) {
+            for peer in staged.lines() {
+                answer.peer_lines(&peer)?;
+            }
+        }
+        holds.log("get");
+        Ok(())
     }
 
     /// Copies the `GET_CHUNK` peers after `after` into `staged` under one
