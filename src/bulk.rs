@@ -25,6 +25,8 @@ pub const BULK_NICE: i32 = crate::config::BULK_NICE;
 thread_local! {
     /// The thread's normal nice value while it is lowered.
     static LOWERED_FROM: Cell<Option<i32>> = const { Cell::new(None) };
+    /// Whether the thread is inside [`at_normal_priority`] (calls nest).
+    static RAISED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Lowers the calling thread to [`BULK_NICE`] for bulk work, if it may
@@ -49,15 +51,21 @@ pub fn lower_this_thread() {
 
 /// Runs `hold` (a hold of the engine lock) at the calling thread's normal
 /// priority when [`lower_this_thread`] lowered it, and lowers it again
-/// afterwards; on any other thread just runs `hold`.
+/// afterwards; on any other thread, or inside another call, just runs
+/// `hold`.
 pub fn at_normal_priority<T>(hold: impl FnOnce() -> T) -> T {
     let Some(normal) = LOWERED_FROM.get() else {
         return hold();
     };
+    if RAISED.get() {
+        return hold();
+    }
+    RAISED.set(true);
     if let Err(error) = set_thread_nice(normal) {
         log::debug!("could not raise a bulk thread's priority: {error}");
     }
     let result = hold();
+    RAISED.set(false);
     if let Err(error) = set_thread_nice(BULK_NICE) {
         log::debug!("could not lower a bulk thread's priority: {error}");
     }
@@ -168,6 +176,13 @@ mod tests {
                 assert_eq!(lowered, normal);
             }
             assert_eq!(at_normal_priority(|| thread_nice().unwrap()), normal);
+            assert_eq!(thread_nice().unwrap(), lowered);
+            // Nested: the outer call's work after the inner one stays raised.
+            let after_inner = at_normal_priority(|| {
+                at_normal_priority(|| ());
+                thread_nice().unwrap()
+            });
+            assert_eq!(after_inner, normal);
             assert_eq!(thread_nice().unwrap(), lowered);
         })
         .join()
