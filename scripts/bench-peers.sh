@@ -27,7 +27,8 @@
 # The count of peers (`wg show A peers | wc -l`) must be N+1, else the row says so.
 # Needs root, ip, wg, ping, python3, curl. Prints one line per run and a Markdown table at the end.
 # KEEP_LOGS=DIR keeps side A's daemon log of each run as DIR/a-N-IMPL.log (with LOG_LEVEL=debug, ferroguard logs
-# each request's longest engine-lock hold there).
+# each request's longest engine-lock hold there; the script then prints, per run, the longest hold of each kind of
+# request: the addconf and setconf, the gets, the metrics walks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -170,6 +171,27 @@ print("%.3f" % (time.monotonic() - started))
 PY
 }
 
+# hold_summary LOG IMPL N: the longest engine-lock hold per kind of request in a ferroguard debug log (the lines
+# of src/holds.rs), with how many requests of that kind there were.
+hold_summary() {
+  python3 - "$@" <<'PY'
+import re, sys
+log, impl, n = sys.argv[1:4]
+longest = {}
+for line in open(log, errors="replace"):
+    m = re.search(r": (set of \d+ peers|get|metrics walk): ([0-9.]+) s, \d+ engine-lock holds, .* the longest (\d+) us", line)
+    if not m:
+        continue
+    kind = "set (large)" if m.group(1).startswith("set of") and int(m.group(1).split()[2]) > 1 else m.group(1)
+    if kind.startswith("set of"):
+        continue
+    count, worst = longest.get(kind, (0, 0))
+    longest[kind] = (count + 1, max(worst, int(m.group(3))))
+if longest:
+    print("holds %s %s: %s" % (impl, n, ", ".join("%s %d x, longest %d us" % (k, c, w) for k, (c, w) in sorted(longest.items()))))
+PY
+}
+
 ROWS=()
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 run_one() { # IMPL N
@@ -206,7 +228,10 @@ run_one() { # IMPL N
   { printf '[Peer]\nPublicKey = %s\nAllowedIPs = 10.79.0.2/32\nEndpoint = 192.0.2.2:51820\n' "$(cat "$TMP/b.pub")"; cat "$conf"; } >"$TMP/setconf.conf"
   setconf=$(timed wg setconf $IA "$TMP/setconf.conf")
   [ "$count" = $((n + 1)) ] || count="$count (expected $((n + 1)))"
-  if [ -n "${KEEP_LOGS:-}" ]; then cp "$TMP/a.log" "$KEEP_LOGS/a-$n-$(basename "${impl%% *}").log"; fi
+  if [ -n "${KEEP_LOGS:-}" ]; then
+    cp "$TMP/a.log" "$KEEP_LOGS/a-$n-$(basename "${impl%% *}").log"
+    hold_summary "$TMP/a.log" "$impl" "$n"
+  fi
   stop_pair
   local kbs; kbs=$(python3 -c "print('%.2f' % ($kb / 1000))")
   local row="| $impl | $n | $load | $again | $one | $setconf | $kbs | $peak | $show | $get | $ping_idle | $ping_load | $ping_show | $ping_scrape | $count |"

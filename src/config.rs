@@ -22,7 +22,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use ferroguard_proto::crypto::{PublicKey, SecretKey, SymmetricKey};
@@ -30,7 +30,7 @@ use ferroguard_proto::device::{Device, Now};
 use ferroguard_proto::peer::PeerId;
 use zeroize::Zeroizing;
 
-use crate::bulk::{at_normal_priority, lower_this_thread};
+use crate::bulk::{at_normal_priority, lock_hold, lower_this_thread};
 use crate::clock;
 use crate::holds::LockHolds;
 use crate::runtime::Shared;
@@ -107,13 +107,15 @@ impl ConfigHandler {
     /// Each slice goes on after the last peer the previous one removed:
     /// starting from the first slot every time walked the empty slots left
     /// behind, and made `wg setconf` of 2^20 peers quadratic (50 s, with
-    /// 0.4 s holds). Once the walk is through, it starts over from the
-    /// first slot, which ends the removal when nothing is left (requests
-    /// are applied one at a time, so nothing is added meanwhile).
+    /// 0.4 s holds). Once the walk is through, the removal ends if the
+    /// device has no peer left (requests are applied one at a time, so
+    /// nothing is added meanwhile), else it starts over from the first
+    /// slot. Looking for a peer left from the first slot instead was one
+    /// hold that walked every empty slot: 64–89 ms at 2^20 peers.
     fn remove_all_peers(&self, holds: &mut LockHolds) {
         let mut after = None;
         loop {
-            let (removed, last) = {
+            let (removed, last) = lock_hold(|| {
                 let mut engine = self.shared.engine();
                 let device = &mut engine.device;
                 let started = Instant::now();
@@ -129,9 +131,9 @@ impl ConfigHandler {
                 drop(engine);
                 holds.note("remove", started.elapsed());
                 (removed, last)
-            };
+            });
             if removed == 0 {
-                if after.is_none() {
+                if after.is_none() || lock_hold(|| self.shared.engine().device.peer_count()) == 0 {
                     return;
                 }
                 after = None;
@@ -149,35 +151,39 @@ impl ConfigHandler {
     fn reserve_for(&self, updates: &[PeerUpdate], holds: &mut LockHolds) {
         let (mut peers, mut v4_prefixes, mut v6_prefixes) = (0, 0, 0);
         for slice in updates.chunks(COUNT_SLICE) {
-            let engine = self.shared.engine();
-            let started = Instant::now();
-            for update in slice {
-                let adds = !update.remove && !update.update_only;
-                if adds
-                    && engine
-                        .device
-                        .peer_id(&PublicKey(update.public_key))
-                        .is_none()
-                {
-                    peers += 1;
-                    for op in &update.ops {
-                        match op {
-                            PeerOp::AddAllowedIp(IpAddr::V4(_), _) => v4_prefixes += 1,
-                            PeerOp::AddAllowedIp(IpAddr::V6(_), _) => v6_prefixes += 1,
-                            _ => {}
+            lock_hold(|| {
+                let engine = self.shared.engine();
+                let started = Instant::now();
+                for update in slice {
+                    let adds = !update.remove && !update.update_only;
+                    if adds
+                        && engine
+                            .device
+                            .peer_id(&PublicKey(update.public_key))
+                            .is_none()
+                    {
+                        peers += 1;
+                        for op in &update.ops {
+                            match op {
+                                PeerOp::AddAllowedIp(IpAddr::V4(_), _) => v4_prefixes += 1,
+                                PeerOp::AddAllowedIp(IpAddr::V6(_), _) => v6_prefixes += 1,
+                                _ => {}
+                            }
                         }
                     }
                 }
-            }
-            drop(engine);
-            holds.note("count", started.elapsed());
+                drop(engine);
+                holds.note("count", started.elapsed());
+            });
         }
         if peers > 0 {
-            let mut engine = self.shared.engine();
-            let started = Instant::now();
-            engine.device.reserve_peers(peers, v4_prefixes, v6_prefixes);
-            drop(engine);
-            holds.note("reserve", started.elapsed());
+            lock_hold(|| {
+                let mut engine = self.shared.engine();
+                let started = Instant::now();
+                engine.device.reserve_peers(peers, v4_prefixes, v6_prefixes);
+                drop(engine);
+                holds.note("reserve", started.elapsed());
+            });
         }
     }
 
@@ -186,19 +192,22 @@ impl ConfigHandler {
     fn apply_peer_slice(&self, updates: &[PeerUpdate], holds: &mut LockHolds) -> usize {
         let now = clock::now();
         let mut started = Instant::now();
-        let (applied, pending) = self.shared.with_engine(|engine| {
-            started = Instant::now();
-            let mut applied = 0;
-            for update in updates {
-                apply_peer_update(&mut engine.device, update, now);
-                applied += 1;
-                if applied % CLOCK_EVERY == 0 && started.elapsed() >= SLICE_TIME {
-                    break;
+        let (applied, pending) = lock_hold(|| {
+            let result = self.shared.with_engine(|engine| {
+                started = Instant::now();
+                let mut applied = 0;
+                for update in updates {
+                    apply_peer_update(&mut engine.device, update, now);
+                    applied += 1;
+                    if applied % CLOCK_EVERY == 0 && started.elapsed() >= SLICE_TIME {
+                        break;
+                    }
                 }
-            }
-            applied
+                applied
+            });
+            holds.note("apply", started.elapsed());
+            result
         });
-        holds.note("apply", started.elapsed());
         self.shared.send_all(pending);
         applied
     }
@@ -298,21 +307,43 @@ impl UapiHandler for ConfigHandler {
     /// is listed exactly once; one added or removed meanwhile may or may
     /// not be; each peer is read whole, as the kernel's netlink dump does
     /// across its messages.
+    ///
+    /// The copying and the formatting overlap: a thread of the request's
+    /// own copies the next chunk while this one formats the previous (two
+    /// chunks' buffers, handed back and forth), so that on two idle CPUs
+    /// a `get` takes the longer of the two rather than their sum (the copy
+    /// was three tenths of a `get` of 2^20 peers: BENCHMARKS.md).
     fn answer_get(&mut self, out: &mut dyn io::Write) -> io::Result<()> {
         // The connection's own thread (already lowered when served by
         // `serve_concurrently`): it ends with the connection.
         lower_this_thread();
         let (private_key, listen_port, fwmark) = self.device_settings();
         let mut answer = GetWriter::start(out, private_key.as_deref(), listen_port, fwmark)?;
-        let mut staged = StagedPeers::new();
-        let mut after = None;
-        let mut holds = LockHolds::new();
-        while self.stage_next_chunk(&mut staged, &mut after, &mut holds) {
-            for peer in staged.lines() {
-                answer.peer_lines(&peer)?;
+        let this = &*self;
+        std::thread::scope(|scope| {
+            let (full_sender, full) = mpsc::sync_channel::<StagedPeers>(1);
+            let (empty_sender, empty) = mpsc::channel::<StagedPeers>();
+            for _ in 0..2 {
+                let _ = empty_sender.send(StagedPeers::new());
             }
-        }
-        holds.log("get");
+            let copier = std::thread::Builder::new()
+                .name("uapi-get".into())
+                .spawn_scoped(scope, move || this.copy_chunks(&empty, &full_sender));
+            if let Err(error) = copier {
+                // The two channels' ends it would have had are dropped: copy here.
+                log::debug!("no thread for a get's copies: {error}");
+                return this.answer_get_unpipelined(&mut answer);
+            }
+            // Ends when the copier is through; returning early (the client
+            // gone) drops the channels' ends, which ends the copier.
+            for staged in full {
+                for peer in staged.lines() {
+                    answer.peer_lines(&peer)?;
+                }
+                let _ = empty_sender.send(staged);
+            }
+            Ok(())
+        })?;
         answer.finish()
     }
 
@@ -347,11 +378,50 @@ impl ConfigHandler {
     /// The private key, the bound port and the fwmark.
     fn device_settings(&self) -> (Option<Zeroizing<[u8; 32]>>, u16, u32) {
         let listen_port = self.shared.sockets().port();
-        at_normal_priority(|| {
+        lock_hold(|| {
             let engine = self.shared.engine();
             let private_key = engine.device.private_key().map(|k| k.to_bytes());
             (private_key, listen_port, engine.fwmark)
         })
+    }
+
+    /// A `get`'s copier (see [`ConfigHandler::answer_get`]): takes an
+    /// empty buffer from `empty`, copies the next chunk into it and hands it
+    /// to `full`, until the device is through or the formatter is gone.
+    fn copy_chunks(
+        &self,
+        empty: &mpsc::Receiver<StagedPeers>,
+        full: &mpsc::SyncSender<StagedPeers>,
+    ) {
+        lower_this_thread();
+        let mut after = None;
+        let mut holds = LockHolds::new();
+        while let Ok(mut staged) = empty.recv() {
+            if !self.stage_next_chunk(&mut staged, &mut after, &mut holds)
+                || full.send(staged).is_err()
+            {
+                break;
+            }
+        }
+        holds.log("get");
+    }
+
+    /// The peers of a `get`, copied and formatted in turn on this thread
+    /// (where no copier thread could be started).
+    fn answer_get_unpipelined<W: io::Write + ?Sized>(
+        &self,
+        answer: &mut GetWriter<'_, W>,
+    ) -> io::Result<()> {
+        let mut staged = StagedPeers::new();
+        let mut after = None;
+        let mut holds = LockHolds::new();
+        while self.stage_next_chunk(&mut staged, &mut after, &mut holds) {
+            for peer in staged.lines() {
+                answer.peer_lines(&peer)?;
+            }
+        }
+        holds.log("get");
+        Ok(())
     }
 
     /// Copies the `GET_CHUNK` peers after `after` into `staged` under one
@@ -363,7 +433,7 @@ impl ConfigHandler {
         after: &mut Option<PeerId>,
         holds: &mut LockHolds,
     ) -> bool {
-        at_normal_priority(|| {
+        lock_hold(|| {
             let engine = self.shared.engine();
             let started = Instant::now();
             staged.copy_from(&engine.device, *after);

@@ -159,7 +159,8 @@ impl PeerChunks for LivePeers<'_> {
         let mut holds = crate::holds::LockHolds::new();
         loop {
             chunk.clear();
-            {
+            // Real-time for the hold only (see `crate::bulk::lock_hold`).
+            crate::bulk::lock_hold(|| {
                 let engine = self.shared.engine();
                 let started = std::time::Instant::now();
                 let device = &engine.device;
@@ -171,7 +172,7 @@ impl PeerChunks for LivePeers<'_> {
                 }
                 drop(engine);
                 holds.note("scrape", started.elapsed());
-            }
+            });
             if chunk.is_empty() {
                 holds.log("metrics walk");
                 return Ok(());
@@ -355,11 +356,11 @@ fn render_to(
 /// under the engine lock, formatted and written with it released.
 pub fn scrape(shared: &Shared, interface: &str, out: &mut dyn Write) -> io::Result<()> {
     // Each scrape runs on a connection thread of its own (see `http::serve`).
-    // Unlike `get`, it holds the engine lock at nice 10 too: a scrape takes
-    // the lock eight times as often (once per chunk and family), and with
-    // the lock holds at normal priority the pings through the tunnel during
-    // scrapes of 2^20 peers were worse in three runs of four (BENCHMARKS.md,
-    // "Many peers").
+    // It formats at nice 10, and holds the engine lock real-time where the
+    // process may (`crate::bulk::lock_hold`); elsewhere at nice 10 too,
+    // unlike `get`: with a scrape's many holds at normal priority the pings
+    // through the tunnel during scrapes of 2^20 peers were worse in three
+    // runs of four (BENCHMARKS.md, "Many peers").
     if let Err(error) = crate::sys::process::lower_thread_priority(crate::config::BULK_NICE) {
         log::debug!("could not lower the priority of a scrape: {error}");
     }

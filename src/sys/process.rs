@@ -171,6 +171,36 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     check(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) }).map(drop)
 }
 
+/// Switches the calling thread to `SCHED_FIFO` at the lowest real-time
+/// priority (`realtime`), or back to the normal time-sharing policy
+/// (`SCHED_OTHER`), whose nice value Linux keeps across the switch. A
+/// real-time thread is never preempted by a time-sharing one; the kernel
+/// still bounds real-time threads together to `sched_rt_runtime_us` of
+/// each period. `SCHED_RESET_ON_FORK` keeps a child from inheriting it.
+/// Needs `CAP_SYS_NICE` or room in `RLIMIT_RTPRIO`; without them it fails
+/// with `EPERM` and changes nothing.
+pub fn set_thread_realtime(realtime: bool) -> io::Result<()> {
+    let (policy, priority) = if realtime {
+        (libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, 1)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0
+    // is the calling thread, the only one changed.
+    check(unsafe { libc::sched_setscheduler(0, policy, &param) }).map(drop)
+}
+
+/// Whether the calling thread runs under a real-time policy.
+pub fn thread_is_realtime() -> io::Result<bool> {
+    // SAFETY: pid 0 is the calling thread; the call only reads.
+    let policy = check(unsafe { libc::sched_getscheduler(0) })?;
+    let policy = policy & !libc::SCHED_RESET_ON_FORK;
+    Ok(policy == libc::SCHED_FIFO || policy == libc::SCHED_RR)
+}
+
 /// The calling thread's nice value.
 pub fn thread_nice() -> io::Result<i32> {
     // SAFETY: gettid takes no arguments and cannot fail.

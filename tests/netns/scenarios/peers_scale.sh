@@ -9,7 +9,8 @@
 #   wait for it); `wg show IF1 peers | wc -l` is exactly 2^17 + 1 and the half-sent peer is not among them;
 #   at least one ping through the existing peer was answered between the start and the end of the load; the
 #   silent client is dropped by the daemon (within 30 s: Ferroguard's idle limit is 10 s); the tunnel still
-#   works. Liveness bounds only (no timing bound): the load must end within 120 s.
+#   works; then a `wg setconf` that keeps only the tunnel peer succeeds, leaves exactly one peer, and the
+#   tunnel works. Liveness bounds only (no timing bound): the load must end within 120 s.
 # Needs Ferroguard as implementation 1: wireguard-go holds at most 65 536 peers (skipped otherwise).
 
 PEERS_SCALE_PY="$(dirname "${BASH_SOURCE[0]}")/peers_scale.py"
@@ -65,4 +66,19 @@ scenario_peers_scale() {
 	note "the half-request client: $half_out"
 	check "peers_scale: the silent half-request client is dropped" test "$status" -eq 0
 	check "peers_scale: the tunnel still works after the load" ping_retry "$NS2" 192.168.241.1
+
+	# replace_peers removes 2^17 peers in slices and ends once none is left (it must neither stop early nor
+	# go on for ever): a setconf that keeps only the tunnel peer.
+	local keep="$FGT_LOGDIR/keep.conf" peer2
+	peer2=$(wg show "$IF2" public-key)
+	wg showconf "$IF1" | awk -v key="PublicKey = $peer2" 'BEGIN { RS = ""; ORS = "\n\n" }
+		/^\[Interface\]/ || index($0, key)' >"$keep"
+	timeout --foreground 120 wg setconf "$IF1" "$keep" 2>"$FGT_LOGDIR/setconf.err"
+	status=$?
+	check "peers_scale: wg setconf keeping one peer of $((PEERS_SCALE_COUNT + 1)) succeeds" test "$status" -eq 0
+	count=$(wg show "$IF1" peers | wc -l)
+	check "peers_scale: after it exactly 1 peer is left" test "$count" -eq 1
+	# The peer was removed and added again, its session with it: IF1 has none and starts a handshake when it
+	# sends (IF2 would go on with its old keys until its rekey timeout).
+	check "peers_scale: the tunnel works after the setconf" ping_retry "$NS1" 192.168.241.2
 }
