@@ -126,6 +126,8 @@ multiqueue_run() {
 			test "$busy" -gt 1
 		replays=$(multiqueue_replays "$scrape")
 		check "multiqueue: the server counted no replay drops (counted $replays)" test "$replays" -eq 0
+		note "multiqueue: the server's per-peer send bound: $(awk \
+			'/^ferroguard_send_room_(waits|drops)_total\{/ { sub(/\{.*/, "", $1); printf "%s %s ", $1, $2 }' "$scrape")"
 	else
 		skip "multiqueue: the server's lanes and replay drops" "implementation 1 is not ferroguard (no metrics)"
 	fi
