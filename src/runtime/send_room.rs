@@ -17,6 +17,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use ferroguard_proto::device::Device;
 use ferroguard_proto::peer::PeerId;
 
 use super::Shared;
@@ -26,6 +27,28 @@ use super::Shared;
 /// holder gets the CPU back within it), well short of TCP's minimum
 /// retransmission timeout (200 ms).
 pub(super) const SEND_ROOM_WAIT: Duration = Duration::from_millis(50);
+
+/// The environment variable that lowers the lead a peer's counters may
+/// run ahead of a held one (default and maximum
+/// [`SEND_LEAD_LIMIT`](ferroguard_proto::send_holds::SEND_LEAD_LIMIT)):
+/// a test knob that makes lanes wait often (the netns scenario
+/// `multiqueue_plain` sets it to exercise the waiting).
+pub(super) const LEAD_LIMIT_ENV: &str = "FERROGUARD_SEND_LEAD_LIMIT";
+
+/// Applies [`LEAD_LIMIT_ENV`] if it is set; a value that is not a number
+/// is logged and ignored.
+pub(super) fn apply_lead_limit_from_env(device: &mut Device) {
+    let Ok(text) = std::env::var(LEAD_LIMIT_ENV) else {
+        return;
+    };
+    match text.trim().parse::<u64>() {
+        Ok(limit) => {
+            device.set_send_lead_limit(limit);
+            log::info!("{LEAD_LIMIT_ENV}={limit}: lanes wait when a peer's counters run {limit} ahead of a held one");
+        }
+        Err(_) => log::warn!("{LEAD_LIMIT_ENV}={text:?} is not a number: ignored"),
+    }
+}
 
 impl Shared {
     /// Ends `lane`'s holds (everything it reserved has been sent) and wakes

@@ -56,7 +56,8 @@ impl Shared {
     /// Builds the shared state around an engine, a TUN device and sockets.
     /// The data path has one lane per TUN queue; lane `i` uses queue `i` and
     /// the `i`-th member of the socket group (which should be as large).
-    pub fn new(device: Device, tun: Tun, sockets: SocketGroup) -> std::io::Result<Arc<Shared>> {
+    pub fn new(mut device: Device, tun: Tun, sockets: SocketGroup) -> std::io::Result<Arc<Shared>> {
+        super::send_room::apply_lead_limit_from_env(&mut device);
         let lanes = tun.queue_count();
         if sockets.len() != lanes {
             log::warn!(

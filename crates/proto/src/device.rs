@@ -770,6 +770,13 @@ impl Device {
             .must_wait(peer, keypair.local_index, keypair.send_counter())
     }
 
+    /// Lowers the lead [`Device::prepare_send_held`] allows (at least 1, at
+    /// most [`SEND_LEAD_LIMIT`](crate::send_holds::SEND_LEAD_LIMIT), the
+    /// default): for tests that make the holders wait often.
+    pub fn set_send_lead_limit(&mut self, limit: u64) {
+        self.send_holds.set_limit(limit);
+    }
+
     /// The number of holds (holder, peer, keypair) not yet released.
     pub fn send_hold_count(&self) -> usize {
         self.send_holds.len()

@@ -39,18 +39,41 @@ pub type Holder = usize;
 type KeypairKey = (PeerId, u32);
 
 /// The holds of every holder (see the module documentation).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SendHolds {
+    /// The lead allowed: [`SEND_LEAD_LIMIT`] unless lowered (tests).
+    limit: u64,
     /// Per peer and keypair: (holder, the first counter it reserved).
     by_keypair: FxHashMap<KeypairKey, Vec<(Holder, u64)>>,
     /// Per holder: the keypairs it holds counters of.
     by_holder: Vec<Vec<KeypairKey>>,
 }
 
+impl Default for SendHolds {
+    fn default() -> Self {
+        SendHolds::new()
+    }
+}
+
 impl SendHolds {
     /// No holds.
     pub fn new() -> Self {
-        SendHolds::default()
+        SendHolds {
+            limit: SEND_LEAD_LIMIT,
+            by_keypair: FxHashMap::default(),
+            by_holder: Vec::new(),
+        }
+    }
+
+    /// Lowers the lead allowed to `limit` (at least 1, at most
+    /// [`SEND_LEAD_LIMIT`]): for tests that make the holders wait often.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit.clamp(1, SEND_LEAD_LIMIT);
+    }
+
+    /// The lead allowed.
+    pub fn limit(&self) -> u64 {
+        self.limit
     }
 
     /// The oldest counter of the keypair (`peer`, `local_index`) that some
@@ -61,10 +84,10 @@ impl SendHolds {
     }
 
     /// True if reserving `next` (the keypair's next counter) would put it
-    /// [`SEND_LEAD_LIMIT`] or more ahead of the oldest hold.
+    /// the limit ([`SEND_LEAD_LIMIT`]) or more ahead of the oldest hold.
     pub fn must_wait(&self, peer: PeerId, local_index: u32, next: u64) -> bool {
         self.oldest(peer, local_index)
-            .is_some_and(|oldest| next.saturating_sub(oldest) >= SEND_LEAD_LIMIT)
+            .is_some_and(|oldest| next.saturating_sub(oldest) >= self.limit)
     }
 
     /// Records that `holder` reserved `counter` of the keypair: the start of
@@ -158,6 +181,10 @@ mod tests {
         assert_eq!(holds.release(1), 1);
         assert!(holds.is_empty());
         assert_eq!(holds.release(5), 0);
+        holds.set_limit(0);
+        assert_eq!(holds.limit(), 1);
+        holds.set_limit(u64::MAX);
+        assert_eq!(holds.limit(), SEND_LEAD_LIMIT);
         holds.assert_consistent();
     }
 
