@@ -44,7 +44,10 @@ fn main() {
         sealed += jobs.len();
         jobs.clear();
     }
-    println!("{sealed} packets prepared in {rounds} batches ({})", if held { "held" } else { "plain" });
+    println!(
+        "{sealed} packets prepared in {rounds} batches ({})",
+        if held { "held" } else { "plain" }
+    );
 }
 
 // held-begin (removed when the script builds a revision without holds)

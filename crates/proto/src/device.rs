@@ -812,18 +812,19 @@ impl Device {
             if room < crate::transport::wire_len(packet.len(), mtu) {
                 return SendPrepared::Done(SendOutcome::Invalid);
             }
+            // The counter `reserve` takes is the keypair's next one (it
+            // cannot fail here: `usable` checked `can_send`).
             if HELD
-                && self
-                    .send_holds
-                    .must_wait(id, keypair.local_index, keypair.send_counter())
+                && !self.send_holds.try_hold(
+                    holder,
+                    id,
+                    keypair.local_index,
+                    keypair.send_counter(),
+                )
             {
                 return SendPrepared::Wait(id);
             }
             if let Ok(seal) = keypair.reserve(now.mono, packet.len(), mtu) {
-                if HELD {
-                    self.send_holds
-                        .note(holder, id, keypair.local_index, seal.counter());
-                }
                 return SendPrepared::Seal(SendJob {
                     peer: id,
                     endpoint,

@@ -99,6 +99,36 @@ impl SendHolds {
             return; // counters only grow: the first one stays the oldest
         }
         holds.push((holder, counter));
+        self.index_holder(holder, key);
+    }
+
+    /// [`SendHolds::must_wait`] and, if not, [`SendHolds::note`], with one
+    /// look-up: true if `holder` may reserve `next` (and it is noted).
+    pub fn try_hold(&mut self, holder: Holder, peer: PeerId, local_index: u32, next: u64) -> bool {
+        let key = (peer, local_index);
+        let Some(holds) = self.by_keypair.get_mut(&key) else {
+            self.by_keypair.insert(key, vec![(holder, next)]);
+            self.index_holder(holder, key);
+            return true;
+        };
+        let mut mine = false;
+        let mut oldest = u64::MAX;
+        for &(h, first) in holds.iter() {
+            mine |= h == holder;
+            oldest = oldest.min(first);
+        }
+        if next.saturating_sub(oldest) >= self.limit {
+            return false;
+        }
+        if !mine {
+            holds.push((holder, next));
+            self.index_holder(holder, key);
+        }
+        true
+    }
+
+    /// Adds `key` to the keypairs `holder` holds counters of.
+    fn index_holder(&mut self, holder: Holder, key: KeypairKey) {
         if self.by_holder.len() <= holder {
             self.by_holder.resize_with(holder + 1, Vec::new);
         }
@@ -185,6 +215,24 @@ mod tests {
         assert_eq!(holds.limit(), 1);
         holds.set_limit(u64::MAX);
         assert_eq!(holds.limit(), SEND_LEAD_LIMIT);
+        holds.assert_consistent();
+    }
+
+    #[test]
+    fn try_hold_is_must_wait_then_note() {
+        let mut holds = SendHolds::new();
+        assert!(holds.try_hold(0, P, 1, 10));
+        assert!(holds.try_hold(1, P, 1, 11));
+        assert!(holds.try_hold(0, P, 1, 12));
+        assert_eq!(holds.oldest(P, 1), Some(10));
+        assert!(holds.try_hold(1, P, 1, 10 + SEND_LEAD_LIMIT - 1));
+        assert!(!holds.try_hold(1, P, 1, 10 + SEND_LEAD_LIMIT));
+        assert!(!holds.try_hold(2, P, 1, 10 + SEND_LEAD_LIMIT));
+        assert!(!holds.holds_any(2), "a refused holder holds nothing");
+        assert_eq!(holds.len(), 2);
+        holds.assert_consistent();
+        holds.release(0);
+        assert!(holds.try_hold(2, P, 1, 10 + SEND_LEAD_LIMIT));
         holds.assert_consistent();
     }
 
