@@ -140,7 +140,8 @@ multiqueue_run() {
 			check "multiqueue: client $i counted no replay drops (counted $replays)" test "$replays" -eq 0
 			note "multiqueue: client $i's per-peer send bound: $(awk \
 				'/^ferroguard_send_room_(waits|drops)_total\{/ { sub(/\{.*/, "", $1); printf "%s %s ", $1, $2 }' "$scrape")"
-			client_waits=$((client_waits + $(awk '/^ferroguard_send_room_waits_total\{/ { print $2 }' "$scrape")))
+			n=$(awk '/^ferroguard_send_room_waits_total\{/ { print $2 }' "$scrape")
+			client_waits=$((client_waits + ${n:-0}))
 		else
 			fail "multiqueue: client $i counted no replay drops" "no metrics"
 		fi
