@@ -2,8 +2,9 @@
 # Instructions per packet of the engine's send steps (prepare + complete, no AEAD), counted by valgrind's
 # cachegrind: a count that does not depend on the machine's load, unlike a timing. Compares this tree
 # (the one-lane path `plain` and the several-lane path `held`, crates/proto/examples/send_steps.rs) with
-# BASE (a git revision, default main), whose `plain` it builds in a temporary worktree that shares this
-# tree's target directory for the dependencies.
+# BASE (a git revision, default main), whose `plain` it builds in a temporary worktree with its own target
+# directory, target/send-steps-base (kept for the next run: a first run compiles the dependencies once more).
+# Not this tree's target directory: cargo names both trees' crates alike and would take one build for the other.
 #
 #   scripts/send-steps-instructions.sh [BASE] [ROUNDS]
 #
@@ -21,13 +22,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-build() { # DIR OUT
-	(cd "$1" && CARGO_TARGET_DIR="$REPO/target" nice -n 10 cargo build --quiet --release \
-		-p ferroguard-proto --features test-support --example send_steps)
-	cp "$REPO/target/release/examples/send_steps" "$2"
+build() { # DIR TARGET_DIR OUT
+	local exe
+	exe=$(cd "$1" && CARGO_TARGET_DIR="$2" nice -n 10 cargo build --quiet --release \
+		-p ferroguard-proto --features test-support --example send_steps --message-format=json |
+		grep -o '"executable":"[^"]*send_steps[^"]*"' | tail -1 | cut -d'"' -f4)
+	[[ -n $exe ]] || { echo "no send_steps executable built in $1" >&2; exit 1; }
+	cp "$exe" "$3"
 }
 
-build "$REPO" "$TMP/new"
+build "$REPO" "$REPO/target" "$TMP/new"
 git -C "$REPO" worktree add --quiet --detach "$TMP/base" "$BASE"
 # The base has no holds: drop the held functions and use the stand-ins marked #[cfg(any())].
 sed -e '/held-begin/,/held-end/d' -e '/^#\[cfg(any())\]$/d' \
@@ -35,7 +39,7 @@ sed -e '/held-begin/,/held-end/d' -e '/^#\[cfg(any())\]$/d' \
 grep -q 'name = "send_steps"' "$TMP/base/crates/proto/Cargo.toml" ||
 	printf '\n[[example]]\nname = "send_steps"\nrequired-features = ["test-support"]\n' \
 		>>"$TMP/base/crates/proto/Cargo.toml"
-build "$TMP/base" "$TMP/base-bin"
+build "$TMP/base" "$REPO/target/send-steps-base" "$TMP/base-bin"
 
 irefs() { # BIN ROUNDS MODE
 	valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file=/dev/null "$1" "$2" "$3" 2>&1 >/dev/null |
