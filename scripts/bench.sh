@@ -38,6 +38,9 @@
 #   fairness index over the clients, the slowest client, and whether every
 #   client still has a session; then the ratios to the first implementation.
 #   The server and all clients run the same IMPL.
+#   --gateway-cpu: also `perf stat` the server daemon during the TCP round and
+#   print its CPU time and context switches per GB carried (less dependent on
+#   the machine's load than the goodput; needs perf).
 #
 # --scaling N: instead, how the gateway scales with threads: the gateway of
 #   --gateway with N clients, the server run as FERROGUARD (a ferroguard
@@ -108,6 +111,7 @@ while [ $# -gt 0 ]; do
     --mtu) MTUS=${2//,/ }; shift 2 ;;
     --gateway) GATEWAY=$2; shift 2 ;;
     --client-rate) CLIENT_RATE=$2; shift 2 ;;
+    --gateway-cpu) GATEWAY_CPU=1; shift ;;
     --stages) STAGES=1; shift ;;
     --scaling) SCALING=$2; GATEWAY=$2; shift 2 ;;
     --max-threads) MAX_THREADS=$2; shift 2 ;;
@@ -626,7 +630,19 @@ if [ "$GATEWAY" -gt 0 ]; then
   first=""
   for impl in "$@"; do
     gateway_up "$impl"
+    if [ "${GATEWAY_CPU:-0}" = 1 ]; then
+      perf stat -x, -e task-clock,context-switches -p "${GW_PIDS[0]}" -o "$TMP/gw-perf" & gw_perf=$!
+      sleep 0.2
+    fi
     read -r tcp tcp_jain tcp_min < <(gateway_round)
+    if [ "${GATEWAY_CPU:-0}" = 1 ]; then
+      kill -INT "$gw_perf"; wait "$gw_perf" 2>/dev/null || true
+      # GB carried in the round: the aggregate goodput over SECONDS_EACH.
+      awk -F, -v mbit="$tcp" -v s="$SECONDS_EACH" '
+        $3 == "task-clock" { ms = $1 } $3 == "context-switches" { cs = $1 }
+        END { gb = mbit * s / 8000; if (gb > 0) printf "    server during TCP: %.0f ms CPU/GB, %.0f context switches/GB (%.1f GB)\n", ms / gb, cs / gb, gb }' \
+        "$TMP/gw-perf"
+    fi
     read -r udp udp_jain udp_min < <(gateway_round -u -b "$CLIENT_RATE" -l 1392)
     sessions=$(ip netns exec fgbench-g wg show fgbenchg0 latest-handshakes | awk '$2 > 0' | wc -l)
     printf '%-40s %9s %6s %8s %9s %6s %8s %9s\n' "${impl:0:40}" "$tcp" "$tcp_jain" "$tcp_min" "$udp" "$udp_jain" \
