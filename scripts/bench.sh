@@ -631,16 +631,21 @@ if [ "$GATEWAY" -gt 0 ]; then
   for impl in "$@"; do
     gateway_up "$impl"
     if [ "${GATEWAY_CPU:-0}" = 1 ]; then
-      perf stat -x, -e task-clock,context-switches -p "${GW_PIDS[0]}" -o "$TMP/gw-perf" & gw_perf=$!
+      perf stat -x, --per-thread -e task-clock,context-switches -p "${GW_PIDS[0]}" -o "$TMP/gw-perf" & gw_perf=$!
       sleep 0.2
     fi
     read -r tcp tcp_jain tcp_min < <(gateway_round)
     if [ "${GATEWAY_CPU:-0}" = 1 ]; then
       kill -INT "$gw_perf"; wait "$gw_perf" 2>/dev/null || true
       # GB carried in the round: the aggregate goodput over SECONDS_EACH.
+      # Per thread ("name-tid,value,unit,event,..."), summed per thread name.
       awk -F, -v mbit="$tcp" -v s="$SECONDS_EACH" '
-        $3 == "task-clock" { ms = $1 } $3 == "context-switches" { cs = $1 }
-        END { gb = mbit * s / 8000; if (gb > 0) printf "    server during TCP: %.0f ms CPU/GB, %.0f context switches/GB (%.1f GB)\n", ms / gb, cs / gb, gb }' \
+        NF < 4 { next }
+        { name = $1; sub(/-[0-9]+$/, "", name) }
+        $4 == "task-clock" { ms += $2; tms[name] += $2 } $4 == "context-switches" { cs += $2; tcs[name] += $2 }
+        END { gb = mbit * s / 8000; if (gb <= 0) exit
+          printf "    server during TCP: %.0f ms CPU/GB, %.0f context switches/GB (%.1f GB); per thread:", ms / gb, cs / gb, gb
+          for (t in tcs) printf " %s %.0f ms %.0f cs", t, tms[t] / gb, tcs[t] / gb; printf "\n" }' \
         "$TMP/gw-perf"
     fi
     read -r udp udp_jain udp_min < <(gateway_round -u -b "$CLIENT_RATE" -l 1392)
