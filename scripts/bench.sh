@@ -563,6 +563,11 @@ gateway_down() {
   rm -f /var/run/wireguard/fgbenchg*.sock
   for ns in $(ip netns list | awk '/^fgbench-[gc]/ {print $1}'); do ip netns del "$ns"; done
 }
+# gw_switches PID: the voluntary and involuntary context switches of all of PID's threads, summed.
+gw_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { n += $2 } END { print v + 0, n + 0 }'
+}
 # gateway_round ARGS...: every client runs iperf3 ARGS to the server at once; prints
 # "aggregate_mbit jain min_mbit" (UDP: received rates).
 gateway_round() {
@@ -632,11 +637,13 @@ if [ "$GATEWAY" -gt 0 ]; then
     gateway_up "$impl"
     if [ "${GATEWAY_CPU:-0}" = 1 ]; then
       perf stat -x, --per-thread -e task-clock,context-switches -p "${GW_PIDS[0]}" -o "$TMP/gw-perf" & gw_perf=$!
+      gw_switches "${GW_PIDS[0]}" >"$TMP/gw-sw0"
       sleep 0.2
     fi
     read -r tcp tcp_jain tcp_min < <(gateway_round)
     if [ "${GATEWAY_CPU:-0}" = 1 ]; then
       kill -INT "$gw_perf"; wait "$gw_perf" 2>/dev/null || true
+      gw_switches "${GW_PIDS[0]}" >"$TMP/gw-sw1"
       # GB carried in the round: the aggregate goodput over SECONDS_EACH.
       # Per thread ("name-tid,value,unit,event,..."), summed per thread name.
       awk -F, -v mbit="$tcp" -v s="$SECONDS_EACH" '
@@ -647,6 +654,10 @@ if [ "$GATEWAY" -gt 0 ]; then
           printf "    server during TCP: %.0f ms CPU/GB, %.0f context switches/GB (%.1f GB); per thread:", ms / gb, cs / gb, gb
           for (t in tcs) printf " %s %.0f ms %.0f cs", t, tms[t] / gb, tcs[t] / gb; printf "\n" }' \
         "$TMP/gw-perf"
+      # The same switches split: voluntary (the thread waited) and not (it was preempted).
+      paste "$TMP/gw-sw0" "$TMP/gw-sw1" | awk -v mbit="$tcp" -v s="$SECONDS_EACH" '
+        { v += $3 - $1; n += $4 - $2 } END { gb = mbit * s / 8000; if (gb > 0)
+          printf "    server threads during TCP: %.0f voluntary, %.0f involuntary switches/GB\n", v / gb, n / gb }'
     fi
     read -r udp udp_jain udp_min < <(gateway_round -u -b "$CLIENT_RATE" -l 1392)
     sessions=$(ip netns exec fgbench-g wg show fgbenchg0 latest-handshakes | awk '$2 > 0' | wc -l)
