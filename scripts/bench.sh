@@ -39,8 +39,10 @@
 #   client still has a session; then the ratios to the first implementation.
 #   The server and all clients run the same IMPL.
 #   --gateway-cpu: also `perf stat` the server daemon during the TCP round and
-#   print its CPU time and context switches per GB carried (less dependent on
-#   the machine's load than the goodput; needs perf).
+#   print its CPU time and context switches per GB carried, in all and per
+#   thread, and the switches split into voluntary and involuntary (from
+#   /proc); CPU per GB depends less on the machine's load than the goodput,
+#   involuntary switches are the load itself. Needs perf.
 #
 # --scaling N: instead, how the gateway scales with threads: the gateway of
 #   --gateway with N clients, the server run as FERROGUARD (a ferroguard
