@@ -38,6 +38,11 @@
 #   fairness index over the clients, the slowest client, and whether every
 #   client still has a session; then the ratios to the first implementation.
 #   The server and all clients run the same IMPL.
+#   --gateway-cpu: also `perf stat` the server daemon during the TCP round and
+#   print its CPU time and context switches per GB carried, in all and per
+#   thread, and the switches split into voluntary and involuntary (from
+#   /proc); CPU per GB depends less on the machine's load than the goodput,
+#   involuntary switches are the load itself. Needs perf.
 #
 # --scaling N: instead, how the gateway scales with threads: the gateway of
 #   --gateway with N clients, the server run as FERROGUARD (a ferroguard
@@ -108,6 +113,7 @@ while [ $# -gt 0 ]; do
     --mtu) MTUS=${2//,/ }; shift 2 ;;
     --gateway) GATEWAY=$2; shift 2 ;;
     --client-rate) CLIENT_RATE=$2; shift 2 ;;
+    --gateway-cpu) GATEWAY_CPU=1; shift ;;
     --stages) STAGES=1; shift ;;
     --scaling) SCALING=$2; GATEWAY=$2; shift 2 ;;
     --max-threads) MAX_THREADS=$2; shift 2 ;;
@@ -559,6 +565,11 @@ gateway_down() {
   rm -f /var/run/wireguard/fgbenchg*.sock
   for ns in $(ip netns list | awk '/^fgbench-[gc]/ {print $1}'); do ip netns del "$ns"; done
 }
+# gw_switches PID: the voluntary and involuntary context switches of all of PID's threads, summed.
+gw_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { n += $2 } END { print v + 0, n + 0 }'
+}
 # gateway_round ARGS...: every client runs iperf3 ARGS to the server at once; prints
 # "aggregate_mbit jain min_mbit" (UDP: received rates).
 gateway_round() {
@@ -626,7 +637,30 @@ if [ "$GATEWAY" -gt 0 ]; then
   first=""
   for impl in "$@"; do
     gateway_up "$impl"
+    if [ "${GATEWAY_CPU:-0}" = 1 ]; then
+      perf stat -x, --per-thread -e task-clock,context-switches -p "${GW_PIDS[0]}" -o "$TMP/gw-perf" & gw_perf=$!
+      gw_switches "${GW_PIDS[0]}" >"$TMP/gw-sw0"
+      sleep 0.2
+    fi
     read -r tcp tcp_jain tcp_min < <(gateway_round)
+    if [ "${GATEWAY_CPU:-0}" = 1 ]; then
+      kill -INT "$gw_perf"; wait "$gw_perf" 2>/dev/null || true
+      gw_switches "${GW_PIDS[0]}" >"$TMP/gw-sw1"
+      # GB carried in the round: the aggregate goodput over SECONDS_EACH.
+      # Per thread ("name-tid,value,unit,event,..."), summed per thread name.
+      awk -F, -v mbit="$tcp" -v s="$SECONDS_EACH" '
+        NF < 4 { next }
+        { name = $1; sub(/-[0-9]+$/, "", name) }
+        $4 == "task-clock" { ms += $2; tms[name] += $2 } $4 == "context-switches" { cs += $2; tcs[name] += $2 }
+        END { gb = mbit * s / 8000; if (gb <= 0) exit
+          printf "    server during TCP: %.0f ms CPU/GB, %.0f context switches/GB (%.1f GB); per thread:", ms / gb, cs / gb, gb
+          for (t in tcs) printf " %s %.0f ms %.0f cs", t, tms[t] / gb, tcs[t] / gb; printf "\n" }' \
+        "$TMP/gw-perf"
+      # The same switches split: voluntary (the thread waited) and not (it was preempted).
+      paste "$TMP/gw-sw0" "$TMP/gw-sw1" | awk -v mbit="$tcp" -v s="$SECONDS_EACH" '
+        { v += $3 - $1; n += $4 - $2 } END { gb = mbit * s / 8000; if (gb > 0)
+          printf "    server threads during TCP: %.0f voluntary, %.0f involuntary switches/GB\n", v / gb, n / gb }'
+    fi
     read -r udp udp_jain udp_min < <(gateway_round -u -b "$CLIENT_RATE" -l 1392)
     sessions=$(ip netns exec fgbench-g wg show fgbenchg0 latest-handshakes | awk '$2 > 0' | wc -l)
     printf '%-40s %9s %6s %8s %9s %6s %8s %9s\n' "${impl:0:40}" "$tcp" "$tcp_jain" "$tcp_min" "$udp" "$udp_jain" \

@@ -63,6 +63,10 @@ pub struct DaemonSample {
     /// thread in `queues:N` mode): packets read from its TUN queue and
     /// datagrams received on its sockets.
     pub lane_packets: Vec<(u64, u64)>,
+    /// Times a lane waited for another lane to send a peer's older
+    /// counters, and packets dropped after waiting in vain
+    /// (`runtime/send_room.rs`).
+    pub send_room: (u64, u64),
     /// Handshake messages waiting for the handshake thread.
     pub handshake_queue_len: usize,
     /// Handshake messages dropped because that queue was full.
@@ -348,6 +352,22 @@ fn render_to(
             e.sample(name, &labels, *count);
         }
     }
+    let (waits, drops) = daemon.send_room;
+    for (name, help, value) in [
+        (
+            "ferroguard_send_room_waits_total",
+            "Times a lane waited for another lane to send a peer's older counters (the per-peer send bound).",
+            waits,
+        ),
+        (
+            "ferroguard_send_room_drops_total",
+            "Packets dropped because their lane waited in vain for another lane to send a peer's older counters.",
+            drops,
+        ),
+    ] {
+        e.family(name, help, Kind::Counter);
+        e.sample(name, &dev, value);
+    }
     e.write_out(out, 0)?;
     out.flush()
 }
@@ -376,6 +396,7 @@ pub fn scrape(shared: &Shared, interface: &str, out: &mut dyn Write) -> io::Resu
     let peers = LivePeers { shared, count };
     let daemon = DaemonSample {
         lane_packets: shared.lane_packets(),
+        send_room: shared.send_room_counts(),
         handshake_queue_len: shared.handshake_queue_len(),
         handshake_queue_full_drops: shared.handshake_queue_full_drops(),
         resident_bytes: resident_bytes(),

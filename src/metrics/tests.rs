@@ -80,6 +80,7 @@ fn a_scrape_shows_the_engine_counters() {
     let sample = sample_device(&b, now);
     let daemon = DaemonSample {
         lane_packets: vec![(7, 0), (0, 9)],
+        send_room: (4, 2),
         handshake_queue_len: 3,
         handshake_queue_full_drops: 5,
         resident_bytes: resident_bytes(),
@@ -93,6 +94,21 @@ fn a_scrape_shows_the_engine_counters() {
     assert_eq!(lane(0, "tun"), Some(7));
     assert_eq!(lane(1, "udp"), Some(9));
     assert_eq!(lane(1, "tun"), Some(0));
+    let device_labels = "{interface=\"wg\\\"0\"}";
+    assert_eq!(
+        value(
+            &text,
+            &format!("ferroguard_send_room_waits_total{device_labels}")
+        ),
+        Some(4)
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("ferroguard_send_room_drops_total{device_labels}")
+        ),
+        Some(2)
+    );
     let labels = format!("{{interface=\"wg\\\"0\",peer=\"{key}\"}}");
     assert!(rx > 0 && tx > 0);
     assert_eq!(
@@ -175,8 +191,8 @@ fn a_scrape_shows_the_engine_counters() {
     let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
     assert_eq!(types, helps);
     assert_eq!(
-        types, 16,
-        "1 + 7 per-peer + 2 drops + 3 device + 2 process + 1 lanes"
+        types, 18,
+        "1 + 7 per-peer + 2 drops + 3 device + 2 process + 1 lanes + 2 send room"
     );
 }
 

@@ -11,6 +11,7 @@
 //! | `tx.rs` | TUN → UDP: read, split, route, encrypt (numbered flow at its top) |
 //! | `transmit.rs` | the batch of encrypted datagrams and how it leaves through [`crate::sys::udp`] |
 //! | `rx.rs` | UDP → TUN: receive, decrypt, coalesce, write (numbered flow at its top) |
+//! | `send_room.rs` | the per-peer send bound between lanes: a lane waits, bounded, for another to send a peer's older counters |
 //! | `io_loop.rs` | the epoll loop of an I/O thread: which descriptors it serves and when |
 //! | `handshakes.rs` | the handshake queue and the thread that empties it |
 //! | `timers.rs` | the thread that sleeps until the engine's next deadline |
@@ -39,6 +40,7 @@ mod events;
 mod handshakes;
 mod io_loop;
 mod rx;
+mod send_room;
 mod shared;
 mod timers;
 mod transmit;

@@ -1,8 +1,8 @@
 //! The state every thread of the runtime shares, and the one way to take a
 //! turn at the engine ([`Shared::with_engine`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 use ferroguard_proto::device::{Device, Transmit};
 
@@ -43,13 +43,21 @@ pub struct Shared {
     rebind_lock: Mutex<()>,
     /// The crypto workers for large batches.
     pub(super) crypto: CryptoPool,
+    /// Paired with `engine`: lanes waiting for another lane to release a
+    /// peer's counters (`send_room.rs`), and how many wait.
+    pub(super) send_room: Condvar,
+    pub(super) send_room_waiters: AtomicUsize,
+    /// Times a lane waited for room, and packets dropped after waiting in vain.
+    pub(super) send_room_waits: AtomicU64,
+    pub(super) send_room_drops: AtomicU64,
 }
 
 impl Shared {
     /// Builds the shared state around an engine, a TUN device and sockets.
     /// The data path has one lane per TUN queue; lane `i` uses queue `i` and
     /// the `i`-th member of the socket group (which should be as large).
-    pub fn new(device: Device, tun: Tun, sockets: SocketGroup) -> std::io::Result<Arc<Shared>> {
+    pub fn new(mut device: Device, tun: Tun, sockets: SocketGroup) -> std::io::Result<Arc<Shared>> {
+        super::send_room::apply_lead_limit_from_env(&mut device);
         let lanes = tun.queue_count();
         if sockets.len() != lanes {
             log::warn!(
@@ -72,6 +80,10 @@ impl Shared {
             tun: Arc::new(tun),
             rebind_lock: Mutex::new(()),
             crypto: CryptoPool::from_env(),
+            send_room: Condvar::new(),
+            send_room_waiters: AtomicUsize::new(0),
+            send_room_waits: AtomicU64::new(0),
+            send_room_drops: AtomicU64::new(0),
         }))
     }
 

@@ -81,6 +81,9 @@ pub(super) struct TxBatch {
     data: Vec<u8>,
     used: usize,
     items: Vec<TxItem>,
+    /// Counters reserved with a hold (several lanes) and not yet released
+    /// (`send_room.rs`): they are released once the batch is sent.
+    pub(super) unreleased: bool,
 }
 
 struct TxItem {
@@ -100,6 +103,7 @@ impl TxBatch {
             data: vec![0u8; TX_BATCH_BYTES],
             used: 0,
             items: Vec::with_capacity(64),
+            unreleased: false,
         }
     }
 

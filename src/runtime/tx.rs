@@ -15,9 +15,11 @@
 //!    endpoint leave as one UDP GSO message each, in one `sendmmsg`.
 
 use ferroguard_proto::device::{Device, Now, SendJob, SendOutcome, SendPrepared, SendTally};
+use ferroguard_proto::peer::PeerId;
 use ferroguard_proto::transport::TransportError;
 
 use super::batch::{run_batch, BatchWork, Workload};
+use super::send_room::SEND_ROOM_WAIT;
 use super::transmit::TxBatch;
 use super::{Shared, MAX_PACKET};
 use crate::crypto_pool::CryptoPool;
@@ -126,7 +128,7 @@ fn drain_tun(shared: &Shared, reader: &mut TunReader, limit: usize) -> std::io::
             tx.flush(shared);
         }
     };
-    tx.flush(shared);
+    send_and_release(shared, tx);
     shared.count_lane(*lane, false, reads);
     *last_drain_reads = reads;
     error
@@ -155,7 +157,7 @@ impl StackSender {
     /// ICMP unreachable written to the TUN, as for a TUN read.
     pub fn send(&mut self, shared: &Shared, packets: &[&[u8]]) {
         encrypt_into_batch(shared, packets, &mut self.tx);
-        self.tx.flush(shared);
+        send_and_release(shared, &mut self.tx);
     }
 }
 
@@ -196,13 +198,26 @@ fn encrypt_read(
     }
 }
 
+/// Sends the batch and, with several lanes, releases the counters it held
+/// (`send_room.rs`).
+fn send_and_release(shared: &Shared, tx: &mut TxBatch) {
+    tx.flush(shared);
+    if tx.unreleased {
+        tx.unreleased = false;
+        shared.release_lane_sends(tx.lane());
+    }
+}
+
 /// Routes and encrypts `packets` into the batch `tx`, sending the batch
 /// first whenever it is too full for the next packet: each turn prepares
 /// as many packets as the batch buffer holds (see [`run_batch`]). The
 /// datagrams leave in the order of `packets`; messages the engine queued
 /// meanwhile (a handshake initiation, say) go out after the data sealed
-/// before them.
+/// before them. With several lanes, a packet whose peer has counters held
+/// too far behind by another lane waits for them (see [`wait_for_room`]).
 fn encrypt_into_batch(shared: &Shared, packets: &[&[u8]], tx: &mut TxBatch) {
+    let held = shared.lanes() > 1;
+    let mut waits = RoomWaits::default();
     let mut next = 0;
     while next < packets.len() {
         if tx.space_for(packets[next].len()).is_none() {
@@ -214,10 +229,14 @@ fn encrypt_into_batch(shared: &Shared, packets: &[&[u8]], tx: &mut TxBatch) {
                 continue;
             }
         }
-        let mut batch = SendBatch::new(packets, next, tx);
+        let mut batch = SendBatch::new(packets, next, tx, held);
         let pending = run_batch(shared, &mut batch);
         next = batch.next;
         let unreachable = batch.unreachable;
+        let wait_for = batch.wait_for;
+        if batch.released {
+            shared.wake_send_waiters();
+        }
         if !pending.is_empty() {
             tx.flush(shared);
             shared.send_all_on(tx.lane(), pending);
@@ -226,7 +245,53 @@ fn encrypt_into_batch(shared: &Shared, packets: &[&[u8]], tx: &mut TxBatch) {
             log::trace!("no peer or no endpoint for a packet: ICMP unreachable");
             answer_unreachable(shared, tx.lane(), packets[index]);
         }
+        if let Some(peer) = wait_for {
+            if !wait_for_room(shared, tx, peer, next, &mut waits) {
+                next += 1; // dropped and counted
+            }
+        }
     }
+}
+
+/// The waits of one [`encrypt_into_batch`] call: the packet waited for
+/// and since when, and the peer whose wait ran out (its further packets in
+/// this call are dropped at once rather than waited for again).
+#[derive(Default)]
+struct RoomWaits {
+    current: Option<(usize, std::time::Instant)>,
+    gave_up_on: Option<PeerId>,
+}
+
+/// The engine answered `Wait` for packet `index`, to `peer`: sends the
+/// batch, releases this lane's counters and waits for the lane holding the
+/// peer's oldest counters to send them, at most `SEND_ROOM_WAIT` per
+/// packet. Returns false if the packet is to be dropped (counted).
+fn wait_for_room(
+    shared: &Shared,
+    tx: &mut TxBatch,
+    peer: PeerId,
+    index: usize,
+    waits: &mut RoomWaits,
+) -> bool {
+    tx.flush(shared);
+    tx.unreleased = false; // released by the wait, under the engine lock
+    if waits.gave_up_on == Some(peer) {
+        shared.release_lane_sends(tx.lane());
+        shared.count_send_room_drop();
+        return false;
+    }
+    let since = match waits.current {
+        Some((waited, since)) if waited == index => since,
+        _ => std::time::Instant::now(),
+    };
+    waits.current = Some((index, since));
+    let room = shared.wait_for_send_room(tx.lane(), peer, since + SEND_ROOM_WAIT);
+    if !room {
+        log::debug!("a lane waited {SEND_ROOM_WAIT:?} for room to send to a peer: packet dropped");
+        shared.count_send_room_drop();
+        waits.gave_up_on = Some(peer);
+    }
+    room
 }
 
 /// The packets of one turn of [`encrypt_into_batch`], from `next` on as
@@ -241,10 +306,16 @@ struct SendBatch<'p, 't> {
     tally: SendTally,
     /// Packets without a peer or an endpoint (by index).
     unreachable: Vec<usize>,
+    /// Several lanes: counters are reserved with holds (`send_room.rs`).
+    held: bool,
+    /// The lane's earlier holds were released in this turn.
+    released: bool,
+    /// The engine answered `Wait` for packet `next`, to this peer.
+    wait_for: Option<PeerId>,
 }
 
 impl<'p, 't> SendBatch<'p, 't> {
-    fn new(packets: &'p [&'p [u8]], next: usize, tx: &'t mut TxBatch) -> Self {
+    fn new(packets: &'p [&'p [u8]], next: usize, tx: &'t mut TxBatch, held: bool) -> Self {
         SendBatch {
             packets,
             next,
@@ -252,7 +323,28 @@ impl<'p, 't> SendBatch<'p, 't> {
             jobs: Vec::new(),
             tally: SendTally::new(),
             unreachable: Vec::new(),
+            held,
+            released: false,
+            wait_for: None,
         }
+    }
+
+    /// The engine's preparation of `packet`: held by this lane with
+    /// several lanes. Releases the lane's earlier holds first when
+    /// everything it reserved has been sent.
+    fn prepare_one(&mut self, device: &mut Device, now: Now, packet: &[u8]) -> SendPrepared {
+        if !self.held {
+            return device.prepare_send(now, packet);
+        }
+        if self.tx.unreleased && self.tx.len() == 0 {
+            self.released |= device.release_sends(self.tx.lane());
+            self.tx.unreleased = false;
+        }
+        let prepared = device.prepare_send_held(now, packet, self.tx.lane());
+        if matches!(prepared, SendPrepared::Seal(_)) {
+            self.tx.unreleased = true;
+        }
+        prepared
     }
 }
 
@@ -263,7 +355,7 @@ impl BatchWork for SendBatch<'_, '_> {
             if self.tx.space_for(packet.len()).is_none() {
                 break;
             }
-            match device.prepare_send(now, packet) {
+            match self.prepare_one(device, now, packet) {
                 SendPrepared::Seal(job) => {
                     load.items += 1;
                     load.bytes += job.wire_len();
@@ -274,6 +366,10 @@ impl BatchWork for SendBatch<'_, '_> {
                     self.unreachable.push(self.next)
                 }
                 SendPrepared::Done(_) => {}
+                SendPrepared::Wait(peer) => {
+                    self.wait_for = Some(peer);
+                    break;
+                }
             }
             self.next += 1;
         }

@@ -34,6 +34,7 @@ use crate::peer::{
 use crate::peerlookup::{IndexTable, PublicKeyTable};
 use crate::peerstore::PeerStore;
 use crate::ratelimiter::{LoadDetector, RateLimiter, DEFAULT_MAX_ENTRIES};
+use crate::send_holds::{Holder, SendHolds};
 use crate::tai64n::Tai64n;
 use crate::timers::TimerEvent;
 use crate::transport::{Keypair, OpenJob, SealJob, TransportError};
@@ -126,6 +127,12 @@ pub enum SendPrepared {
     /// Nothing to seal: `Queued`, `NoRoute`, `NoEndpoint` or `Invalid`, as
     /// [`Device::send`] would have answered.
     Done(SendOutcome),
+    /// Only from [`Device::prepare_send_held`]: the peer's next counter
+    /// would run too far ahead of a counter another holder (or this one)
+    /// reserved and has not released. Nothing was reserved or queued: send
+    /// and release what this holder has, wait until
+    /// [`Device::send_must_wait`] is false, then prepare the packet again.
+    Wait(PeerId),
 }
 
 /// A packet bound for a peer's current session, ready to be sealed without
@@ -286,6 +293,9 @@ pub struct Device {
     /// The part of `drops` also counted in a peer's [`PeerStats::drops`].
     peer_drops: DropCounts,
     events: VecDeque<Event>,
+    /// Counters reserved by [`Device::prepare_send_held`] and not yet
+    /// released: the per-peer send bound of several sending threads.
+    send_holds: SendHolds,
 }
 
 /// Events kept for [`Device::poll_event`] before the oldest are dropped.
@@ -354,6 +364,7 @@ impl Device {
             drops: [0; DropReason::ALL.len()],
             peer_drops: DropCounts::default(),
             events: VecDeque::new(),
+            send_holds: SendHolds::new(),
         }
     }
 
@@ -689,9 +700,10 @@ impl Device {
         let Some(destination) = packet::destination_address(packet) else {
             return SendOutcome::Invalid;
         };
-        let job = match self.prepare_send_to(now, destination, packet, out.len()) {
+        let job = match self.prepare_send_to::<false>(now, destination, packet, out.len(), 0) {
             SendPrepared::Seal(job) => job,
             SendPrepared::Done(outcome) => return outcome,
+            SendPrepared::Wait(_) => unreachable!("only held preparations wait"),
         };
         let Ok(len) = job.seal(packet, out) else {
             return SendOutcome::Invalid; // unreachable: the length was checked
@@ -712,20 +724,76 @@ impl Device {
     /// reordering within its replay window, but TCP does not like it).
     pub fn prepare_send(&mut self, now: Now, packet: &[u8]) -> SendPrepared {
         match packet::destination_address(packet) {
-            Some(destination) => self.prepare_send_to(now, destination, packet, usize::MAX),
+            Some(destination) => {
+                self.prepare_send_to::<false>(now, destination, packet, usize::MAX, 0)
+            }
             None => SendPrepared::Done(SendOutcome::Invalid),
         }
     }
 
+    /// [`Device::prepare_send`] for one of several threads that reserve
+    /// counters of the same peers and send on their own (the daemon's
+    /// lanes). The counter is recorded as held by `holder` until
+    /// [`Device::release_sends`]; if the peer's next counter would be
+    /// [`SEND_LEAD_LIMIT`](crate::send_holds::SEND_LEAD_LIMIT) or more ahead
+    /// of the oldest held counter of its keypair, nothing is reserved and
+    /// the answer is [`SendPrepared::Wait`]. This keeps every counter within
+    /// the receiver's replay window of the others however the threads are
+    /// scheduled (see [`crate::send_holds`]).
+    pub fn prepare_send_held(&mut self, now: Now, packet: &[u8], holder: Holder) -> SendPrepared {
+        match packet::destination_address(packet) {
+            Some(destination) => {
+                self.prepare_send_to::<true>(now, destination, packet, usize::MAX, holder)
+            }
+            None => SendPrepared::Done(SendOutcome::Invalid),
+        }
+    }
+
+    /// Ends the holds of `holder`: everything it reserved with
+    /// [`Device::prepare_send_held`] was handed to the network (or given
+    /// up). Returns true if it held anything (others may wait for it).
+    pub fn release_sends(&mut self, holder: Holder) -> bool {
+        self.send_holds.release(holder) > 0
+    }
+
+    /// True while a [`Device::prepare_send_held`] of a packet to `peer`
+    /// would answer [`SendPrepared::Wait`].
+    pub fn send_must_wait(&self, peer: PeerId) -> bool {
+        let Some(keypair) = self
+            .peers
+            .get(peer)
+            .and_then(|p| p.keypairs.current.as_ref())
+        else {
+            return false;
+        };
+        self.send_holds
+            .must_wait(peer, keypair.local_index, keypair.send_counter())
+    }
+
+    /// Lowers the lead [`Device::prepare_send_held`] allows (at least 1, at
+    /// most [`SEND_LEAD_LIMIT`](crate::send_holds::SEND_LEAD_LIMIT), the
+    /// default): for tests that make the holders wait often.
+    pub fn set_send_lead_limit(&mut self, limit: u64) {
+        self.send_holds.set_limit(limit);
+    }
+
+    /// The number of holds (holder, peer, keypair) not yet released.
+    pub fn send_hold_count(&self) -> usize {
+        self.send_holds.len()
+    }
+
     /// [`Device::prepare_send`] for a packet already parsed, whose
     /// transport message must fit in `room` bytes (else `Invalid`, and no
-    /// counter is taken).
-    fn prepare_send_to(
+    /// counter is taken). `HELD`: the counter is recorded as `holder`'s and
+    /// bounded by the other holds ([`Device::prepare_send_held`]); without
+    /// it the hold bookkeeping is compiled out.
+    fn prepare_send_to<const HELD: bool>(
         &mut self,
         now: Now,
         destination: IpAddr,
         packet: &[u8],
         room: usize,
+        holder: Holder,
     ) -> SendPrepared {
         let Some(id) = self.allowed_ips.lookup(destination) else {
             return SendPrepared::Done(SendOutcome::NoRoute);
@@ -743,6 +811,18 @@ impl Device {
         if let Some(keypair) = usable.filter(|_| peer.staged.is_empty()) {
             if room < crate::transport::wire_len(packet.len(), mtu) {
                 return SendPrepared::Done(SendOutcome::Invalid);
+            }
+            // The counter `reserve` takes is the keypair's next one (it
+            // cannot fail here: `usable` checked `can_send`).
+            if HELD
+                && !self.send_holds.try_hold(
+                    holder,
+                    id,
+                    keypair.local_index,
+                    keypair.send_counter(),
+                )
+            {
+                return SendPrepared::Wait(id);
             }
             if let Ok(seal) = keypair.reserve(now.mono, packet.len(), mtu) {
                 return SendPrepared::Seal(SendJob {
@@ -1436,6 +1516,7 @@ impl Device {
     /// Called after every operation with the `debug-checks` feature.
     pub fn check_invariants(&self) {
         let mut owned = 0usize;
+        self.send_holds.assert_consistent();
         self.peers.check_invariants();
         for (id, peer) in self.peers.iter() {
             assert_eq!(
@@ -1506,3 +1587,7 @@ mod tests;
 #[cfg(test)]
 #[path = "network_change_tests.rs"]
 mod network_change_tests;
+
+#[cfg(test)]
+#[path = "send_holds_tests.rs"]
+mod send_holds_tests;

@@ -73,6 +73,7 @@ pub mod ratelimiter;
 pub mod replay;
 #[cfg(feature = "selftest")]
 pub mod selftest;
+pub mod send_holds;
 pub mod tai64n;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

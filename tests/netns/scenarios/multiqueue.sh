@@ -90,7 +90,7 @@ multiqueue_replays() {
 # multiqueue_run LANES: the scenario with FERROGUARD_IO_THREADS=queues:LANES (FERROGUARD_NO_OFFLOAD as the
 # caller exported it).
 multiqueue_run() {
-	local lanes=$1 i ns n scrape busy counts replays
+	local lanes=$1 i ns n scrape busy counts replays client_waits=0
 	export FERROGUARD_IO_THREADS="queues:$lanes"
 	GATEWAY_CLIENTS=$MQ_CLIENTS
 	[[ $(impl_kind 1) == ferroguard ]] && WG_IMPL1="$WG_IMPL1 --metrics-listen $MQ_METRICS"
@@ -126,6 +126,8 @@ multiqueue_run() {
 			test "$busy" -gt 1
 		replays=$(multiqueue_replays "$scrape")
 		check "multiqueue: the server counted no replay drops (counted $replays)" test "$replays" -eq 0
+		note "multiqueue: the server's per-peer send bound: $(awk \
+			'/^ferroguard_send_room_(waits|drops)_total\{/ { sub(/\{.*/, "", $1); printf "%s %s ", $1, $2 }' "$scrape")"
 	else
 		skip "multiqueue: the server's lanes and replay drops" "implementation 1 is not ferroguard (no metrics)"
 	fi
@@ -136,10 +138,20 @@ multiqueue_run() {
 		if multiqueue_scrape "$ns" "$scrape"; then
 			replays=$(multiqueue_replays "$scrape")
 			check "multiqueue: client $i counted no replay drops (counted $replays)" test "$replays" -eq 0
+			note "multiqueue: client $i's per-peer send bound: $(awk \
+				'/^ferroguard_send_room_(waits|drops)_total\{/ { sub(/\{.*/, "", $1); printf "%s %s ", $1, $2 }' "$scrape")"
+			n=$(awk '/^ferroguard_send_room_waits_total\{/ { print $2 }' "$scrape")
+			client_waits=$((client_waits + ${n:-0}))
 		else
 			fail "multiqueue: client $i counted no replay drops" "no metrics"
 		fi
 	done
+	if [[ -n ${FERROGUARD_SEND_LEAD_LIMIT:-} && $(impl_kind 2) == ferroguard ]]; then
+		# The clients upload TCP over both lanes to their one peer: with a low
+		# bound their lanes must have waited for each other (or themselves).
+		check "multiqueue: with a lead limit of $FERROGUARD_SEND_LEAD_LIMIT the clients' lanes waited for room ($client_waits times)" \
+			test "$client_waits" -gt 0
+	fi
 }
 
 scenario_multiqueue() {
