@@ -32,7 +32,7 @@ pub(super) const SEND_ROOM_WAIT: Duration = Duration::from_millis(50);
 /// run ahead of a held one (default and maximum
 /// [`SEND_LEAD_LIMIT`](ferroguard_proto::send_holds::SEND_LEAD_LIMIT)):
 /// a test knob that makes lanes wait often (the netns scenario
-/// `multiqueue_plain` sets it to exercise the waiting).
+/// `multiqueue_tight` sets it to exercise the waiting).
 pub(super) const LEAD_LIMIT_ENV: &str = "FERROGUARD_SEND_LEAD_LIMIT";
 
 /// Applies [`LEAD_LIMIT_ENV`] if it is set; a value that is not a number
