@@ -37,6 +37,9 @@
 #   --client-rate (default 200M) each; prints the aggregate goodput, Jain's
 #   fairness index over the clients, the slowest client, and whether every
 #   client still has a session; then the ratios to the first implementation.
+#   Under the UDP round, a line says where the lost datagrams were lost: the
+#   clients' TUN queues (their daemon did not read in time), the server's
+#   outer socket and TUN, the iperf3 servers' sockets, or elsewhere.
 #   The server and all clients run the same IMPL.
 #   --gateway-cpu: also `perf stat` the server daemon during the TCP round and
 #   print its CPU time and context switches per GB carried, in all and per
@@ -570,6 +573,63 @@ gw_switches() {
   cat /proc/"$1"/task/*/status 2>/dev/null |
     awk '/^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { n += $2 } END { print v + 0, n + 0 }'
 }
+# gw_udp_counters: where a gateway's UDP datagrams can be lost, as cumulative counters:
+# "clients_tun_tx_dropped server_outer_socket_drops server_iperf3_socket_drops server_tun_rx_dropped
+# input_backlog_drops clients_qdisc_drops clients_udp_sndbuf_errors clients_tx_bytes server_rx_bytes".
+# A client's TUN drops what its daemon does not read in time; the server's sockets drop
+# what their reader does not take in time (the drops column of /proc/net/udp{,6}).
+gw_udp_counters() {
+  local i tun=0 port_hex
+  for i in $(seq 1 "$GATEWAY"); do
+    tun=$((tun + $(ip netns exec fgbench-c$i cat /sys/class/net/fgbenchg$i/statistics/tx_dropped)))
+  done
+  port_hex=$(printf '%04X' 51820)
+  ip netns exec fgbench-g cat /proc/net/udp /proc/net/udp6 | awk -v outer=":$port_hex" -v tun="$tun" \
+    -v tun_rx="$(ip netns exec fgbench-g cat /sys/class/net/fgbenchg0/statistics/rx_dropped)" '
+    $1 ~ /^[0-9]+:$/ { port = substr($2, length($2) - 4); if (port == outer) o += $NF; else i += $NF }
+    END { printf "%d %d %d %d", tun, o + 0, i + 0, tun_rx }'
+  # The machine's input backlogs (softnet_stat's second column, per CPU, hex): a veth or
+  # a TUN write queues there, and drops when it is full.
+  local backlog=0 _cpu dropped _rest
+  while read -r _cpu dropped _rest; do backlog=$((backlog + 16#$dropped)); done </proc/net/softnet_stat
+  printf ' %d' "$backlog"
+  # The clients' queueing disciplines (in front of each TUN): full when the daemon reads
+  # the TUN slower than iperf3 writes.
+  for i in $(seq 1 "$GATEWAY"); do ip netns exec fgbench-c$i tc -s qdisc show; done |
+    awk '/dropped/ { sub(/,/, "", $7); n += $7 } END { printf " %d", n }'
+  # The clients' UDP sends refused for want of socket buffer (Udp: SndbufErrors).
+  for i in $(seq 1 "$GATEWAY"); do ip netns exec fgbench-c$i cat /proc/net/snmp; done |
+    awk '/^Udp:/ { if (header) { n += $column; header = 0 }
+                   else { for (k = 1; k <= NF; k++) if ($k == "SndbufErrors") column = k; header = 1 } }
+      END { printf " %d", n }'
+  # The tunnel's bytes as the daemons count them: sent by all clients, received by the server.
+  for i in $(seq 1 "$GATEWAY"); do ip netns exec fgbench-c$i wg show fgbenchg$i transfer; done |
+    awk '{ n += $3 } END { printf " %.0f", n }'
+  ip netns exec fgbench-g wg show fgbenchg0 transfer | awk '{ n += $2 } END { printf " %.0f\n", n }'
+}
+# gw_udp_accounting BEFORE AFTER: prints where the UDP round's datagrams were lost (the
+# counters of gw_udp_counters, differenced; iperf3's sent and lost packets from gw*.json).
+gw_udp_accounting() {
+  python3 - "$1" "$2" "$TMP" "$GATEWAY" <<'PY'
+import json, sys
+before, after, tmp, clients = sys.argv[1].split(), sys.argv[2].split(), sys.argv[3], int(sys.argv[4])
+d = [int(float(a)) - int(float(b)) for a, b in zip(after, before)]
+sent = lost = 0
+for i in range(1, clients + 1):
+    try:
+        s = json.load(open(f"{tmp}/gw{i}.json"))["end"]["sum"]
+        sent += s["packets"]; lost += s["lost_packets"]
+    except Exception:
+        pass
+named = sum(d[:7])
+# Bytes the clients' daemons sent that the server's daemon never counted: lost in
+# the kernel between them (the server's socket counts a dropped batch once).
+between = 100 * (1 - d[8] / d[7]) if d[7] > 0 else 0
+print(f"    udp losses: {lost} of {sent} datagrams ({100 * lost / max(sent, 1):.1f} %): clients' TUN queues {d[0]},"
+      f" their queueing disciplines {d[5]}, clients' sends refused {d[6]}, input backlogs {d[4]}, server's outer socket {d[1]}, server's TUN {d[3]},"
+      f" iperf3 sockets {d[2]}, elsewhere {lost - named}; between the daemons {between:.1f} % of the bytes")
+PY
+}
 # gateway_round ARGS...: every client runs iperf3 ARGS to the server at once; prints
 # "aggregate_mbit jain min_mbit" (UDP: received rates).
 gateway_round() {
@@ -661,7 +721,9 @@ if [ "$GATEWAY" -gt 0 ]; then
         { v += $3 - $1; n += $4 - $2 } END { gb = mbit * s / 8000; if (gb > 0)
           printf "    server threads during TCP: %.0f voluntary, %.0f involuntary switches/GB\n", v / gb, n / gb }'
     fi
+    udp_before=$(gw_udp_counters)
     read -r udp udp_jain udp_min < <(gateway_round -u -b "$CLIENT_RATE" -l 1392)
+    gw_udp_accounting "$udp_before" "$(gw_udp_counters)"
     sessions=$(ip netns exec fgbench-g wg show fgbenchg0 latest-handshakes | awk '$2 > 0' | wc -l)
     printf '%-40s %9s %6s %8s %9s %6s %8s %9s\n' "${impl:0:40}" "$tcp" "$tcp_jain" "$tcp_min" "$udp" "$udp_jain" \
       "$udp_min" "$sessions/$GATEWAY"
