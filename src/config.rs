@@ -115,23 +115,27 @@ impl ConfigHandler {
     fn remove_all_peers(&self, holds: &mut LockHolds) {
         let mut after = None;
         loop {
-            let (removed, last) = lock_hold(|| {
+            // The removed peers are dropped (zeroed and freed) after the
+            // hold: freeing the last of many peers can make the allocator
+            // return hundreds of MB to the system in one call.
+            let (taken, last) = lock_hold(|| {
                 let mut engine = self.shared.engine();
                 let device = &mut engine.device;
                 let started = Instant::now();
-                let (mut removed, mut last) = (0, None);
+                let (mut taken, mut last) = (Vec::with_capacity(SLICE_PEERS_MAX), None);
                 for id in device.peer_ids_after(after, SLICE_PEERS_MAX) {
-                    device.remove_peer(id);
-                    removed += 1;
+                    taken.extend(device.take_peer(id));
                     last = Some(id);
-                    if removed % CLOCK_EVERY == 0 && started.elapsed() >= SLICE_TIME {
+                    if taken.len() % CLOCK_EVERY == 0 && started.elapsed() >= SLICE_TIME {
                         break;
                     }
                 }
                 drop(engine);
                 holds.note("remove", started.elapsed());
-                (removed, last)
+                (taken, last)
             });
+            let removed = taken.len();
+            drop(taken);
             if removed == 0 {
                 if after.is_none() || lock_hold(|| self.shared.engine().device.peer_count()) == 0 {
                     return;

@@ -67,6 +67,16 @@ impl Now {
     }
 }
 
+/// A peer taken out of a device by [`Device::take_peer`]. Nothing can be
+/// done with it but dropping it, which zeroes its keys and frees its state.
+pub struct RemovedPeer(#[allow(dead_code)] Box<Peer>);
+
+impl core::fmt::Debug for RemovedPeer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("RemovedPeer")
+    }
+}
+
 /// A datagram the engine wants sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -447,9 +457,17 @@ impl Device {
 
     /// Removes a peer with its sessions and allowed IPs.
     pub fn remove_peer(&mut self, id: PeerId) {
-        let Some(mut peer) = self.peers.remove(id) else {
-            return;
-        };
+        drop(self.take_peer(id));
+    }
+
+    /// Removes a peer like [`Device::remove_peer`], and hands its state to
+    /// the caller to drop (which zeroes its keys and frees it) rather than
+    /// dropping it here. A caller that holds a lock around the device drops
+    /// it after releasing the lock: freeing many peers' memory can make the
+    /// allocator hand a large region back to the system in one call, and
+    /// that need not happen while others wait on the lock.
+    pub fn take_peer(&mut self, id: PeerId) -> Option<RemovedPeer> {
+        let mut peer = self.peers.remove(id)?;
         self.by_public_key.remove(&peer.public_key);
         self.allowed_ips.remove_by_value(id);
         for index in peer.keypairs.clear() {
@@ -460,6 +478,7 @@ impl Device {
         }
         self.outbox.retain(|t| t.peer != Some(id));
         self.after_operation();
+        Some(RemovedPeer(peer))
     }
 
     /// Removes every peer.

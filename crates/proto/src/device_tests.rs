@@ -318,6 +318,27 @@ fn low_order_peer_keys_never_send_anything() {
 }
 
 #[test]
+fn a_taken_peer_is_gone_from_every_table_before_it_is_dropped() {
+    let mut d = Device::new([3; 32]);
+    let key = PublicKey([7; 32]);
+    let id = d.add_peer(key).unwrap();
+    d.add_allowed_ip(id, "10.0.0.1".parse().unwrap(), 32)
+        .unwrap();
+    let taken = d.take_peer(id);
+    assert!(taken.is_some());
+    assert!(d.peer(id).is_none());
+    assert_eq!(d.peer_id(&key), None);
+    assert_eq!(d.peer_count(), 0);
+    assert!(d.take_peer(id).is_none(), "a peer is taken once");
+    drop(taken);
+    // The key and the prefix are free again.
+    let again = d.add_peer(key).unwrap();
+    d.add_allowed_ip(again, "10.0.0.1".parse().unwrap(), 32)
+        .unwrap();
+    assert_eq!(d.peer_count(), 1);
+}
+
+#[test]
 fn our_own_key_is_not_a_peer_and_taking_a_peers_key_removes_it() {
     let mut d = Device::new([3; 32]);
     let key = SecretKey::from_bytes([9; 32]);
