@@ -13,24 +13,8 @@ umask 077
 cd "$(dirname "$0")/.."
 BIN=${1:?daemon binary}; N=${2:-1048576}; ROUNDS=${ROUNDS:-2}
 [ "$(id -u)" = 0 ] || { echo "profile-setconf: run as root" >&2; exit 1; }
-TMP=$(mktemp -d) NS=fgprofset-$$ IF=fgps$$
-cleanup() {
-  set +e
-  ip netns pids "$NS" 2>/dev/null | xargs -r kill 2>/dev/null
-  sleep 0.3
-  ip netns del "$NS" 2>/dev/null
-  rm -f "/var/run/wireguard/$IF.sock"
-  rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-python3 scripts/random-peers.py "$N" >"$TMP/peers.conf"
-ip netns add "$NS"
-ip netns exec "$NS" env WG_PROCESS_FOREGROUND=1 "$BIN" -f "$IF" >"$TMP/daemon.log" 2>&1 &
-for _ in $(seq 100); do wg show "$IF" >/dev/null 2>&1 && break; sleep 0.1; done
-wg genkey >"$TMP/key"
-wg set "$IF" private-key "$TMP/key" listen-port 51998
-wg addconf "$IF" "$TMP/peers.conf"
-PID=$(ip netns pids "$NS" | head -1)
+. scripts/one-daemon.sh
+one_daemon_loaded ps "$BIN" "$N" 51998
 # stat fields 10, 14, 15: minor faults, user and system ticks (the command name has no spaces here).
 counters() { awk '{ print $10, $14, $15 }' "/proc/$PID/stat"; }
 for round in $(seq "$ROUNDS"); do
