@@ -106,6 +106,18 @@ rootless_fetch_ok() {
 	[[ ${sum%% *} == "$ROOTLESS_SHA" ]]
 }
 
+# rootless_reverse_fetch_ok URL: rootless_fetch_ok from ns2 through the reverse forward. The stack sends
+# the 50 MB uphill to the peer; against wireguard-go on a busy 2-core host, whose socket overflows under
+# the stack's unpaced bursts (smoltcp has no SACK and no pacing: docs/ROOTLESS.md, "SendBuffer"), one
+# fetch in several did not finish within its 50 s (CI, 2026-12-08). So with a peer that is not Ferroguard
+# a failed fetch is noted and tried once more; the check still needs one whole, correct copy.
+rootless_reverse_fetch_ok() {
+	rootless_fetch_ok "$NS2" "$1" && return 0
+	[[ $(impl_kind 2) == ferroguard ]] && return 1
+	note "rootless: the reverse forward's 50 MB fetch failed once against $(impl_kind 2); trying again"
+	rootless_fetch_ok "$NS2" "$1"
+}
+
 # rootless_iperf NS LABEL ARGS...: iperf3 client, non-zero throughput.
 rootless_iperf() {
 	local ns=$1 label=$2 json
@@ -232,7 +244,7 @@ MaxHalfOpen = 256"
 	check "rootless: the local TCP forward carries 50 MB, sha256 matches" \
 		rootless_fetch_ok "$NS1" http://127.0.0.1:8080/big.bin
 	check "rootless: the reverse forward carries 50 MB from ns1's local server, sha256 matches" \
-		rootless_fetch_ok "$NS2" http://192.168.241.1:9000/big.bin
+		rootless_reverse_fetch_ok http://192.168.241.1:9000/big.bin
 	check "rootless: IPv6 in the tunnel: ping from the peer reaches the stack's fd41::1" \
 		ping_retry "$NS2" fd41::1
 	check "rootless: IPv6 in the tunnel: the local forward to [fd41::2]:8000 carries 50 MB, sha256 matches" \
