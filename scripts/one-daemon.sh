@@ -3,10 +3,11 @@
 #
 #   one_daemon_loaded NAME DAEMON N PORT
 #
-# Starts DAEMON (a command taking "-f INTERFACE") in namespace fgprof-NAME-PID as interface fgNAMEPID (NAME:
-# two letters, so that the interface name stays within 15 characters), gives it a private key (in $TMP/key)
-# and PORT, and N random peers (scripts/random-peers.py, as bench-peers.sh makes them) in one `wg addconf`. Sets TMP (a private directory), NS, IF and PID (the daemon's), and a trap that
-# stops the daemon and removes the namespace, the socket and TMP on exit.
+# Starts DAEMON (a command taking "-f INTERFACE") in namespace fgNAME-PID as interface fgNAMEPID (NAME: two
+# letters, so that the interface name stays within 15 characters), gives it a private key (in $TMP/key) and
+# PORT, and N random peers (scripts/random-peers.py, as bench-peers.sh makes them) in one `wg addconf`. Sets
+# TMP (a private directory), NS, IF and PID (the daemon's), and a trap that stops the daemon and removes the
+# namespace, the socket and TMP on exit.
 one_daemon_loaded() {
   local name=$1 daemon=$2 count=$3 port=$4
   TMP=$(mktemp -d) NS=fg$name-$$ IF=fg$name$$
