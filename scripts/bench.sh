@@ -38,8 +38,10 @@
 #   fairness index over the clients, the slowest client, and whether every
 #   client still has a session; then the ratios to the first implementation.
 #   Under the UDP round, a line says where the lost datagrams were lost: the
-#   clients' TUN queues (their daemon did not read in time), the server's
-#   outer socket and TUN, the iperf3 servers' sockets, or elsewhere.
+#   clients' TUN queues (their daemon did not read in time) and queueing
+#   disciplines, their refused sends, the input backlogs, the server's outer
+#   socket and TUN, the iperf3 servers' sockets, or elsewhere; and the share
+#   of the bytes the clients' daemons sent that the server's never counted.
 #   The server and all clients run the same IMPL.
 #   --gateway-cpu: also `perf stat` the server daemon during the TCP round and
 #   print its CPU time and context switches per GB carried, in all and per
